@@ -1,0 +1,15 @@
+"""stepstream: multi-step jobs whose per-step progress and logs are exact and live."""
+
+from .model import Conflict, InvalidTransition, NotFound, StepstreamError
+from .orchestrator import JobContext, Orchestrator, Step
+
+__all__ = [
+    "Conflict",
+    "InvalidTransition",
+    "JobContext",
+    "NotFound",
+    "Orchestrator",
+    "Step",
+    "StepstreamError",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,130 @@
+"""Log records, their bounded storage per step, and the bridge from standard `logging`.
+
+A log line is stored once, in the bucket of the step it belongs to (a manager has one bucket of
+its own for lines not inside any step). A step's query reads its bucket; a manager's query merges
+its buckets by seq; a child's query filters its step's bucket by job id.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import heapq
+import logging
+from bisect import bisect_right
+from itertools import islice
+from typing import Any, Iterable, Iterator, Optional
+
+from .model import LEVEL_RANK
+
+Record = dict[str, Any]
+
+# Set while a job's code runs: (store, job_id). Read by the `logging` bridge.
+current_job: contextvars.ContextVar[Optional[tuple[Any, str]]] = contextvars.ContextVar(
+    "stepstream_current_job", default=None
+)
+
+
+def _seq(record: Record) -> int:
+    return record["seq"]
+
+
+class LogBucket:
+    """The lines of one step (its own and its children's), ascending seq, the newest `cap` kept.
+
+    `count` is every line ever written; `dropped` how many of the oldest were let go to keep
+    memory bounded, so `count - dropped` lines can be read back.
+    """
+
+    __slots__ = ("records", "count", "dropped", "cap")
+
+    def __init__(self, cap: int) -> None:
+        self.records: list[Record] = []
+        self.count = 0
+        self.dropped = 0
+        self.cap = cap
+
+    def append(self, record: Record) -> None:
+        self.records.append(record)
+        self.count += 1
+        # Trim in chunks so the amortised cost per line stays O(1).
+        excess = len(self.records) - self.cap
+        if excess > self.cap // 4:
+            del self.records[:excess]
+            self.dropped += excess
+
+    def after(self, seq: int) -> Iterator[Record]:
+        start = bisect_right(self.records, seq, key=_seq)
+        return islice(self.records, start, None)
+
+
+def query(
+    buckets: Iterable[LogBucket],
+    *,
+    after: int = 0,
+    min_level: str = "debug",
+    job_id: Optional[str] = None,
+    limit: int = 1000,
+) -> tuple[list[Record], Optional[int]]:
+    """Lines with seq > `after` at `min_level` or above, ascending seq, at most `limit`.
+
+    Returns the lines and the cursor for the next page (the last seq returned), or None when
+    there is nothing more to read.
+    """
+    rank = LEVEL_RANK[min_level]
+    streams = [b.after(after) for b in buckets]
+    merged = streams[0] if len(streams) == 1 else heapq.merge(*streams, key=_seq)
+    out: list[Record] = []
+    for record in merged:
+        if LEVEL_RANK[record["level"]] < rank or (job_id is not None and record["job_id"] != job_id):
+            continue
+        if len(out) == limit:
+            return out, out[-1]["seq"]
+        out.append(record)
+    return out, None
+
+
+_LEVEL_NAMES = ((logging.ERROR, "error"), (logging.WARNING, "warning"), (logging.INFO, "info"))
+
+
+def level_name(levelno: int) -> str:
+    """Map a `logging` level number onto stepstream's four levels."""
+    for threshold, name in _LEVEL_NAMES:
+        if levelno >= threshold:
+            return name
+    return "debug"
+
+
+class JobLogHandler(logging.Handler):
+    """Stores records logged while a job runs in that job's log; ignores all others."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        current = current_job.get()
+        if current is None:
+            return
+        store, job_id = current
+        try:
+            store.log(job_id, level_name(record.levelno), self.format(record))
+        except Exception:  # a job evicted or finished mid-call must not break the caller
+            self.handleError(record)
+
+
+_handler_installed = False
+
+
+def install_logging_bridge(capture_level: Optional[int]) -> None:
+    """Attach the bridge to the root logger once per process.
+
+    With `capture_level` set, the root logger's level is lowered to it if it is higher, so that
+    e.g. `logging.info` inside a job is not dropped before any handler sees it.
+    """
+    global _handler_installed
+    if capture_level is None:
+        return
+    root = logging.getLogger()
+    if not _handler_installed:
+        handler = JobLogHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+        _handler_installed = True
+    if root.level == logging.NOTSET or root.level > capture_level:
+        root.setLevel(capture_level)

@@ -1,0 +1,612 @@
+"""The thread-safe store: jobs, transitions, O(1) counters, one seq and the event ring.
+
+Everything that changes state goes through a method of `Store`, under its one lock. A change
+updates the job, its step's and manager's counters (two integer updates each), takes the next
+seq and appends an event to the replay ring — all before the lock is released — so a snapshot
+taken at seq S plus the events after S always equals the current state. Work that can block
+(running handlers, waking subscribers) happens outside the lock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import threading
+import time
+from collections import deque
+from typing import Any, Callable, Iterable, Optional
+
+from . import model
+from .logs import LogBucket, Record, query
+from .model import (
+    CANCELLED,
+    CHILD,
+    COMPLETED,
+    FAILED,
+    MANAGER,
+    PENDING,
+    RUNNING,
+    SKIPPED,
+    SLOT,
+    STEP,
+    Conflict,
+    InvalidTransition,
+    NotFound,
+    iso,
+    progress_dict,
+)
+
+_ids = itertools.count(1)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(5)}{next(_ids):x}"
+
+
+class Job:
+    """One manager, step or child job. Mutated only by `Store` under its lock."""
+
+    __slots__ = (
+        "id", "kind", "name", "status", "definition", "params", "created_at", "started_at",
+        "finished_at", "error", "manager", "step", "parent_id", "index",
+        # steps and managers
+        "total", "counts", "log_count", "bucket",
+        # steps
+        "handler_returned", "handler_failed",
+        # managers
+        "steps", "children", "cancelled", "settled", "current", "ordinal",
+        # children
+        "fn", "args", "kwargs", "retries", "attempt",
+    )  # fmt: skip
+
+    def __init__(self, kind: str, name: str, created_at: float) -> None:
+        self.id = new_id(kind[0])
+        self.kind = kind
+        self.name = name
+        self.status = PENDING
+        self.created_at = created_at
+        self.started_at: Optional[float] = None
+        self.finished_at: Optional[float] = None
+        self.error: Optional[str] = None
+        self.parent_id: Optional[str] = None
+        self.total = 0
+        self.counts = [0, 0, 0, 0, 0]
+        self.log_count = 0
+
+    def progress(self) -> dict[str, int]:
+        return progress_dict(self.total, self.counts)
+
+
+class Event:
+    """One entry of the replay ring. `key` names what a progress event may be merged with."""
+
+    __slots__ = ("seq", "type", "manager_id", "key", "data", "encoded")
+
+    def __init__(self, seq: int, type_: str, manager_id: str, key: Optional[str], data: dict) -> None:
+        self.seq = seq
+        self.type = type_
+        self.manager_id = manager_id
+        self.key = key
+        self.data = data
+        self.encoded: Optional[bytes] = None  # filled once by the hub, shared by all connections
+
+
+class Gone(Exception):
+    """The requested seq is no longer (or was never) in the replay ring."""
+
+
+class Store:
+    """Thread-safe state of all jobs, with a global seq and a bounded replay ring of events."""
+
+    def __init__(
+        self,
+        *,
+        replay_size: int = 100_000,
+        max_finished: int = 1000,
+        max_logs_per_step: int = 20_000,
+    ) -> None:
+        if replay_size < 16 or max_finished < 1 or max_logs_per_step < 1:
+            raise ValueError("replay_size >= 16, max_finished >= 1 and max_logs_per_step >= 1")
+        self.run_id = secrets.token_hex(6)  # tells event ids of one process run from another
+        self.replay_size = replay_size
+        self.max_finished = max_finished
+        self.max_logs_per_step = max_logs_per_step
+        self._cond = threading.Condition(threading.Lock())
+        self._seq = 0
+        self._ring: list[Optional[Event]] = [None] * replay_size
+        self._jobs: dict[str, Job] = {}
+        self._managers: dict[str, Job] = {}  # creation order
+        self._finished: deque[Job] = deque()
+        self._ordinals = itertools.count(1)
+        self._listeners: list[Callable[[], None]] = []
+
+    # ------------------------------------------------------------------ events
+
+    def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call `listener()` (outside the lock, from the changing thread) after each change.
+        Returns a function that unsubscribes."""
+        with self._cond:
+            self._listeners = [*self._listeners, listener]
+
+        def unsubscribe() -> None:
+            with self._cond:
+                self._listeners = [cb for cb in self._listeners if cb is not listener]
+
+        return unsubscribe
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    def _emit(self, type_: str, manager: Job, key: Optional[str], data: dict) -> None:
+        self._seq = seq = self._seq + 1
+        data["seq"] = seq
+        self._ring[seq % self.replay_size] = Event(seq, type_, manager.id, key, data)
+
+    def events_after(self, after: int, limit: int = 10_000) -> tuple[list[Event], int]:
+        """Events with seq > `after` in seq order (at most `limit`) and the current seq.
+        Raises `Gone` if some of them already left the ring (or `after` is from the future)."""
+        with self._cond:
+            last = self._seq
+            if after > last or after < last - self.replay_size:
+                raise Gone(after)
+            end = min(last, after + limit)
+            ring, size = self._ring, self.replay_size
+            return [ring[s % size] for s in range(after + 1, end + 1)], last  # type: ignore[misc]
+
+    def wait_for_seq(self, after: int, timeout: Optional[float] = None) -> int:
+        """Block until the seq passes `after` (or timeout); returns the current seq."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._seq > after, timeout)
+            return self._seq
+
+    def _emit_status(self, job: Job) -> None:
+        manager = job.manager
+        if job.kind == MANAGER:
+            data = {"job_id": job.id, "kind": MANAGER, "manager_id": job.id, "status": job.status,
+                    "job": self._manager_json(job)}
+        elif job.kind == STEP:
+            data = {"job_id": job.id, "kind": STEP, "manager_id": manager.id, "step_id": job.id,
+                    "step_name": job.name, "index": job.index, "status": job.status,
+                    "started_at": iso(job.started_at), "finished_at": iso(job.finished_at),
+                    "error": job.error}
+        else:
+            step = job.step
+            data = {"job_id": job.id, "kind": CHILD, "manager_id": manager.id, "step_id": step.id,
+                    "step_name": step.name, "parent_id": job.parent_id, "name": job.name,
+                    "status": job.status, "attempt": job.attempt, "error": job.error}
+        self._emit("job_status", manager, None, data)
+
+    def _emit_progress(self, step: Job) -> None:
+        manager = step.manager
+        self._emit("step_progress", manager, step.id, {
+            "manager_id": manager.id, "step_id": step.id, "step_name": step.name,
+            "index": step.index, "status": step.status, "progress": step.progress(),
+            "log_count": step.log_count,
+        })  # fmt: skip
+        self._emit("job_progress", manager, manager.id, {
+            "manager_id": manager.id, "status": manager.status, "progress": manager.progress(),
+            "log_count": manager.log_count,
+        })  # fmt: skip
+
+    # ------------------------------------------------------------------ transitions
+
+    def _set_status(self, job: Job, new: str, now: float) -> None:
+        """The one place a status changes; terminal statuses never change again."""
+        if not model.can_transition(job.kind, job.status, new):
+            raise InvalidTransition(f"{job.kind} {job.id} cannot go from {job.status} to {new}")
+        if job.kind == CHILD:
+            for counted in (job.step, job.manager):
+                counted.counts[SLOT[job.status]] -= 1
+                counted.counts[SLOT[new]] += 1
+        job.status = new
+        if new == RUNNING:
+            job.started_at = now
+        elif model.is_terminal(new):
+            job.finished_at = now
+            self._cond.notify_all()
+
+    def create_manager(self, definition: str, step_names: list[str], params: dict) -> tuple[Job, Job]:
+        """A new running manager with its steps; the first step is started. Returns both."""
+        now = time.time()
+        manager = Job(MANAGER, definition, now)
+        manager.definition = definition
+        manager.params = params
+        manager.manager = manager
+        manager.step = None
+        manager.index = None
+        manager.bucket = LogBucket(self.max_logs_per_step)
+        manager.steps = []
+        manager.children = []
+        manager.cancelled = False
+        manager.settled = False
+        manager.current = 0
+        for index, name in enumerate(step_names):
+            step = Job(STEP, name, now)
+            step.manager = manager
+            step.step = step
+            step.parent_id = manager.id
+            step.index = index
+            step.bucket = LogBucket(self.max_logs_per_step)
+            step.handler_returned = False
+            step.handler_failed = False
+            manager.steps.append(step)
+        with self._cond:
+            manager.ordinal = next(self._ordinals)
+            self._jobs[manager.id] = manager
+            self._managers[manager.id] = manager
+            for step in manager.steps:
+                self._jobs[step.id] = step
+            self._set_status(manager, RUNNING, now)
+            first = manager.steps[0]
+            self._set_status(first, RUNNING, now)
+            self._emit_status(manager)
+            self._append_log(first, "info", f"step {first.name} started", now)
+            self._emit_progress(first)
+        self._notify()
+        return manager, first
+
+    def add_child(
+        self,
+        fn: Callable[..., Any],
+        args: tuple,
+        kwargs: dict,
+        retries: int,
+        *,
+        step_id: Optional[str] = None,
+        parent_id: Optional[str] = None,
+    ) -> Job:
+        """A new pending child inside a running step, found by `step_id` or by `parent_id`
+        (the step itself or any job already inside it)."""
+        if (step_id is None) == (parent_id is None):
+            raise ValueError("give exactly one of step_id= or parent_id=")
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise ValueError(f"retries must be a non-negative int, not {retries!r}")
+        now = time.time()
+        with self._cond:
+            link = self._get(step_id or parent_id)  # type: ignore[arg-type]
+            if step_id is not None and link.kind != STEP:
+                raise ValueError(f"step_id {step_id!r} names a {link.kind} job, not a step")
+            if link.kind == MANAGER:
+                raise ValueError(f"parent_id {parent_id!r} is a manager job; link to a step or a job inside one")
+            step, manager = link.step, link.manager
+            if step.status != RUNNING or manager.cancelled:
+                state = "cancelled" if manager.cancelled else step.status
+                raise Conflict(f"step {step.name!r} of job {manager.id} is {state}; it takes no new children")
+            child = Job(CHILD, getattr(fn, "__name__", "child"), now)
+            child.manager, child.step = manager, step
+            child.parent_id = parent_id if parent_id is not None else step.id
+            child.fn, child.args, child.kwargs = fn, args, kwargs
+            child.retries, child.attempt = retries, 1
+            self._jobs[child.id] = child
+            manager.children.append(child)
+            for counted in (step, manager):
+                counted.total += 1
+                counted.counts[SLOT[PENDING]] += 1
+            self._emit_status(child)
+            self._emit_progress(step)
+        self._notify()
+        return child
+
+    def begin_child(self, child: Job) -> bool:
+        """pending -> running. False if the child was cancelled before it got a worker."""
+        with self._cond:
+            if child.status != PENDING:
+                return False
+            self._set_status(child, RUNNING, time.time())
+            self._emit_status(child)
+            self._emit_progress(child.step)
+        self._notify()
+        return True
+
+    def end_child(self, child: Job, error: Optional[str]) -> tuple[bool, Optional[Job]]:
+        """A child's attempt returned (`error` None) or raised. Returns (retry, next_step):
+        whether to run the child again, and the step to start next, if any."""
+        now = time.time()
+        with self._cond:
+            manager = child.manager
+            child.error = error
+            if model.child_retry(error is not None, child.attempt, child.retries, manager.cancelled):
+                self._set_status(child, PENDING, now)
+                self._append_log(child, "warning", f"{child.name} attempt {child.attempt} of "
+                                 f"{child.retries + 1} failed, retrying: {error}", now)
+                child.attempt += 1
+                retry, next_step = True, None
+            else:
+                if manager.cancelled:
+                    new = CANCELLED
+                else:
+                    new = FAILED if error is not None else COMPLETED
+                self._set_status(child, new, now)
+                if new == FAILED:
+                    self._append_log(child, "error", f"{child.name} failed: {error}", now)
+                retry, next_step = False, None
+            self._emit_status(child)
+            self._emit_progress(child.step)
+            if not retry:
+                next_step = self._maybe_finish_step(child.step, now)
+        self._notify()
+        return retry, next_step
+
+    def handler_returned(self, step: Job, error: Optional[str]) -> Optional[Job]:
+        """The step's handler returned or raised. Returns the step to start next, if any."""
+        now = time.time()
+        with self._cond:
+            step.handler_returned = True
+            step.handler_failed = error is not None
+            step.error = error
+            next_step = self._maybe_finish_step(step, now)
+        self._notify()
+        return next_step
+
+    def _maybe_finish_step(self, step: Job, now: float) -> Optional[Job]:
+        if step.status != RUNNING or not model.step_is_done(step.handler_returned, step.counts):
+            return None
+        manager = step.manager
+        status = model.step_outcome(step.handler_failed, manager.cancelled, step.total, step.counts)
+        if status == FAILED and step.error is None:
+            step.error = f"all {step.total} children failed"
+        self._set_status(step, status, now)
+        self._emit_status(step)
+        counts = ", ".join(f"{n} {k}" for k, n in step.progress().items() if n and k != "total")
+        self._append_log(step, "error" if status == FAILED else "info",
+                         f"step {step.name} {status}" + (f": {counts}" if counts else "")
+                         + (f" ({step.error})" if step.error else ""), now)
+        self._emit_progress(step)
+        if manager.cancelled:
+            self._settle(manager)
+            return None
+        outcome = model.manager_outcome(status, step.index == len(manager.steps) - 1)
+        if outcome is None:
+            manager.current = step.index + 1
+            following = manager.steps[manager.current]
+            self._set_status(following, RUNNING, now)
+            self._emit_status(following)
+            self._append_log(following, "info", f"step {following.name} started", now)
+            self._emit_progress(following)
+            return following
+        if outcome == FAILED:
+            manager.error = f"step {step.name!r} failed: {step.error}"
+        self._skip_rest(manager, now)
+        self._set_status(manager, outcome, now)
+        self._emit_status(manager)
+        self._settle(manager)
+        return None
+
+    def _skip_rest(self, manager: Job, now: float) -> None:
+        for later in manager.steps[manager.current + 1 :]:
+            if later.status == PENDING:
+                self._set_status(later, SKIPPED, now)
+                self._emit_status(later)
+                self._emit_progress(later)
+
+    def _settle(self, manager: Job) -> None:
+        """Manager and all its steps are terminal: announce `end`, retain or evict."""
+        manager.settled = True
+        self._emit("end", manager, None, {"manager_id": manager.id, "status": manager.status})
+        self._cond.notify_all()
+        self._finished.append(manager)
+        while len(self._finished) > self.max_finished:
+            self._evict(self._finished.popleft())
+
+    def _evict(self, manager: Job) -> None:
+        self._managers.pop(manager.id, None)
+        self._jobs.pop(manager.id, None)
+        for job in itertools.chain(manager.steps, manager.children):
+            self._jobs.pop(job.id, None)
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a manager job: pending children become cancelled, running ones see
+        `ctx.cancelled`, later steps are skipped. Raises Conflict if it is already terminal."""
+        now = time.time()
+        with self._cond:
+            manager = self._get(job_id)
+            if manager.kind != MANAGER:
+                raise ValueError(f"job {job_id} is a {manager.kind} job; cancel its manager {manager.manager.id}")
+            if model.is_terminal(manager.status):
+                raise Conflict(f"job {job_id} is already {manager.status}")
+            manager.cancelled = True
+            self._set_status(manager, CANCELLED, now)
+            self._emit_status(manager)
+            step = manager.steps[manager.current]
+            if step.counts[SLOT[PENDING]]:
+                for child in manager.children:
+                    if child.status == PENDING:
+                        self._set_status(child, CANCELLED, now)
+                        self._emit_status(child)
+                self._emit_progress(step)
+            self._skip_rest(manager, now)
+            self._maybe_finish_step(step, now)
+        self._notify()
+        return manager
+
+    def log(self, job_id: str, level: str, message: str) -> Record:
+        """Store a log line under the job that wrote it and announce it."""
+        model.level_rank(level)
+        with self._cond:
+            record = self._append_log(self._get(job_id), level, str(message), time.time())
+        self._notify()
+        return record
+
+    def _append_log(self, job: Job, level: str, message: str, now: float) -> Record:
+        manager, step = job.manager, job.step
+        owner = step if step is not None else manager
+        record = {
+            "seq": self._seq + 1, "ts": iso(now), "level": level, "message": message,
+            "job_id": job.id, "step_id": step.id if step else None,
+            "step_name": step.name if step else None, "manager_id": manager.id,
+        }  # fmt: skip
+        owner.bucket.append(record)
+        owner.log_count += 1
+        if owner is not manager:
+            manager.log_count += 1
+        self._emit("log", manager, None, {**record, "log_count": owner.log_count})
+        return record
+
+    # ------------------------------------------------------------------ reads
+
+    def _get(self, job_id: str) -> Job:
+        try:
+            return self._jobs[job_id]
+        except (KeyError, TypeError):
+            raise NotFound(f"no job with id {job_id!r}") from None
+
+    def get(self, job_id: str) -> Job:
+        with self._cond:
+            return self._get(job_id)
+
+    def wait(self, job_id: str, timeout: Optional[float]) -> dict:
+        """Block until the job is finished (a manager: it and all its steps); its snapshot."""
+        with self._cond:
+            job = self._get(job_id)
+            done = (lambda: job.settled) if job.kind == MANAGER else (lambda: model.is_terminal(job.status))
+            if not self._cond.wait_for(done, timeout):
+                raise TimeoutError(f"job {job_id} still {job.status} after {timeout} s")
+            return {"seq": self._seq, "job": self._job_json(job)}
+
+    def snapshot(self, job_id: str) -> dict:
+        """`{"seq", "job"}`: the job as of that seq."""
+        with self._cond:
+            return {"seq": self._seq, "job": self._job_json(self._get(job_id))}
+
+    def stream_snapshot(self, manager_id: Optional[str], recent: int = 20) -> tuple[dict, bool]:
+        """The first event of a stream: `{"seq", "jobs"}` for one manager, or for the running
+        managers and the `recent` most recently finished ones. Also says if that one manager is
+        already settled (its stream ends right after the snapshot)."""
+        with self._cond:
+            if manager_id is not None:
+                manager = self._get(manager_id)
+                if manager.kind != MANAGER:
+                    raise ValueError(f"job {manager_id} is a {manager.kind} job; watch its manager {manager.manager.id}")
+                return {"seq": self._seq, "jobs": [self._manager_json(manager)]}, manager.settled
+            running = [m for m in self._managers.values() if not m.settled]
+            finished = list(itertools.islice(reversed(self._finished), recent))
+            jobs = sorted(running + finished, key=lambda m: m.ordinal, reverse=True)
+            return {"seq": self._seq, "jobs": [self._manager_json(m) for m in jobs]}, False
+
+    def running_managers(self) -> list[str]:
+        with self._cond:
+            return [m.id for m in self._managers.values() if not model.is_terminal(m.status)]
+
+    def list_managers(
+        self, status: Optional[str] = None, limit: int = 50, cursor: Optional[int] = None
+    ) -> dict:
+        """Manager jobs newest first; `next` is the cursor for the following page or None."""
+        with self._cond:
+            page: list[Job] = []
+            next_cursor = None
+            for manager in reversed(self._managers.values()):
+                if (cursor is not None and manager.ordinal >= cursor) or (
+                    status is not None and manager.status != status
+                ):
+                    continue
+                if len(page) == limit:
+                    next_cursor = page[-1].ordinal
+                    break
+                page.append(manager)
+            return {"seq": self._seq, "jobs": [self._manager_json(m) for m in page], "next": next_cursor}
+
+    def children(
+        self,
+        job_id: str,
+        step: Optional[str] = None,
+        status: Optional[str] = None,
+        limit: int = 100,
+        cursor: int = 0,
+    ) -> dict:
+        """Children of a manager or step in creation order; `cursor` is a position."""
+        with self._cond:
+            job = self._get(job_id)
+            if job.kind == CHILD:
+                raise ValueError(f"job {job_id} is a child job; list children of its step or manager")
+            step_job = job if job.kind == STEP else (self._step_named(job, step) if step else None)
+            if job.kind == STEP and step is not None and step != job.name:
+                raise ValueError(f"step {step!r} is not job {job_id}'s step {job.name!r}")
+            found = job.manager.children
+            out: list[dict] = []
+            position = cursor
+            for position in range(cursor, len(found)):
+                child = found[position]
+                if (step_job is not None and child.step is not step_job) or (
+                    status is not None and child.status != status
+                ):
+                    continue
+                if len(out) == limit:
+                    return {"children": out, "next": position}
+                out.append(self._child_json(child))
+            return {"children": out, "next": None}
+
+    def logs(
+        self,
+        job_id: str,
+        step: Optional[str] = None,
+        level: str = "debug",
+        after: int = 0,
+        limit: int = 1000,
+    ) -> dict:
+        """Log lines of a manager (all of it), a step (it and its children) or a child."""
+        model.level_rank(level)
+        with self._cond:
+            job = self._get(job_id)
+            only_job = None
+            if job.kind == MANAGER:
+                if step is not None:
+                    buckets: Iterable[LogBucket] = [self._step_named(job, step).bucket]
+                else:
+                    buckets = [job.bucket] + [s.bucket for s in job.steps]
+            else:
+                if step is not None and step != job.step.name:
+                    raise ValueError(f"job {job_id} belongs to step {job.step.name!r}, not {step!r}")
+                buckets = [job.step.bucket]
+                only_job = job.id if job.kind == CHILD else None
+            records, next_cursor = query(buckets, after=after, min_level=level, job_id=only_job, limit=limit)
+            return {"logs": records, "next": next_cursor}
+
+    def _step_named(self, manager: Job, name: str) -> Job:
+        for step in manager.manager.steps:
+            if step.name == name:
+                return step
+        raise NotFound(f"job {manager.manager.id} has no step {name!r}")
+
+    # ------------------------------------------------------------------ JSON
+
+    def _job_json(self, job: Job) -> dict:
+        if job.kind == MANAGER:
+            return self._manager_json(job)
+        if job.kind == STEP:
+            return {**self._step_json(job), "kind": STEP, "manager_id": job.manager.id,
+                    "step_id": job.id, "step_name": job.name, "parent_id": job.manager.id,
+                    "definition": job.manager.definition}  # fmt: skip
+        return self._child_json(job)
+
+    def _manager_json(self, m: Job) -> dict:
+        current = m.steps[m.current]
+        return {
+            "id": m.id, "kind": MANAGER, "definition": m.definition, "status": m.status,
+            "params": m.params, "created_at": iso(m.created_at), "started_at": iso(m.started_at),
+            "finished_at": iso(m.finished_at), "error": m.error,
+            "current_step": current.name, "progress": m.progress(), "log_count": m.log_count,
+            "steps": [self._step_json(s) for s in m.steps],
+        }  # fmt: skip
+
+    @staticmethod
+    def _step_json(s: Job) -> dict:
+        return {
+            "id": s.id, "name": s.name, "index": s.index, "status": s.status,
+            "progress": s.progress(), "log_count": s.log_count, "started_at": iso(s.started_at),
+            "finished_at": iso(s.finished_at), "error": s.error,
+        }  # fmt: skip
+
+    @staticmethod
+    def _child_json(c: Job) -> dict:
+        return {
+            "id": c.id, "kind": CHILD, "name": c.name, "status": c.status,
+            "manager_id": c.manager.id, "step_id": c.step.id, "step_name": c.step.name,
+            "parent_id": c.parent_id, "attempt": c.attempt, "retries": c.retries,
+            "created_at": iso(c.created_at), "started_at": iso(c.started_at),
+            "finished_at": iso(c.finished_at), "error": c.error,
+        }  # fmt: skip
