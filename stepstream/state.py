@@ -37,10 +37,11 @@ from .model import (
 )
 
 _ids = itertools.count(1)
+_run_prefix = secrets.token_hex(3)  # ids stay unique across processes that share a client
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(5)}{next(_ids):x}"
+    return f"{prefix}_{_run_prefix}{next(_ids):06x}"
 
 
 class Job:
@@ -52,7 +53,7 @@ class Job:
         # steps and managers
         "total", "counts", "log_count", "bucket",
         # steps
-        "handler_returned", "handler_failed",
+        "handler_returned", "handler_error",
         # managers
         "steps", "children", "cancelled", "settled", "current", "ordinal",
         # children
@@ -119,6 +120,7 @@ class Store:
         self._finished: deque[Job] = deque()
         self._ordinals = itertools.count(1)
         self._listeners: list[Callable[[], None]] = []
+        self._waiters = 0  # threads in wait(); skip notify_all() when there are none
 
     # ------------------------------------------------------------------ events
 
@@ -157,12 +159,6 @@ class Store:
             end = min(last, after + limit)
             ring, size = self._ring, self.replay_size
             return [ring[s % size] for s in range(after + 1, end + 1)], last  # type: ignore[misc]
-
-    def wait_for_seq(self, after: int, timeout: Optional[float] = None) -> int:
-        """Block until the seq passes `after` (or timeout); returns the current seq."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._seq > after, timeout)
-            return self._seq
 
     def _emit_status(self, job: Job) -> None:
         manager = job.manager
@@ -208,7 +204,8 @@ class Store:
             job.started_at = now
         elif model.is_terminal(new):
             job.finished_at = now
-            self._cond.notify_all()
+            if self._waiters:
+                self._cond.notify_all()
 
     def create_manager(self, definition: str, step_names: list[str], params: dict) -> tuple[Job, Job]:
         """A new running manager with its steps; the first step is started. Returns both."""
@@ -233,7 +230,7 @@ class Store:
             step.index = index
             step.bucket = LogBucket(self.max_logs_per_step)
             step.handler_returned = False
-            step.handler_failed = False
+            step.handler_error = None
             manager.steps.append(step)
         with self._cond:
             manager.ordinal = next(self._ordinals)
@@ -337,8 +334,7 @@ class Store:
         now = time.time()
         with self._cond:
             step.handler_returned = True
-            step.handler_failed = error is not None
-            step.error = error
+            step.handler_error = error  # shown as the step's error once the step finishes
             next_step = self._maybe_finish_step(step, now)
         self._notify()
         return next_step
@@ -347,9 +343,9 @@ class Store:
         if step.status != RUNNING or not model.step_is_done(step.handler_returned, step.counts):
             return None
         manager = step.manager
-        status = model.step_outcome(step.handler_failed, manager.cancelled, step.total, step.counts)
-        if status == FAILED and step.error is None:
-            step.error = f"all {step.total} children failed"
+        status = model.step_outcome(step.handler_error is not None, manager.cancelled, step.total, step.counts)
+        if status == FAILED:
+            step.error = step.handler_error or f"all {step.total} children failed"
         self._set_status(step, status, now)
         self._emit_status(step)
         counts = ", ".join(f"{n} {k}" for k, n in step.progress().items() if n and k != "total")
@@ -388,7 +384,8 @@ class Store:
         """Manager and all its steps are terminal: announce `end`, retain or evict."""
         manager.settled = True
         self._emit("end", manager, None, {"manager_id": manager.id, "status": manager.status})
-        self._cond.notify_all()
+        if self._waiters:
+            self._cond.notify_all()
         self._finished.append(manager)
         while len(self._finished) > self.max_finished:
             self._evict(self._finished.popleft())
@@ -444,7 +441,9 @@ class Store:
         owner.log_count += 1
         if owner is not manager:
             manager.log_count += 1
-        self._emit("log", manager, None, {**record, "log_count": owner.log_count})
+        # Absolute counts ride along, so a client never has to count lines itself.
+        self._emit("log", manager, None, {**record, "log_count": owner.log_count,
+                                          "manager_log_count": manager.log_count})
         return record
 
     # ------------------------------------------------------------------ reads
@@ -464,8 +463,12 @@ class Store:
         with self._cond:
             job = self._get(job_id)
             done = (lambda: job.settled) if job.kind == MANAGER else (lambda: model.is_terminal(job.status))
-            if not self._cond.wait_for(done, timeout):
-                raise TimeoutError(f"job {job_id} still {job.status} after {timeout} s")
+            self._waiters += 1
+            try:
+                if not self._cond.wait_for(done, timeout):
+                    raise TimeoutError(f"job {job_id} still {job.status} after {timeout} s")
+            finally:
+                self._waiters -= 1
             return {"seq": self._seq, "job": self._job_json(job)}
 
     def snapshot(self, job_id: str) -> dict:

@@ -1,0 +1,117 @@
+"""Core benchmarks: progress cost per child transition vs job size, and core throughput.
+
+Run alone: `python bench/core.py [--quick]`; `bench/run.py` runs these with the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from stepstream import Orchestrator, Step  # noqa: E402
+from stepstream.state import Store  # noqa: E402
+
+
+def _noop(ctx):  # pragma: no cover - run by workers
+    pass
+
+
+def _timed_transitions(store: Store, children: list, window: int) -> float:
+    """Seconds for `window` children to go pending -> running -> completed (2 transitions each)."""
+    start = time.perf_counter()
+    for child in children[:window]:
+        store.begin_child(child)
+        store.end_child(child, None)
+    return time.perf_counter() - start
+
+
+def progress_cost(sizes=(1_000, 10_000, 100_000), window: int = 1_000, repeat: int = 3) -> dict:
+    """µs per child transition in a step holding `size` children, stepstream vs scanning.
+
+    The baseline does what the replaced system did: after each transition it recomputes the
+    step's counts by scanning the step's children.
+    """
+    rows = []
+    for size in sizes:
+        best, best_scan = float("inf"), float("inf")
+        for _ in range(repeat):
+            store = Store(replay_size=1 << 16)
+            manager, step = store.create_manager("bench", ["a"], {})
+            children = [store.add_child(_noop, (), {}, 0, step_id=step.id) for _ in range(size)]
+            best = min(best, _timed_transitions(store, children, window))
+
+            statuses = {i: "pending" for i in range(size)}  # the baseline's own child table
+            start = time.perf_counter()
+            for i in range(min(window, 200)):  # scanning is slow: fewer transitions, same unit
+                for new in ("running", "completed"):
+                    statuses[i] = new
+                    Counter(statuses.values())  # recount the step
+            best_scan = min(best_scan, (time.perf_counter() - start) / (2 * min(window, 200)))
+        rows.append({"children": size, "us_per_transition": best / (2 * window) * 1e6,
+                     "baseline_us_per_transition": best_scan * 1e6})
+    small, large = rows[0], rows[-1]
+    return {
+        "name": "progress_cost",
+        "rows": rows,
+        "ratio_large_small": large["us_per_transition"] / small["us_per_transition"],
+        "baseline_ratio_large_small": large["baseline_us_per_transition"] / small["baseline_us_per_transition"],
+    }
+
+
+def job_wall_time(children: int = 10_000, steps: int = 3, workers: int = 8) -> dict:
+    """Wall time of a job of `steps` steps with `children` no-op children in all."""
+    orch = Orchestrator(max_workers=workers, capture_level=None)
+    per_step = children // steps
+
+    def fan_out(ctx):
+        for _ in range(per_step):
+            ctx.spawn(_noop)
+
+    orch.define("bench", [Step(f"s{i}", fan_out) for i in range(steps)])
+    start = time.perf_counter()
+    job = orch.start("bench")
+    final = orch.wait(job, timeout=600)
+    wall = time.perf_counter() - start
+    orch.shutdown()
+    assert final["job"]["progress"]["completed"] == per_step * steps
+    transitions = per_step * steps * 3  # created, running, completed
+    return {"name": "job_wall_time", "children": per_step * steps, "steps": steps, "wall_s": wall,
+            "children_per_s": per_step * steps / wall, "transitions_per_s": transitions / wall,
+            "events": orch.store.seq}
+
+
+def store_throughput(children: int = 100_000) -> dict:
+    """Child transitions per second through the store alone (no thread pool in the way)."""
+    store = Store()
+    manager, step = store.create_manager("bench", ["a"], {})
+    start = time.perf_counter()
+    for _ in range(children):
+        child = store.add_child(_noop, (), {}, 0, step_id=step.id)
+        store.begin_child(child)
+        store.end_child(child, None)
+    wall = time.perf_counter() - start
+    return {"name": "store_throughput", "children": children, "wall_s": wall,
+            "transitions_per_s": 3 * children / wall}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    results = [
+        progress_cost(sizes=(1_000, 100_000) if not args.quick else (1_000, 20_000)),
+        store_throughput(100_000 if not args.quick else 20_000),
+        job_wall_time(10_000),
+    ]
+    for result in results:
+        print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""The core runs without a server: it imports nothing outside the standard library."""
+
+import json
+import subprocess
+import sys
+
+CORE = ["stepstream", "stepstream.model", "stepstream.state", "stepstream.orchestrator",
+        "stepstream.logs", "stepstream.demo"]
+
+
+def test_core_modules_import_only_the_standard_library():
+    code = (
+        "import sys, json\n"
+        "before = set(sys.modules)\n"  # what site hooks loaded at start-up is not ours
+        f"for name in {CORE!r}: __import__(name)\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in set(sys.modules) - before})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = set(json.loads(out))
+    outside = loaded - set(sys.stdlib_module_names) - {"stepstream", "__main__"}
+    assert not outside, f"core imports non-stdlib modules: {sorted(outside)}"
+    assert "starlette" not in loaded and "uvicorn" not in loaded

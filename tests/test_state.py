@@ -1,0 +1,191 @@
+"""The store under concurrency and random schedules: invariants, seq order, exact replay."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from stepstream import Orchestrator, Step
+from stepstream.model import TERMINAL
+from stepstream.state import Gone, Store
+from tests.folding import check_progress, fold
+
+TIMEOUT = 30
+
+
+def all_events(store: Store) -> list:
+    events, _ = store.events_after(0, limit=10**9)
+    return events
+
+
+def pairs(events) -> list[tuple[str, dict]]:
+    return [(e.type, e.data) for e in events]
+
+
+def check_history(store: Store, manager_id: str, snapshots: list[dict]) -> None:
+    """Seq is contiguous and increasing, every progress event adds up, and every snapshot taken
+    along the way plus the events after it folds into the final snapshot exactly."""
+    events = all_events(store)
+    assert [e.seq for e in events] == list(range(1, store.seq + 1))
+    for e in events:
+        assert e.data["seq"] == e.seq
+        if e.type in ("step_progress", "job_progress"):
+            check_progress(e.data["progress"])
+    finished: set[str] = set()
+    for e in events:
+        if e.type == "job_status":
+            assert e.data["job_id"] not in finished, f"{e.data['job_id']} changed after it was terminal"
+            if e.data["status"] in TERMINAL:
+                finished.add(e.data["job_id"])
+    final = store.snapshot(manager_id)
+    assert snapshots, "no snapshot was taken during the run"
+    for snap in snapshots + [final]:
+        folded = fold(snap["job"], pairs(e for e in events if e.seq > snap["seq"]))
+        assert folded == final["job"], f"replay from seq {snap['seq']} differs"
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_many_threads_spawning_finishing_failing_and_retrying_replay_exactly(seed):
+    rng = random.Random(seed)
+    orch = Orchestrator(max_workers=8, replay_size=2_000_000)
+    snapshots: list[dict] = []
+
+    def child(ctx, depth, fail_until):
+        if ctx.attempt <= fail_until:
+            raise RuntimeError("transient")
+        if depth < 3:
+            for _ in range(random.randint(0, 2)):
+                ctx.spawn(child, depth + 1, random.choice([0, 0, 1, 5]), retries=random.randint(0, 2))
+        ctx.log(random.choice(["debug", "info", "warning", "error"]), f"depth {depth}")
+
+    def handler(ctx):
+        def agent_thread():  # another thread links children by step_id while the step runs
+            for _ in range(40):
+                ctx.orchestrator.spawn(child, 2, random.choice([0, 1]), step_id=ctx.step_id, retries=1)
+
+        threads = [threading.Thread(target=agent_thread) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for _ in range(60):
+            ctx.spawn(child, 0, random.choice([0, 0, 1, 9]), retries=random.randint(0, 2))
+        for t in threads:
+            t.join()
+
+    orch.define("d", [Step("one", handler), Step("two", handler), Step("three", handler)])
+    job = orch.start("d")
+    done = threading.Event()
+
+    def snapshotter():
+        while not done.is_set():
+            snapshots.append(orch.snapshot(job))
+            threading.Event().wait(rng.uniform(0.001, 0.02))  # spread snapshots over the run
+
+    watcher = threading.Thread(target=snapshotter)
+    watcher.start()
+    final = orch.wait(job, TIMEOUT)
+    done.set()
+    watcher.join()
+    orch.shutdown()
+    assert final["job"]["status"] == "completed"
+    assert all(s["status"] == "completed" for s in final["job"]["steps"])
+    assert final["job"]["progress"]["total"] >= 3 * 180
+    check_history(orch.store, job, snapshots)
+
+
+def test_events_that_left_the_ring_are_reported_gone():
+    store = Store(replay_size=16)
+    manager, first = store.create_manager("d", ["a"], {})
+    for n in range(40):
+        store.log(first.id, "info", f"{n}")
+    with pytest.raises(Gone):
+        store.events_after(0)
+    with pytest.raises(Gone):
+        store.events_after(store.seq + 5)  # from the future (another run)
+    recent, last = store.events_after(store.seq - 16)
+    assert [e.seq for e in recent] == list(range(store.seq - 15, store.seq + 1)) and last == store.seq
+
+
+def noop(ctx):
+    pass
+
+
+class StoreMachine(RuleBasedStateMachine):
+    """Random single-threaded schedules of every store operation; invariants after each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.store = Store(replay_size=1_000_000)
+        self.manager, self.first = self.store.create_manager("d", ["a", "b", "c"], {})
+        self.snapshots = [self.store.snapshot(self.manager.id)]
+
+    def current(self):
+        return self.manager.steps[self.manager.current]
+
+    def jobs(self, status):
+        return [c for c in self.manager.children if c.status == status]
+
+    @precondition(lambda self: self.current().status == "running" and not self.manager.cancelled)
+    @rule(by_step=st.booleans(), retries=st.integers(0, 2), data=st.data())
+    def spawn(self, by_step, retries, data):
+        step = self.current()
+        inside = [c for c in self.manager.children if c.step is step]
+        if by_step or not inside:
+            self.store.add_child(noop, (), {}, retries, step_id=step.id)
+        else:
+            parent = data.draw(st.sampled_from(inside))
+            self.store.add_child(noop, (), {}, retries, parent_id=parent.id)
+
+    @precondition(lambda self: self.jobs("pending"))
+    @rule(data=st.data())
+    def begin(self, data):
+        self.store.begin_child(data.draw(st.sampled_from(self.jobs("pending"))))
+
+    @precondition(lambda self: self.jobs("running"))
+    @rule(data=st.data(), fail=st.booleans())
+    def end(self, data, fail):
+        child = data.draw(st.sampled_from(self.jobs("running")))
+        self.store.end_child(child, "RuntimeError: x" if fail else None)
+
+    @precondition(lambda self: self.current().status == "running" and not self.current().handler_returned)
+    @rule(fail=st.booleans())
+    def handler_returns(self, fail):
+        self.store.handler_returned(self.current(), "ValueError: y" if fail else None)
+
+    @precondition(lambda self: self.manager.status == "running")
+    @rule()
+    def cancel(self):
+        self.store.cancel(self.manager.id)
+
+    @rule(level=st.sampled_from(["debug", "info", "warning", "error"]))
+    def log(self, level):
+        self.store.log(self.current().id, level, "line")
+
+    @rule()
+    def snapshot(self):
+        self.snapshots.append(self.store.snapshot(self.manager.id))
+
+    @invariant()
+    def counts_add_up(self):
+        job = self.store.snapshot(self.manager.id)["job"]
+        check_progress(job["progress"])
+        for step in job["steps"]:
+            check_progress(step["progress"])
+        for key in job["progress"]:
+            assert job["progress"][key] == sum(s["progress"][key] for s in job["steps"])
+        running = [s for s in job["steps"] if s["status"] == "running"]
+        assert len(running) <= 1
+        if self.manager.settled:
+            assert all(s["status"] in TERMINAL for s in job["steps"])
+            assert not self.jobs("pending") and not self.jobs("running")
+
+    def teardown(self):
+        check_history(self.store, self.manager.id, self.snapshots)
+
+
+TestStoreMachine = StoreMachine.TestCase
+TestStoreMachine.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
