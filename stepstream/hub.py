@@ -1,0 +1,225 @@
+"""The asyncio side of the event stream: wakes connections, merges, encodes each event once.
+
+Connections keep no queue of their own. Each one holds a cursor (the last seq it sent) and reads
+the store's shared replay ring from there at its own pace; the hub only tells them that there is
+something new. A connection that falls so far behind that the ring has moved past its cursor
+gets a fresh `snapshot` instead, so memory per connection stays bounded whatever the client does.
+See docs/architecture.md for who wakes and who cancels whom.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator, Optional
+
+from .model import NotFound
+from .state import Event, Gone, Store
+
+MERGEABLE = frozenset({"step_progress", "job_progress"})
+
+
+def _dumps(data: dict) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode(event_id: str, type_: str, data: dict) -> bytes:
+    """One SSE event: `id:`, `event:` and a single `data:` line of JSON."""
+    return f"id: {event_id}\nevent: {type_}\ndata: {_dumps(data)}\n\n".encode()
+
+
+@dataclass(frozen=True)
+class StreamRequest:
+    """What one connection asked for."""
+
+    manager_id: Optional[str] = None  # `?job=`: one manager job, ended by an `end` event
+    children: bool = False  # `?children=1`: per-child `job_status` events too
+    resume_from: Optional[int] = None  # seq of a valid Last-Event-ID of this run
+
+
+class Hub:
+    """Fans out the store's events to any number of SSE connections on one event loop."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        min_interval: float = 0.01,
+        batch_events: int = 5000,
+        chunk_bytes: int = 64 * 1024,
+        retry_ms: int = 2000,
+    ) -> None:
+        self.store = store
+        self.min_interval = min_interval
+        self.batch_events = batch_events
+        self.chunk_bytes = chunk_bytes
+        self.retry_ms = retry_ms
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._new_data: Optional[asyncio.Event] = None
+        self._wake_scheduled = False
+        self._last_wake = 0.0
+        self._lock = threading.Lock()
+        self._unsubscribe = store.subscribe(self._on_change)
+        self.connections = 0
+
+    # ------------------------------------------------------------------ waking
+
+    def _attach(self) -> None:
+        """Bind to the running loop; the app needs no lifespan event, so this happens lazily."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            with self._lock:
+                self._loop = loop
+                self._new_data = asyncio.Event()
+                self._wake_scheduled = False
+
+    def _on_change(self) -> None:
+        """Called by the store after every change, from whichever thread made it."""
+        loop = self._loop
+        if loop is None or self._wake_scheduled:
+            return
+        with self._lock:
+            if self._wake_scheduled or self._loop is not loop:
+                return
+            self._wake_scheduled = True
+        try:
+            loop.call_soon_threadsafe(self._schedule_wake)
+        except RuntimeError:  # the loop closed (server stopped)
+            self._wake_scheduled = False
+
+    def _schedule_wake(self) -> None:
+        # At most one wake per `min_interval`: under load, connections read bigger batches.
+        delay = self._last_wake + self.min_interval - time.monotonic()
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay, self._wake)
+        else:
+            self._wake()
+
+    def _wake(self) -> None:
+        self._last_wake = time.monotonic()
+        with self._lock:
+            self._wake_scheduled = False
+        event, self._new_data = self._new_data, asyncio.Event()
+        if event is not None:
+            event.set()
+
+    async def _wait_after(self, seq: int) -> None:
+        """Return once the store's seq has passed `seq`."""
+        while self.store.seq <= seq:
+            assert self._new_data is not None
+            await self._new_data.wait()
+
+    # ------------------------------------------------------------------ streams
+
+    def parse_last_event_id(self, value: Optional[str]) -> Optional[int]:
+        """The seq of a Last-Event-ID from this run of the server, or None (fresh snapshot)."""
+        if not value:
+            return None
+        run_id, _, seq = value.strip().rpartition("-")
+        if run_id != self.store.run_id or not seq.isdigit():
+            return None
+        return int(seq)
+
+    def event_id(self, seq: int) -> str:
+        return f"{self.store.run_id}-{seq}"
+
+    def _encoded(self, event: Event) -> bytes:
+        if event.encoded is None:  # once per event, shared by every connection
+            event.encoded = encode(self.event_id(event.seq), event.type, event.data)
+        return event.encoded
+
+    def _snapshot(self, request: StreamRequest) -> tuple[int, bytes, bool]:
+        snap, settled = self.store.stream_snapshot(request.manager_id)
+        chunk = encode(self.event_id(snap["seq"]), "snapshot", snap)
+        if settled:  # a finished job: nothing more will come
+            chunk += self._end(snap["seq"], request.manager_id, snap["jobs"][0]["status"])
+        return snap["seq"], chunk, settled
+
+    def _end(self, seq: int, manager_id: Optional[str], status: str) -> bytes:
+        return encode(self.event_id(seq), "end", {"seq": seq, "manager_id": manager_id, "status": status})
+
+    def _select(self, events: list[Event], request: StreamRequest) -> tuple[list[Event], bool]:
+        """The events this connection sends, progress merged (latest wins); and whether its
+        job ended among them."""
+        wanted: list[Event] = []
+        ended = False
+        for event in events:
+            if request.manager_id is not None and event.manager_id != request.manager_id:
+                continue
+            if event.type == "end":
+                if request.manager_id is None:
+                    continue
+                wanted.append(event)
+                ended = True
+                break
+            if event.type == "job_status" and event.data["kind"] == "child" and not request.children:
+                continue
+            wanted.append(event)
+        # Latest wins: drop a progress event when a later one for the same step/job follows.
+        seen: set[tuple[str, str]] = set()
+        kept: list[Event] = []
+        for event in reversed(wanted):
+            if event.type in MERGEABLE:
+                key = (event.type, event.key)  # type: ignore[assignment]
+                if key in seen:
+                    continue
+                seen.add(key)  # type: ignore[arg-type]
+            kept.append(event)
+        kept.reverse()
+        return kept, ended
+
+    async def stream(self, request: StreamRequest) -> AsyncIterator[bytes]:
+        """The bytes of one SSE connection: a snapshot (or a resume), then every change."""
+        self._attach()
+        self.connections += 1
+        try:
+            first = f"retry: {self.retry_ms}\n\n".encode()
+            cursor = request.resume_from
+            if cursor is not None:
+                try:
+                    self.store.events_after(cursor, limit=1)
+                except Gone:
+                    cursor = None
+            if cursor is None:
+                cursor, chunk, settled = self._snapshot(request)
+                yield first + chunk
+                if settled:
+                    return
+            else:
+                yield first
+            while True:
+                await self._wait_after(cursor)
+                try:
+                    events, _ = self.store.events_after(cursor, limit=self.batch_events)
+                except Gone:  # fell behind the ring: start over from a fresh snapshot
+                    try:
+                        cursor, chunk, settled = self._snapshot(request)
+                    except NotFound:  # the job was evicted meanwhile
+                        return
+                    yield chunk
+                    if settled:
+                        return
+                    continue
+                selected, ended = self._select(events, request)
+                cursor = events[-1].seq if not ended else selected[-1].seq
+                pieces: list[bytes] = []
+                size = 0
+                for event in selected:
+                    piece = self._encoded(event)
+                    pieces.append(piece)
+                    size += len(piece)
+                    if size >= self.chunk_bytes:
+                        yield b"".join(pieces)
+                        pieces, size = [], 0
+                if pieces:
+                    yield b"".join(pieces)
+                if ended:
+                    return
+        finally:
+            self.connections -= 1
+
+    def close(self) -> None:
+        self._unsubscribe()
