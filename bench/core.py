@@ -15,6 +15,7 @@ from collections import Counter
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from stepstream import Orchestrator, Step  # noqa: E402
+from stepstream.hub import Hub  # noqa: E402
 from stepstream.state import Store  # noqa: E402
 
 
@@ -64,9 +65,12 @@ def progress_cost(sizes=(1_000, 10_000, 100_000), window: int = 1_000, repeat: i
     }
 
 
-def job_wall_time(children: int = 10_000, steps: int = 3, workers: int = 8) -> dict:
-    """Wall time of a job of `steps` steps with `children` no-op children in all."""
+def job_wall_time(children: int = 10_000, steps: int = 3, workers: int = 8, hub: bool = True) -> dict:
+    """Wall time of a job of `steps` steps with `children` no-op children in all, through the
+    orchestrator's thread pool; with `hub`, a `Hub` is attached (subscribed) but has no clients."""
     orch = Orchestrator(max_workers=workers, capture_level=None)
+    if hub:
+        Hub(orch.store)
     per_step = children // steps
 
     def fan_out(ctx):
@@ -81,7 +85,7 @@ def job_wall_time(children: int = 10_000, steps: int = 3, workers: int = 8) -> d
     orch.shutdown()
     assert final["job"]["progress"]["completed"] == per_step * steps
     transitions = per_step * steps * 3  # created, running, completed
-    return {"name": "job_wall_time", "children": per_step * steps, "steps": steps, "wall_s": wall,
+    return {"name": "job_wall_time", "hub": hub, "children": per_step * steps, "steps": steps, "wall_s": wall,
             "children_per_s": per_step * steps / wall, "transitions_per_s": transitions / wall,
             "events": orch.store.seq}
 
@@ -100,14 +104,26 @@ def store_throughput(children: int = 100_000) -> dict:
             "transitions_per_s": 3 * children / wall}
 
 
+def core_throughput(children: int = 100_000) -> dict:
+    """Child transitions/s through the orchestrator with the hub attached and no clients, and the
+    wall time of that 3-step job; baseline: the same job with no hub attached."""
+    ours = job_wall_time(children, hub=True)
+    bare = job_wall_time(children, hub=False)
+    store = store_throughput(children)
+    return {"name": "core_throughput", "children": ours["children"], "steps": ours["steps"],
+            "wall_s": ours["wall_s"], "transitions_per_s": ours["transitions_per_s"],
+            "baseline_wall_s": bare["wall_s"], "baseline_transitions_per_s": bare["transitions_per_s"],
+            "ratio": ours["transitions_per_s"] / bare["transitions_per_s"],
+            "store_only_transitions_per_s": store["transitions_per_s"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     results = [
-        progress_cost(sizes=(1_000, 100_000) if not args.quick else (1_000, 20_000)),
-        store_throughput(100_000 if not args.quick else 20_000),
-        job_wall_time(10_000),
+        progress_cost(sizes=(1_000, 100_000), repeat=1 if args.quick else 3),
+        core_throughput(20_000 if args.quick else 100_000),
     ]
     for result in results:
         print(json.dumps(result, indent=1))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from . import demo
 from .orchestrator import Orchestrator
@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve the API, the event stream and the page")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--demo", action="store_true", help="register the demo definitions and start one demo job")
+    serve.add_argument("--demo", action="store_true", help="register the demo definitions and keep demo jobs running")
     serve.add_argument("--workers", type=_positive, default=8, help="worker threads for job code (default 8)")
     serve.add_argument("--size", type=_positive, default=60, help="size of the demo job started with --demo")
 
@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return serve(args.host, args.port, demo_job=args.demo, workers=args.workers, size=args.size)
@@ -52,7 +52,7 @@ def serve(host: str, port: int, *, demo_job: bool, workers: int, size: int = 60)
     orch = Orchestrator(max_workers=workers)
     if demo_job:
         demo.register(orch)
-        orch.start("nearby_restaurants", params={"size": size, "city": "Lisbon"})
+        demo.keep_running(orch, size=size)
     app = create_app(orch)
     # Streams end on shutdown (sse-starlette watches uvicorn's exit flag); the graceful timeout
     # is a backstop so Ctrl+C never waits on a connection for long.
@@ -61,6 +61,8 @@ def serve(host: str, port: int, *, demo_job: bool, workers: int, size: int = 60)
     print(f"stepstream: serving on http://{host}:{port}/  (Ctrl+C to stop)", file=sys.stderr, flush=True)
     try:
         server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl+C it handled once it has shut down
+        return 130
     finally:
         orch.shutdown(wait=False)
     return 0

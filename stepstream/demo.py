@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 import time
 
+from .model import StepstreamError
 from .orchestrator import JobContext, Orchestrator, Step
 
 log = logging.getLogger("stepstream.demo")
@@ -143,6 +145,28 @@ DEFINITIONS: dict[str, list[Step]] = {
     "web_crawl": [Step("crawl", seed_site), Step("index", build_index)],
     "flaky_import": [Step("read", read_records), Step("publish", publish)],
 }
+
+
+def keep_running(orch: Orchestrator, size: int = 60, pause: float = 5.0) -> threading.Thread:
+    """Start demo jobs one after another (cycling the definitions) until the orchestrator shuts
+    down, so a page opened at any time has something live to show."""
+
+    def loop() -> None:
+        n = 0
+        while True:
+            name = list(DEFINITIONS)[n % len(DEFINITIONS)]
+            n += 1
+            try:
+                job_id = orch.start(name, params={"size": size, "city": "Lisbon"})
+                orch.wait(job_id)
+            except StepstreamError:  # shut down
+                return
+            if orch.closed.wait(pause):
+                return
+
+    thread = threading.Thread(target=loop, name="stepstream-demo", daemon=True)
+    thread.start()
+    return thread
 
 
 def register(orch: Orchestrator) -> None:

@@ -13,8 +13,8 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator, Optional
 
 from .model import NotFound
 from .state import Event, Gone, Store
@@ -35,9 +35,9 @@ def encode(event_id: str, type_: str, data: dict) -> bytes:
 class StreamRequest:
     """What one connection asked for."""
 
-    manager_id: Optional[str] = None  # `?job=`: one manager job, ended by an `end` event
+    manager_id: str | None = None  # `?job=`: one manager job, ended by an `end` event
     children: bool = False  # `?children=1`: per-child `job_status` events too
-    resume_from: Optional[int] = None  # seq of a valid Last-Event-ID of this run
+    resume_from: int | None = None  # seq of a valid Last-Event-ID of this run
 
 
 class Hub:
@@ -57,11 +57,12 @@ class Hub:
         self.batch_events = batch_events
         self.chunk_bytes = chunk_bytes
         self.retry_ms = retry_ms
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._new_data: Optional[asyncio.Event] = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._new_data: asyncio.Event | None = None
         self._wake_scheduled = False
         self._last_wake = 0.0
         self._lock = threading.Lock()
+        self._reads: dict[tuple, tuple[list[bytes], int, bool]] = {}
         self._unsubscribe = store.subscribe(self._on_change)
         self.connections = 0
 
@@ -102,6 +103,7 @@ class Hub:
         self._last_wake = time.monotonic()
         with self._lock:
             self._wake_scheduled = False
+        self._reads.clear()  # a new batch: readers recompute (once per kind of request)
         event, self._new_data = self._new_data, asyncio.Event()
         if event is not None:
             event.set()
@@ -114,7 +116,7 @@ class Hub:
 
     # ------------------------------------------------------------------ streams
 
-    def parse_last_event_id(self, value: Optional[str]) -> Optional[int]:
+    def parse_last_event_id(self, value: str | None) -> int | None:
         """The seq of a Last-Event-ID from this run of the server, or None (fresh snapshot)."""
         if not value:
             return None
@@ -138,7 +140,7 @@ class Hub:
             chunk += self._end(snap["seq"], request.manager_id, snap["jobs"][0]["status"])
         return snap["seq"], chunk, settled
 
-    def _end(self, seq: int, manager_id: Optional[str], status: str) -> bytes:
+    def _end(self, seq: int, manager_id: str | None, status: str) -> bytes:
         return encode(self.event_id(seq), "end", {"seq": seq, "manager_id": manager_id, "status": status})
 
     def _select(self, events: list[Event], request: StreamRequest) -> tuple[list[Event], bool]:
@@ -171,6 +173,32 @@ class Hub:
         kept.reverse()
         return kept, ended
 
+    def _read(self, cursor: int, request: StreamRequest) -> tuple[list[bytes], int, bool]:
+        """The next batch after `cursor` for this kind of request, as ready-to-send chunks, the
+        new cursor, and whether the job ended. Connections woken together usually share a
+        cursor, so one read, selection and encoding serves all of them until the next wake."""
+        key = (cursor, request.manager_id, request.children)
+        cached = self._reads.get(key)
+        if cached is not None:
+            return cached
+        events, _ = self.store.events_after(cursor, limit=self.batch_events)
+        selected, ended = self._select(events, request)
+        chunks: list[bytes] = []
+        pieces: list[bytes] = []
+        size = 0
+        for event in selected:
+            piece = self._encoded(event)
+            pieces.append(piece)
+            size += len(piece)
+            if size >= self.chunk_bytes:
+                chunks.append(b"".join(pieces))
+                pieces, size = [], 0
+        if pieces:
+            chunks.append(b"".join(pieces))
+        result = (chunks, selected[-1].seq if ended else events[-1].seq, ended)
+        self._reads[key] = result
+        return result
+
     async def stream(self, request: StreamRequest) -> AsyncIterator[bytes]:
         """The bytes of one SSE connection: a snapshot (or a resume), then every change."""
         self._attach()
@@ -193,7 +221,7 @@ class Hub:
             while True:
                 await self._wait_after(cursor)
                 try:
-                    events, _ = self.store.events_after(cursor, limit=self.batch_events)
+                    chunks, cursor, ended = self._read(cursor, request)
                 except Gone:  # fell behind the ring: start over from a fresh snapshot
                     try:
                         cursor, chunk, settled = self._snapshot(request)
@@ -203,19 +231,8 @@ class Hub:
                     if settled:
                         return
                     continue
-                selected, ended = self._select(events, request)
-                cursor = events[-1].seq if not ended else selected[-1].seq
-                pieces: list[bytes] = []
-                size = 0
-                for event in selected:
-                    piece = self._encoded(event)
-                    pieces.append(piece)
-                    size += len(piece)
-                    if size >= self.chunk_bytes:
-                        yield b"".join(pieces)
-                        pieces, size = [], 0
-                if pieces:
-                    yield b"".join(pieces)
+                for chunk in chunks:
+                    yield chunk
                 if ended:
                     return
         finally:

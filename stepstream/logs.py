@@ -10,16 +10,17 @@ from __future__ import annotations
 import contextvars
 import heapq
 import logging
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Iterator
 from itertools import islice
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any
 
 from .model import LEVEL_RANK
 
 Record = dict[str, Any]
 
 # Set while a job's code runs: (store, job_id). Read by the `logging` bridge.
-current_job: contextvars.ContextVar[Optional[tuple[Any, str]]] = contextvars.ContextVar(
+current_job: contextvars.ContextVar[tuple[Any, str] | None] = contextvars.ContextVar(
     "stepstream_current_job", default=None
 )
 
@@ -53,34 +54,54 @@ class LogBucket:
             self.dropped += excess
 
     def after(self, seq: int) -> Iterator[Record]:
+        """Lines with seq > `seq`, ascending."""
         start = bisect_right(self.records, seq, key=_seq)
         return islice(self.records, start, None)
+
+    def before(self, seq: int) -> Iterator[Record]:
+        """Lines with seq < `seq`, descending."""
+        end = bisect_left(self.records, seq, key=_seq)
+        return (self.records[i] for i in range(end - 1, -1, -1))
 
 
 def query(
     buckets: Iterable[LogBucket],
     *,
     after: int = 0,
+    before: int | None = None,
     min_level: str = "debug",
-    job_id: Optional[str] = None,
+    job_id: str | None = None,
     limit: int = 1000,
-) -> tuple[list[Record], Optional[int]]:
-    """Lines with seq > `after` at `min_level` or above, ascending seq, at most `limit`.
+) -> tuple[list[Record], int | None]:
+    """At most `limit` lines with `after` < seq (< `before`) at `min_level` or above, ascending.
 
-    Returns the lines and the cursor for the next page (the last seq returned), or None when
-    there is nothing more to read.
+    Without `before`, the oldest such lines and the cursor for the next page (`after=`, the last
+    seq returned); with `before`, the newest such lines and the cursor for the page before them
+    (`before=`, the first seq returned). The cursor is None when there is nothing more.
     """
     rank = LEVEL_RANK[min_level]
-    streams = [b.after(after) for b in buckets]
-    merged = streams[0] if len(streams) == 1 else heapq.merge(*streams, key=_seq)
+    backwards = before is not None
+    streams = [b.before(before) if backwards else b.after(after) for b in buckets]  # type: ignore[arg-type]
+    if len(streams) == 1:
+        merged: Iterable[Record] = streams[0]
+    else:
+        merged = heapq.merge(*streams, key=_seq, reverse=backwards)
     out: list[Record] = []
+    more = False
     for record in merged:
+        if backwards and record["seq"] <= after:
+            break
         if LEVEL_RANK[record["level"]] < rank or (job_id is not None and record["job_id"] != job_id):
             continue
         if len(out) == limit:
-            return out, out[-1]["seq"]
+            more = True
+            break
         out.append(record)
-    return out, None
+    if backwards:
+        out.reverse()
+    if not more or not out:
+        return out, None
+    return out, out[0]["seq"] if backwards else out[-1]["seq"]
 
 
 _LEVEL_NAMES = ((logging.ERROR, "error"), (logging.WARNING, "warning"), (logging.INFO, "info"))
@@ -111,7 +132,7 @@ class JobLogHandler(logging.Handler):
 _handler_installed = False
 
 
-def install_logging_bridge(capture_level: Optional[int]) -> None:
+def install_logging_bridge(capture_level: int | None) -> None:
     """Attach the bridge to the root logger once per process.
 
     With `capture_level` set, the root logger's level is lowered to it if it is higher, so that

@@ -7,7 +7,6 @@ Every rule of the contract's "Status rules" section lives in exactly one functio
 from __future__ import annotations
 
 import time
-from typing import Optional
 
 PENDING = "pending"
 RUNNING = "running"
@@ -92,7 +91,7 @@ def step_outcome(handler_failed: bool, manager_cancelled: bool, total: int, coun
     return COMPLETED
 
 
-def manager_outcome(step_status: str, is_last_step: bool) -> Optional[str]:
+def manager_outcome(step_status: str, is_last_step: bool) -> str | None:
     """The manager's status after one of its steps finished, or None if it keeps running."""
     if step_status == FAILED:
         return FAILED
@@ -118,12 +117,13 @@ def progress_dict(total: int, counts: list[int]) -> dict[str, int]:
     }
 
 
-def iso(ts: Optional[float]) -> Optional[str]:
+def iso(ts: float | None) -> str | None:
     """ISO 8601 UTC with milliseconds, e.g. `2026-11-21T06:16:00.123Z`."""
     if ts is None:
         return None
     secs = int(ts)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + ".%03dZ" % int((ts - secs) * 1000)
+    millis = int((ts - secs) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{millis:03d}Z"
 
 
 LEVELS = ("debug", "info", "warning", "error")

@@ -13,9 +13,10 @@ import inspect
 import json
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 from .logs import current_job, install_logging_bridge
 from .model import NotFound, StepstreamError
@@ -70,6 +71,14 @@ class JobContext:
         self._orch.store.log(self.job_id, level, message)
 
 
+async def _cancel_tasks() -> None:
+    """Cancel every other task on the running loop and let them end."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -85,7 +94,7 @@ class Orchestrator:
         replay_size: int = 100_000,
         max_finished: int = 1000,
         max_logs_per_step: int = 20_000,
-        capture_level: Optional[int] = logging.INFO,
+        capture_level: int | None = logging.INFO,
     ) -> None:
         if not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be a positive int, not {max_workers!r}")
@@ -95,9 +104,9 @@ class Orchestrator:
         self.max_workers = max_workers
         self._definitions: dict[str, list[Step]] = {}
         self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="stepstream-worker")
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_lock = threading.Lock()
-        self._closed = False
+        self.closed = threading.Event()  # set by shutdown()
         install_logging_bridge(capture_level)
 
     # ------------------------------------------------------------------ definitions
@@ -123,9 +132,9 @@ class Orchestrator:
 
     # ------------------------------------------------------------------ commands
 
-    def start(self, definition: str, params: Optional[dict] = None) -> str:
+    def start(self, definition: str, params: dict | None = None) -> str:
         """Start a manager job of `definition`; returns its id."""
-        if self._closed:
+        if self.closed.is_set():
             raise StepstreamError("the orchestrator is shut down")
         steps = self._definitions.get(definition)
         if steps is None:
@@ -145,8 +154,8 @@ class Orchestrator:
         self,
         fn: Callable[..., Any],
         *args: Any,
-        step_id: Optional[str] = None,
-        parent_id: Optional[str] = None,
+        step_id: str | None = None,
+        parent_id: str | None = None,
         retries: int = 0,
         **kwargs: Any,
     ) -> str:
@@ -154,7 +163,7 @@ class Orchestrator:
         (agent style) or by `parent_id` (the step or any job inside it; crawler style)."""
         if not callable(fn):
             raise TypeError(f"fn must be callable, not {fn!r}")
-        if self._closed:
+        if self.closed.is_set():
             raise StepstreamError("the orchestrator is shut down")
         child = self.store.add_child(fn, args, kwargs, retries, step_id=step_id, parent_id=parent_id)
         self._submit(fn, child)
@@ -171,7 +180,7 @@ class Orchestrator:
         """`{"seq": int, "job": {...}}`, the same JSON as `GET /api/jobs/{id}`."""
         return self.store.snapshot(job_id)
 
-    def wait(self, job_id: str, timeout: Optional[float] = None) -> dict:
+    def wait(self, job_id: str, timeout: float | None = None) -> dict:
         """Block until the job has finished; its final snapshot. Raises TimeoutError."""
         return self.store.wait(job_id, timeout)
 
@@ -188,7 +197,7 @@ class Orchestrator:
         else:
             self._pool.submit(self._run_sync, job, fn)
 
-    def _start_handler(self, step: Optional[Job]) -> None:
+    def _start_handler(self, step: Job | None) -> None:
         while step is not None:
             handler = self._definitions[step.manager.definition][step.index].handler
             try:
@@ -214,22 +223,22 @@ class Orchestrator:
     async def _run_async(self, job: Job, fn: Callable[..., Any]) -> None:
         if job.kind == "child" and not self.store.begin_child(job):
             return
-        token = current_job.set((self.store, job.id))
+        current_job.set((self.store, job.id))  # each task runs in its own copy of the context
         try:
             args, kwargs = self._arguments(job)
             await fn(JobContext(self, job), *args, **kwargs)
             error = None
+        except asyncio.CancelledError:  # shutdown cancels what still runs: record it, then end
+            error = "CancelledError: the orchestrator shut down"
         except Exception as exc:
             error = _describe(exc)
-        finally:
-            current_job.reset(token)
         self._finished(job, error)
 
     @staticmethod
     def _arguments(job: Job) -> tuple[tuple, dict]:
         return (job.args, job.kwargs) if job.kind == "child" else ((), {})
 
-    def _finished(self, job: Job, error: Optional[str]) -> None:
+    def _finished(self, job: Job, error: str | None) -> None:
         if job.kind != "child":
             self._start_handler(self.store.handler_returned(job, error))
             return
@@ -250,17 +259,21 @@ class Orchestrator:
     def shutdown(self, wait: bool = True) -> None:
         """Cancel running manager jobs, stop taking work and (with `wait`) let running code
         return. Idempotent."""
-        if self._closed:
+        if self.closed.is_set():
             return
-        self._closed = True
+        self.closed.set()
         for manager_id in self.store.running_managers():
             try:
                 self.store.cancel(manager_id)
             except StepstreamError:
                 pass  # finished meanwhile
         self._pool.shutdown(wait=wait)
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
+        loop = self._loop
+        if loop is not None:
+            drained = asyncio.run_coroutine_threadsafe(_cancel_tasks(), loop)
+            drained.add_done_callback(lambda _: loop.call_soon_threadsafe(loop.stop))
+            if wait:
+                drained.result(timeout=10)
 
     def __enter__(self) -> Orchestrator:
         return self

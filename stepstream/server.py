@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
@@ -42,15 +42,15 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def error_response(status: int, code: str, message: str, headers: Optional[dict] = None) -> JSONResponse:
+def error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
 # ---------------------------------------------------------------- query parameters
 
 
-def _int_param(request: Request, name: str, *, default: Optional[int], minimum: int,
-               maximum: Optional[int] = None) -> Optional[int]:
+def _int_param(request: Request, name: str, *, default: int | None, minimum: int,
+               maximum: int | None = None) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
@@ -62,7 +62,7 @@ def _int_param(request: Request, name: str, *, default: Optional[int], minimum: 
     return min(value, maximum) if maximum is not None else value
 
 
-def _choice_param(request: Request, name: str, choices: tuple[str, ...]) -> Optional[str]:
+def _choice_param(request: Request, name: str, choices: tuple[str, ...]) -> str | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return None
@@ -108,7 +108,7 @@ def create_app(
     max_body: int = 1 << 20,
     ping: float = 15,
     retry_ms: int = 2000,
-    hub: Optional[Hub] = None,
+    hub: Hub | None = None,
 ) -> Starlette:
     """The ASGI app serving `orchestrator`: page at `/`, JSON API under `/api`, stream at
     `/api/events`. Works standalone or mounted under any prefix; needs no lifespan."""
@@ -175,6 +175,7 @@ def create_app(
             step=request.query_params.get("step") or None,
             level=_choice_param(request, "level", LEVELS) or "debug",
             after=_int_param(request, "after", default=0, minimum=0),  # type: ignore[arg-type]
+            before=_int_param(request, "before", default=None, minimum=1),
             limit=_limit(request, "logs"),
         ))
 

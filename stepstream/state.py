@@ -14,7 +14,8 @@ import secrets
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from . import model
 from .logs import LogBucket, Record, query
@@ -66,10 +67,10 @@ class Job:
         self.name = name
         self.status = PENDING
         self.created_at = created_at
-        self.started_at: Optional[float] = None
-        self.finished_at: Optional[float] = None
-        self.error: Optional[str] = None
-        self.parent_id: Optional[str] = None
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.error: str | None = None
+        self.parent_id: str | None = None
         self.total = 0
         self.counts = [0, 0, 0, 0, 0]
         self.log_count = 0
@@ -83,13 +84,55 @@ class Event:
 
     __slots__ = ("seq", "type", "manager_id", "key", "data", "encoded")
 
-    def __init__(self, seq: int, type_: str, manager_id: str, key: Optional[str], data: dict) -> None:
+    def __init__(self, seq: int, type_: str, manager_id: str, key: str | None, data: dict) -> None:
         self.seq = seq
         self.type = type_
         self.manager_id = manager_id
         self.key = key
         self.data = data
-        self.encoded: Optional[bytes] = None  # filled once by the hub, shared by all connections
+        self.encoded: bytes | None = None  # filled once by the hub, shared by all connections
+
+
+class _Guard:
+    """The store's lock, remembering per thread that it is held.
+
+    A change can run arbitrary code while the lock is held (a garbage-collector finaliser that
+    logs, say); if that code logs from inside a job, the `logging` bridge would call back into
+    the store and deadlock on its own lock. Such lines are kept aside and stored right after
+    the lock is released instead.
+    """
+
+    __slots__ = ("lock", "local", "store")
+
+    def __init__(self, lock: threading.Condition, store: Store) -> None:
+        self.lock = lock
+        self.local = threading.local()
+        self.store = store
+
+    @property
+    def held(self) -> bool:
+        return getattr(self.local, "held", False)
+
+    def __enter__(self) -> None:
+        self.lock.acquire()
+        self.local.held = True
+
+    def __exit__(self, *exc: object) -> None:
+        self.local.held = False
+        self.lock.release()
+        deferred = getattr(self.local, "deferred", None)
+        if deferred:
+            self.local.deferred = []
+            for job_id, level, message in deferred:
+                try:
+                    self.store.log(job_id, level, message)
+                except NotFound:
+                    pass  # evicted meanwhile
+
+    def defer(self, job_id: str, level: str, message: str) -> None:
+        if getattr(self.local, "deferred", None) is None:
+            self.local.deferred = []
+        self.local.deferred.append((job_id, level, message))
 
 
 class Gone(Exception):
@@ -113,8 +156,9 @@ class Store:
         self.max_finished = max_finished
         self.max_logs_per_step = max_logs_per_step
         self._cond = threading.Condition(threading.Lock())
+        self._guard = _Guard(self._cond, self)
         self._seq = 0
-        self._ring: list[Optional[Event]] = [None] * replay_size
+        self._ring: list[Event | None] = [None] * replay_size
         self._jobs: dict[str, Job] = {}
         self._managers: dict[str, Job] = {}  # creation order
         self._finished: deque[Job] = deque()
@@ -127,11 +171,11 @@ class Store:
     def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call `listener()` (outside the lock, from the changing thread) after each change.
         Returns a function that unsubscribes."""
-        with self._cond:
+        with self._guard:
             self._listeners = [*self._listeners, listener]
 
         def unsubscribe() -> None:
-            with self._cond:
+            with self._guard:
                 self._listeners = [cb for cb in self._listeners if cb is not listener]
 
         return unsubscribe
@@ -144,7 +188,7 @@ class Store:
     def seq(self) -> int:
         return self._seq
 
-    def _emit(self, type_: str, manager: Job, key: Optional[str], data: dict) -> None:
+    def _emit(self, type_: str, manager: Job, key: str | None, data: dict) -> None:
         self._seq = seq = self._seq + 1
         data["seq"] = seq
         self._ring[seq % self.replay_size] = Event(seq, type_, manager.id, key, data)
@@ -152,7 +196,7 @@ class Store:
     def events_after(self, after: int, limit: int = 10_000) -> tuple[list[Event], int]:
         """Events with seq > `after` in seq order (at most `limit`) and the current seq.
         Raises `Gone` if some of them already left the ring (or `after` is from the future)."""
-        with self._cond:
+        with self._guard:
             last = self._seq
             if after > last or after < last - self.replay_size:
                 raise Gone(after)
@@ -232,7 +276,7 @@ class Store:
             step.handler_returned = False
             step.handler_error = None
             manager.steps.append(step)
-        with self._cond:
+        with self._guard:
             manager.ordinal = next(self._ordinals)
             self._jobs[manager.id] = manager
             self._managers[manager.id] = manager
@@ -254,8 +298,8 @@ class Store:
         kwargs: dict,
         retries: int,
         *,
-        step_id: Optional[str] = None,
-        parent_id: Optional[str] = None,
+        step_id: str | None = None,
+        parent_id: str | None = None,
     ) -> Job:
         """A new pending child inside a running step, found by `step_id` or by `parent_id`
         (the step itself or any job already inside it)."""
@@ -264,7 +308,7 @@ class Store:
         if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
             raise ValueError(f"retries must be a non-negative int, not {retries!r}")
         now = time.time()
-        with self._cond:
+        with self._guard:
             link = self._get(step_id or parent_id)  # type: ignore[arg-type]
             if step_id is not None and link.kind != STEP:
                 raise ValueError(f"step_id {step_id!r} names a {link.kind} job, not a step")
@@ -291,7 +335,7 @@ class Store:
 
     def begin_child(self, child: Job) -> bool:
         """pending -> running. False if the child was cancelled before it got a worker."""
-        with self._cond:
+        with self._guard:
             if child.status != PENDING:
                 return False
             self._set_status(child, RUNNING, time.time())
@@ -300,11 +344,11 @@ class Store:
         self._notify()
         return True
 
-    def end_child(self, child: Job, error: Optional[str]) -> tuple[bool, Optional[Job]]:
+    def end_child(self, child: Job, error: str | None) -> tuple[bool, Job | None]:
         """A child's attempt returned (`error` None) or raised. Returns (retry, next_step):
         whether to run the child again, and the step to start next, if any."""
         now = time.time()
-        with self._cond:
+        with self._guard:
             manager = child.manager
             child.error = error
             if model.child_retry(error is not None, child.attempt, child.retries, manager.cancelled):
@@ -329,17 +373,17 @@ class Store:
         self._notify()
         return retry, next_step
 
-    def handler_returned(self, step: Job, error: Optional[str]) -> Optional[Job]:
+    def handler_returned(self, step: Job, error: str | None) -> Job | None:
         """The step's handler returned or raised. Returns the step to start next, if any."""
         now = time.time()
-        with self._cond:
+        with self._guard:
             step.handler_returned = True
             step.handler_error = error  # shown as the step's error once the step finishes
             next_step = self._maybe_finish_step(step, now)
         self._notify()
         return next_step
 
-    def _maybe_finish_step(self, step: Job, now: float) -> Optional[Job]:
+    def _maybe_finish_step(self, step: Job, now: float) -> Job | None:
         if step.status != RUNNING or not model.step_is_done(step.handler_returned, step.counts):
             return None
         manager = step.manager
@@ -400,7 +444,7 @@ class Store:
         """Cancel a manager job: pending children become cancelled, running ones see
         `ctx.cancelled`, later steps are skipped. Raises Conflict if it is already terminal."""
         now = time.time()
-        with self._cond:
+        with self._guard:
             manager = self._get(job_id)
             if manager.kind != MANAGER:
                 raise ValueError(f"job {job_id} is a {manager.kind} job; cancel its manager {manager.manager.id}")
@@ -421,10 +465,14 @@ class Store:
         self._notify()
         return manager
 
-    def log(self, job_id: str, level: str, message: str) -> Record:
-        """Store a log line under the job that wrote it and announce it."""
+    def log(self, job_id: str, level: str, message: str) -> Record | None:
+        """Store a log line under the job that wrote it and announce it. (Called re-entrantly
+        from inside a change, the line is stored just after it, and None is returned.)"""
         model.level_rank(level)
-        with self._cond:
+        if self._guard.held:
+            self._guard.defer(job_id, level, str(message))
+            return None
+        with self._guard:
             record = self._append_log(self._get(job_id), level, str(message), time.time())
         self._notify()
         return record
@@ -455,12 +503,12 @@ class Store:
             raise NotFound(f"no job with id {job_id!r}") from None
 
     def get(self, job_id: str) -> Job:
-        with self._cond:
+        with self._guard:
             return self._get(job_id)
 
-    def wait(self, job_id: str, timeout: Optional[float]) -> dict:
+    def wait(self, job_id: str, timeout: float | None) -> dict:
         """Block until the job is finished (a manager: it and all its steps); its snapshot."""
-        with self._cond:
+        with self._guard:
             job = self._get(job_id)
             done = (lambda: job.settled) if job.kind == MANAGER else (lambda: model.is_terminal(job.status))
             self._waiters += 1
@@ -473,18 +521,20 @@ class Store:
 
     def snapshot(self, job_id: str) -> dict:
         """`{"seq", "job"}`: the job as of that seq."""
-        with self._cond:
+        with self._guard:
             return {"seq": self._seq, "job": self._job_json(self._get(job_id))}
 
-    def stream_snapshot(self, manager_id: Optional[str], recent: int = 20) -> tuple[dict, bool]:
+    def stream_snapshot(self, manager_id: str | None, recent: int = 20) -> tuple[dict, bool]:
         """The first event of a stream: `{"seq", "jobs"}` for one manager, or for the running
         managers and the `recent` most recently finished ones. Also says if that one manager is
         already settled (its stream ends right after the snapshot)."""
-        with self._cond:
+        with self._guard:
             if manager_id is not None:
                 manager = self._get(manager_id)
                 if manager.kind != MANAGER:
-                    raise ValueError(f"job {manager_id} is a {manager.kind} job; watch its manager {manager.manager.id}")
+                    raise ValueError(
+                        f"job {manager_id} is a {manager.kind} job; watch its manager {manager.manager.id}"
+                    )
                 return {"seq": self._seq, "jobs": [self._manager_json(manager)]}, manager.settled
             running = [m for m in self._managers.values() if not m.settled]
             finished = list(itertools.islice(reversed(self._finished), recent))
@@ -492,14 +542,14 @@ class Store:
             return {"seq": self._seq, "jobs": [self._manager_json(m) for m in jobs]}, False
 
     def running_managers(self) -> list[str]:
-        with self._cond:
+        with self._guard:
             return [m.id for m in self._managers.values() if not model.is_terminal(m.status)]
 
     def list_managers(
-        self, status: Optional[str] = None, limit: int = 50, cursor: Optional[int] = None
+        self, status: str | None = None, limit: int = 50, cursor: int | None = None
     ) -> dict:
         """Manager jobs newest first; `next` is the cursor for the following page or None."""
-        with self._cond:
+        with self._guard:
             page: list[Job] = []
             next_cursor = None
             for manager in reversed(self._managers.values()):
@@ -516,13 +566,13 @@ class Store:
     def children(
         self,
         job_id: str,
-        step: Optional[str] = None,
-        status: Optional[str] = None,
+        step: str | None = None,
+        status: str | None = None,
         limit: int = 100,
         cursor: int = 0,
     ) -> dict:
         """Children of a manager or step in creation order; `cursor` is a position."""
-        with self._cond:
+        with self._guard:
             job = self._get(job_id)
             if job.kind == CHILD:
                 raise ValueError(f"job {job_id} is a child job; list children of its step or manager")
@@ -546,14 +596,15 @@ class Store:
     def logs(
         self,
         job_id: str,
-        step: Optional[str] = None,
+        step: str | None = None,
         level: str = "debug",
         after: int = 0,
         limit: int = 1000,
+        before: int | None = None,
     ) -> dict:
         """Log lines of a manager (all of it), a step (it and its children) or a child."""
         model.level_rank(level)
-        with self._cond:
+        with self._guard:
             job = self._get(job_id)
             only_job = None
             if job.kind == MANAGER:
@@ -566,7 +617,8 @@ class Store:
                     raise ValueError(f"job {job_id} belongs to step {job.step.name!r}, not {step!r}")
                 buckets = [job.step.bucket]
                 only_job = job.id if job.kind == CHILD else None
-            records, next_cursor = query(buckets, after=after, min_level=level, job_id=only_job, limit=limit)
+            records, next_cursor = query(buckets, after=after, before=before, min_level=level,
+                                         job_id=only_job, limit=limit)
             return {"logs": records, "next": next_cursor}
 
     def _step_named(self, manager: Job, name: str) -> Job:

@@ -6,7 +6,8 @@ import json
 import socket
 import threading
 import time
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import uvicorn
@@ -21,12 +22,12 @@ def free_port() -> int:
 class LiveServer:
     """Runs an ASGI app with uvicorn until `stop()`; `start()` again serves on the same port."""
 
-    def __init__(self, app: Any, port: Optional[int] = None) -> None:
+    def __init__(self, app: Any, port: int | None = None) -> None:
         self.app = app
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._server: Optional[uvicorn.Server] = None
-        self._thread: Optional[threading.Thread] = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
 
     def start(self, timeout: float = 10) -> LiveServer:
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",

@@ -39,7 +39,8 @@ def test_step_whose_children_all_fail_fails_and_later_steps_are_skipped(orch):
     steps = steps_of(snap)
     assert snap["job"]["status"] == "failed"
     assert steps["a"]["status"] == "failed"
-    assert steps["a"]["progress"] == {"total": 3, "pending": 0, "running": 0, "completed": 0, "failed": 3, "cancelled": 0}
+    assert steps["a"]["progress"] == {"total": 3, "pending": 0, "running": 0, "completed": 0, "failed": 3,
+                                      "cancelled": 0}
     assert steps["a"]["error"] == "all 3 children failed"
     assert [steps["b"]["status"], steps["c"]["status"]] == ["skipped", "skipped"]
     assert "step 'a' failed" in snap["job"]["error"]
@@ -149,7 +150,7 @@ def crawl(ctx, depth):
         for _ in range(2):
             ctx.spawn(crawl, depth + 1)
     if depth == 2 and ctx.attempt == 1:
-        raise IOError("flaky")
+        raise OSError("flaky")
 
 
 def agent_style(ctx):
@@ -164,7 +165,7 @@ def agent_style(ctx):
 
 def agent_leaf(ctx, depth):
     if depth == 2 and ctx.attempt == 1:
-        raise IOError("flaky")
+        raise OSError("flaky")
 
 
 def test_crawler_and_agent_style_children_of_the_same_shape_count_the_same(orch):
@@ -285,6 +286,15 @@ def test_log_pages_follow_the_after_cursor(orch):
         after = page["next"]
     assert [line["message"] for line in seen if line["message"].startswith("line")] == [f"line {n}" for n in range(25)]
     assert len(seen) == len({line["seq"] for line in seen})
+    # backwards from the newest: the tail first, then earlier pages, each ascending
+    tail = orch.logs(job, step="a", before=10**9, limit=10)
+    assert tail["logs"] == seen[-10:]
+    back, before = [], 10**9
+    while before is not None:
+        page = orch.logs(job, before=before, limit=7)
+        back = page["logs"] + back
+        before = page["next"]
+    assert back == orch.logs(job, limit=1000)["logs"]
 
 
 def test_bad_use_raises_clear_errors_and_changes_nothing(orch):
@@ -375,3 +385,23 @@ def test_progress_invariant_holds_in_every_snapshot_while_running(orch):
     stop.set()
     watcher.join()
     assert not bad
+
+
+def test_logging_from_code_run_inside_a_store_change_does_not_deadlock(orch):
+    # e.g. a garbage-collector finaliser that logs while a job's thread holds the store's lock
+    class Chatty:
+        @property
+        def __name__(self):  # read by the store while it adds the child, under its lock
+            logging.getLogger("finaliser").warning("logged while the store was busy")
+            return "chatty"
+
+        def __call__(self, ctx):
+            pass
+
+    orch.define("d", [Step("a", lambda ctx: ctx.spawn(Chatty()))])
+    job = orch.start("d")
+    snap = orch.wait(job, 10)
+    assert steps_of(snap)["a"]["progress"]["completed"] == 1
+    lines = [line["message"] for line in orch.logs(job, step="a")["logs"]]
+    assert "logged while the store was busy" in lines
+    assert len(orch.logs(job, step="a")["logs"]) == steps_of(snap)["a"]["log_count"]

@@ -25,7 +25,8 @@ def client(server):
 def test_health_definitions_create_get_list_and_cancel(orch, client, gates):
     orch.define("mixed", mixed_definition(gates))
     assert client.get("/api/health").json()["status"] == "ok"
-    assert {"name": "mixed", "steps": ["discover", "extract", "report"]} in client.get("/api/definitions").json()["definitions"]
+    definitions = client.get("/api/definitions").json()["definitions"]
+    assert {"name": "mixed", "steps": ["discover", "extract", "report"]} in definitions
 
     created = client.post("/api/jobs", json={"definition": "mixed", "params": {"size": 3}})
     assert created.status_code == 201
@@ -58,11 +59,13 @@ def test_step_and_child_jobs_carry_their_links(orch, client, gates):
     gates["mixed.report"].set()
     final = orch.wait(job_id, TIMEOUT)["job"]
     step = client.get(f"/api/jobs/{final['steps'][1]['id']}").json()["job"]
-    assert (step["kind"], step["manager_id"], step["step_name"], step["parent_id"]) == ("step", job_id, "extract", job_id)
+    links = (step["kind"], step["manager_id"], step["step_name"], step["parent_id"])
+    assert links == ("step", job_id, "extract", job_id)
     children = client.get(f"/api/jobs/{job_id}/children", params={"step": "extract", "limit": 3}).json()
     assert len(children["children"]) == 3 and children["next"] is not None
     child = client.get(f"/api/jobs/{children['children'][0]['id']}").json()["job"]
-    assert (child["kind"], child["manager_id"], child["step_id"], child["step_name"]) == ("child", job_id, step["id"], "extract")
+    links = (child["kind"], child["manager_id"], child["step_id"], child["step_name"])
+    assert links == ("child", job_id, step["id"], "extract")
     failed = client.get(f"/api/jobs/{job_id}/children", params={"status": "failed"}).json()["children"]
     assert len(failed) == final["progress"]["failed"]
     everything, cursor = [], 0
@@ -132,6 +135,7 @@ BAD_REQUESTS = [
     ("GET", "/api/jobs?status=done", {}, 400, "bad_parameter"),
     ("GET", "/api/jobs/{job}/logs?level=loud", {}, 400, "bad_parameter"),
     ("GET", "/api/jobs/{job}/logs?after=-3", {}, 400, "bad_parameter"),
+    ("GET", "/api/jobs/{job}/logs?before=0", {}, 400, "bad_parameter"),
     ("GET", "/api/jobs/{job}/logs?step=nope", {}, 404, "not_found"),
     ("GET", "/api/jobs/{job}/children?cursor=x", {}, 400, "bad_parameter"),
     ("GET", "/api/events?job=missing", {}, 404, "not_found"),

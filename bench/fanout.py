@@ -1,0 +1,300 @@
+"""Stream fan-out: delay from a change to each client's view, server CPU and RSS, at N clients.
+
+The server (stepstream's app or the naive sse-starlette broadcast of bench/naive.py) runs in
+its own process (bench/serve.py); the clients run here, in one asyncio process, on raw sockets.
+A `load` job's children write `probe <time.time()>` log lines (log events are never merged); a
+client's delay is its receive time minus that time (same machine clock). A probe a client
+never received counts as an infinite delay, so it shows in p99.
+
+Run alone: `python bench/fanout.py [--quick]`; `bench/run.py` runs it with the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import queue
+import resource
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SLA = 1.0  # seconds: a rate is sustainable while p99 delay stays under this
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("inf")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class ServerProcess:
+    """bench/serve.py in a subprocess, driven over its stdin/stdout."""
+
+    def __init__(self, app: str, extra: tuple[str, ...] = ()) -> None:
+        self.app = app
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "serve.py"), "--app", app, *extra],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+        )
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        words = self._line(30).split()
+        if words[:1] != ["READY"]:
+            self.close()
+            raise RuntimeError(f"server did not start: {words}")
+        self.port = int(words[1])
+        self.ps = psutil.Process(self.proc.pid)
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:  # type: ignore[union-attr]
+            self._lines.put(line)
+
+    def _line(self, timeout: float) -> str:
+        try:
+            return self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"{self.app} server said nothing for {timeout} s") from None
+
+    def run(self, rate: float, seconds: float) -> dict:
+        """One load phase; blocks until the server's job settled."""
+        self.proc.stdin.write(f"run {rate} {seconds}\n")  # type: ignore[union-attr]
+        words = self._line(seconds + 130).split()
+        return {"job": words[1], "transitions": int(words[2]), "load_s": float(words[3]),
+                "probes": int(words[4]), "wall_s": float(words[5])}
+
+    def rss(self) -> int:
+        return self.ps.memory_info().rss
+
+    def cpu(self) -> float:
+        times = self.ps.cpu_times()
+        return times.user + times.system
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.write("quit\n")  # type: ignore[union-attr]
+            self.proc.stdin.flush()  # type: ignore[union-attr]
+            self.proc.wait(10)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class StreamClient:
+    """One `GET /api/events` connection on a raw socket: de-chunks, splits events, times probes."""
+
+    def __init__(self) -> None:
+        self.snapshot = asyncio.Event()
+        self.phase_done = asyncio.Event()
+        self.delays: list[float] = []
+        self.events = 0
+        self.bytes = 0
+        self.task: asyncio.Task | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def connect(self, port: int) -> None:
+        reader, self.writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+        self.writer.write(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
+        self.task = asyncio.create_task(self._read(reader))
+
+    def reset(self) -> None:
+        self.phase_done = asyncio.Event()
+        self.delays = []
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            data = await reader.read(65536)
+            if not data:
+                return
+            buf += data
+        head, buf = buf.split(b"\r\n\r\n", 1)
+        chunked = b"transfer-encoding: chunked" in head.lower()
+        need = 0  # bytes left in the current chunk; -2: expecting the CRLF after a chunk
+        tail = b""
+        while True:
+            now = time.time()
+            out = bytearray()
+            pos = 0
+            if not chunked:
+                out += buf
+                pos = len(buf)
+            while chunked:
+                if need > 0:
+                    take = min(need, len(buf) - pos)
+                    out += buf[pos:pos + take]
+                    pos += take
+                    need -= take
+                    if need:
+                        break
+                    need = -2
+                if need == -2:
+                    if len(buf) - pos < 2:
+                        break
+                    pos += 2
+                    need = 0
+                end = buf.find(b"\r\n", pos)
+                if end < 0:
+                    break
+                size = int(buf[pos:end].split(b";")[0], 16)
+                pos = end + 2
+                if size == 0:
+                    return
+                need = size
+            buf = buf[pos:]
+            if out:
+                self.bytes += len(out)
+                text = (tail + bytes(out)).replace(b"\r\n", b"\n")  # sse-starlette ends lines with CRLF
+                blocks = text.split(b"\n\n")
+                tail = blocks.pop()
+                for block in blocks:
+                    self._event(block, now)
+            data = await reader.read(1 << 18)
+            if not data:
+                return
+            buf += data
+
+    def _event(self, block: bytes, now: float) -> None:
+        start = block.find(b"event: ")
+        if start < 0:
+            return
+        self.events += 1
+        end = block.find(b"\n", start)
+        kind = block[start + 7:end if end >= 0 else None]
+        if kind == b"log":
+            at = block.find(b"data: ")
+            message = json.loads(block[at + 6:].split(b"\n", 1)[0])["message"]
+            if message.startswith("probe "):
+                self.delays.append(now - float(message[6:]))
+            elif message == "phase-done":
+                self.phase_done.set()
+        elif kind == b"snapshot":
+            self.snapshot.set()
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def _wait_all(events: list[asyncio.Event], timeout: float) -> bool:
+    try:
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), timeout)
+        return True
+    except TimeoutError:
+        return False
+
+
+async def measure(app: str, clients: int, rates: list[float], seconds: float, log=print,
+                  server_args: tuple[str, ...] = ()) -> dict:
+    """Connect `clients` streams to a fresh `app` server, then one load phase per rate (ascending,
+    stopping after the first rate whose p99 delay is over SLA)."""
+    server = ServerProcess(app, server_args)
+    me = psutil.Process()
+    streams = [StreamClient() for _ in range(clients)]
+    result: dict = {"app": app, "clients": clients, "points": []}
+    try:
+        await asyncio.sleep(0.3)  # let the fresh process finish importing before the baseline RSS
+        rss_idle = server.rss()
+        for i in range(0, clients, 50):  # connect in batches, not a SYN flood
+            await asyncio.gather(*(s.connect(server.port) for s in streams[i:i + 50]))
+        if not await _wait_all([s.snapshot for s in streams], 60):
+            raise RuntimeError(f"{app}: not every client got its snapshot")
+        await asyncio.sleep(0.5)
+        result["rss_connected"] = server.rss()
+        result["rss_per_connection"] = (result["rss_connected"] - rss_idle) / clients
+        for rate in rates:
+            for s in streams:
+                s.reset()
+            cpu0, mine0, t0 = server.cpu(), sum(me.cpu_times()[:2]), time.perf_counter()
+            phase = await asyncio.to_thread(server.run, rate, seconds)
+            drained = await _wait_all([s.phase_done for s in streams], max(3.0, seconds))
+            wall = time.perf_counter() - t0
+            delays = [d for s in streams for d in s.delays]
+            expected = phase["probes"] * clients
+            missing = max(0, expected - len(delays))
+            delays_all = delays + [float("inf")] * missing
+            point = {
+                "rate": rate,
+                "achieved_rate": phase["transitions"] / phase["load_s"],
+                "p50_ms": percentile(delays_all, 0.50) * 1e3,
+                "p99_ms": percentile(delays_all, 0.99) * 1e3,
+                "max_ms": max(delays_all, default=float("inf")) * 1e3,
+                "probes_missing": missing,
+                "server_cpu_pct": 100 * (server.cpu() - cpu0) / wall,
+                "client_cpu_pct": 100 * (sum(me.cpu_times()[:2]) - mine0) / wall,
+                "server_rss_mb": server.rss() / 2**20,
+                "drained": drained,
+            }
+            result["points"].append(point)
+            log(f"  {app:10} {clients:4d} clients {rate:7.0f}/s (got {point['achieved_rate']:7.0f}/s): "
+                f"p50 {point['p50_ms']:8.1f} ms  p99 {point['p99_ms']:8.1f} ms  "
+                f"cpu {point['server_cpu_pct']:4.0f}% (clients {point['client_cpu_pct']:3.0f}%)  "
+                f"rss {point['server_rss_mb']:6.1f} MB"
+                + ("" if drained else "  (not drained)"))
+            if point["p99_ms"] >= SLA * 1e3:
+                break
+    finally:
+        for s in streams:
+            s.close()
+        server.close()
+    ok = [p["rate"] for p in result["points"] if p["p99_ms"] < SLA * 1e3]
+    result["max_sustainable_rate"] = max(ok, default=0)
+    result["max_rate_is_lower_bound"] = bool(ok) and ok[-1] == rates[-1]
+    return result
+
+
+PLANS = {
+    # app -> clients -> ladder of rates (transitions/s)
+    "full": {
+        "stepstream": {10: [1000, 5000, 10000], 100: [1000, 5000, 10000],
+                       500: [1000, 2500, 5000, 10000, 20000]},
+        "naive": {10: [1000, 5000, 10000], 100: [1000, 5000, 10000],
+                  500: [50, 100, 250, 500, 1000, 2500, 5000, 10000, 20000]},
+    },
+    "quick": {
+        "stepstream": {500: [1000, 5000]},
+        "naive": {500: [100, 250, 1000, 5000]},
+    },
+}
+
+
+def fanout(quick: bool = False, seconds: float | None = None, log=print) -> dict:
+    """All points of the plan, stepstream and naive; ratios of the highest sustainable rates."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    plan = PLANS["quick" if quick else "full"]
+    seconds = seconds or (1.5 if quick else 5.0)
+    runs = {app: [asyncio.run(measure(app, n, rates, seconds, log)) for n, rates in ladder.items()]
+            for app, ladder in plan.items()}
+    by_clients = {}
+    for ours in runs["stepstream"]:
+        theirs = next(r for r in runs["naive"] if r["clients"] == ours["clients"])
+        by_clients[ours["clients"]] = {
+            "max_rate": ours["max_sustainable_rate"], "baseline_max_rate": theirs["max_sustainable_rate"],
+            "max_rate_ratio": ours["max_sustainable_rate"] / max(theirs["max_sustainable_rate"], 1),
+            "rss_per_connection_kb": ours["rss_per_connection"] / 1024,
+            "baseline_rss_per_connection_kb": theirs["rss_per_connection"] / 1024,
+        }
+    return {"name": "fanout", "seconds_per_point": seconds, "sla_ms": SLA * 1e3, "runs": runs,
+            "summary": by_clients}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seconds", type=float)
+    args = parser.parse_args()
+    print(json.dumps(fanout(args.quick, args.seconds)["summary"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

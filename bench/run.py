@@ -1,0 +1,172 @@
+"""The benchmark suite's entry point: runs every benchmark with its baseline, prints a table,
+writes the results as JSON and (with matplotlib installed) docs/bench-delay.png.
+
+    python bench/run.py [--quick] [--json PATH] [--plot PATH]
+
+`--quick` finishes within about a minute (fewer and shorter points); docs/benchmarks.md holds
+the table of a full run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import core  # noqa: E402
+import fanout  # noqa: E402
+import memory  # noqa: E402
+import snapshot  # noqa: E402
+
+
+def _fmt(value: float, unit: str = "") -> str:
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    if abs(value) >= 100:
+        return f"{value:,.0f}{unit}"
+    return f"{value:.3g}{unit}"
+
+
+def rows_of(results: list[dict]) -> list[tuple[str, str, str, str]]:
+    """(benchmark, stepstream, baseline, ratio) rows for the table."""
+    rows = []
+    for r in results:
+        if r["name"] == "progress_cost":
+            for row in r["rows"]:
+                rows.append((f"progress cost per transition, {row['children']:,} children",
+                             _fmt(row["us_per_transition"], " µs"), _fmt(row["baseline_us_per_transition"], " µs"),
+                             _fmt(row["baseline_us_per_transition"] / row["us_per_transition"], "×")))
+            rows.append(("progress cost growth 100k/1k children", _fmt(r["ratio_large_small"], "×"),
+                         _fmt(r["baseline_ratio_large_small"], "×"), "target ≤ 1.5×"))
+        elif r["name"] == "core_throughput":
+            rows.append((f"core: transitions/s, orchestrator + idle hub ({r['children']:,} children)",
+                         _fmt(r["transitions_per_s"], "/s"), _fmt(r["baseline_transitions_per_s"], "/s") + " (no hub)",
+                         _fmt(r["ratio"], "×")))
+            rows.append((f"core: {r['steps']}-step job of {r['children']:,} no-op children, wall",
+                         _fmt(r["wall_s"], " s"), _fmt(r["baseline_wall_s"], " s") + " (no hub)", "target < 10 s"))
+            rows.append(("core: transitions/s, store alone (no thread pool)",
+                         _fmt(r["store_only_transitions_per_s"], "/s"), "", "target ≥ 100,000/s"))
+        elif r["name"] == "snapshot_cost":
+            for row in r["rows"]:
+                rows.append((f"GET /api/jobs/{{id}}, {row['children']:,} children", _fmt(row["ms"], " ms"),
+                             _fmt(row["baseline_ms"], " ms") + " (scan)", _fmt(row["baseline_ms"] / row["ms"], "×")))
+            rows.append(("snapshot growth 100k/1k children", _fmt(r["ratio_large_small"], "×"),
+                         _fmt(r["baseline_ratio_large_small"], "×"), "target ≤ 1.5×"))
+        elif r["name"] == "memory_children":
+            rows.append(("RSS per 100,000 retained children", _fmt(r["mb_per_100k_children"], " MB"),
+                         _fmt(r["baseline_mb_per_100k_children"], " MB") + " (dicts)", _fmt(r["ratio"], "×")))
+        elif r["name"] == "fanout":
+            by_app = {app: {run["clients"]: run for run in runs} for app, runs in r["runs"].items()}
+            for clients, ours in by_app["stepstream"].items():
+                theirs = by_app["naive"][clients]
+                naive_points = {p["rate"]: p for p in theirs["points"]}
+                for p in ours["points"]:
+                    q = naive_points.get(p["rate"])
+                    base = (f"{_fmt(q['p50_ms'])}/{_fmt(q['p99_ms'])} ms, cpu {q['server_cpu_pct']:.0f}%"
+                            if q else "not run (failed a lower rate)")
+                    rows.append((f"stream {clients} clients @ {p['rate']:,.0f}/s: p50/p99 delay, server cpu, rss",
+                                 f"{_fmt(p['p50_ms'])}/{_fmt(p['p99_ms'])} ms, cpu {p['server_cpu_pct']:.0f}%, "
+                                 f"{p['server_rss_mb']:.0f} MB", base,
+                                 _fmt(q["p99_ms"] / p["p99_ms"], "× (p99)") if q and p["p99_ms"] else ""))
+                summary = r["summary"].get(clients) or r["summary"][str(clients)]  # str keys once read from JSON
+                theirs_rates = [p["rate"] for p in theirs["points"]]
+                bound = "≥ " if ours["max_rate_is_lower_bound"] else ""
+                rows.append((f"stream {clients} clients: highest rate with p99 < 1 s",
+                             f"{bound}{summary['max_rate']:,}/s",
+                             f"{summary['baseline_max_rate']:,}/s" if summary["baseline_max_rate"]
+                             else f"< {min(theirs_rates):,}/s (lowest rung)",
+                             _fmt(summary["max_rate_ratio"], "×") if summary["baseline_max_rate"]
+                             else f"> {summary['max_rate'] / min(theirs_rates):.0f}×"))
+                rows.append((f"stream {clients} clients: RSS per idle connection",
+                             _fmt(summary["rss_per_connection_kb"], " KB"),
+                             _fmt(summary["baseline_rss_per_connection_kb"], " KB"),
+                             _fmt(summary["rss_per_connection_kb"]
+                                  / max(summary["baseline_rss_per_connection_kb"], 1e-9), "×")))
+    return rows
+
+
+def table(rows: list[tuple[str, str, str, str]]) -> str:
+    lines = ["| benchmark | stepstream | baseline | ratio |", "| --- | --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: str) -> bool:
+    """Delay percentiles vs clients, one line per (server, rate, percentile). False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for app, style in (("stepstream", "-"), ("naive", "--")):
+        runs = sorted(result["runs"][app], key=lambda run: run["clients"])
+        for rate in (1000, 5000):
+            for pct, marker in (("p50_ms", "o"), ("p99_ms", "s")):
+                xs, ys = [], []
+                for run in runs:
+                    point = next((p for p in run["points"] if p["rate"] == rate), None)
+                    if point is not None:
+                        xs.append(run["clients"])
+                        ys.append(min(point[pct], 60_000))  # a lost probe is infinite: clip
+                if xs:
+                    ax.plot(xs, ys, style, marker=marker, label=f"{app} {rate:,}/s {pct[:3]}")
+    ax.axhline(1000, color="grey", lw=0.5)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("stream clients")
+    ax.set_ylabel("delay change → client (ms)")
+    ax.set_title("Stream delay vs clients (2 cores, shared)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter points (~1 minute)")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--plot", default=os.path.join(os.path.dirname(HERE), "docs", "bench-delay.png"))
+    args = parser.parse_args()
+    q = args.quick
+    started = time.perf_counter()
+    steps = [
+        ("progress cost", lambda: core.progress_cost(sizes=(1_000, 100_000) if q else (1_000, 10_000, 100_000),
+                                                     repeat=1 if q else 3)),
+        ("core throughput", lambda: core.core_throughput(20_000 if q else 100_000)),
+        ("snapshot cost", lambda: snapshot.snapshot_cost(repeat=20 if q else 50)),
+        ("memory", lambda: memory.retained_children(20_000 if q else 100_000)),
+        ("stream fan-out", lambda: fanout.fanout(quick=q)),
+    ]
+    results = []
+    for label, run in steps:
+        print(f"{label} ...", flush=True)
+        t0 = time.perf_counter()
+        results.append(run())
+        results[-1]["seconds"] = time.perf_counter() - t0
+        gc.collect()
+    print()
+    print(table(rows_of(results)))
+    print(f"\n{'quick' if q else 'full'} run, {time.perf_counter() - started:.0f} s, {os.cpu_count()} cores")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"quick": q, "cpus": os.cpu_count(), "results": results}, f, indent=1,
+                      default=lambda v: None)
+    fan = next(r for r in results if r["name"] == "fanout")
+    if not q and plot(fan, args.plot):
+        print(f"plot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
