@@ -710,30 +710,15 @@ function logLineElement(record) {
   return li;
 }
 
-/** The last `keep` log lines of a step (before seq `before`, if given), at `level` and above.
- *  The logs API pages forward only (`after=`), so this reads forward and keeps the tail. */
+/** The last `keep` log lines of a step (before seq `before`, if given), at `level` and above:
+ *  one backwards page of the logs API (`before=`), ascending; `more` if earlier lines exist. */
 async function readLogs(stepView, level, before, keep) {
-  const base = `${jobPath(stepView.jobView.id)}/logs?step=${enc(stepView.name)}&level=${enc(level)}&limit=${LOG_PAGE}`;
-  let after = 0;
-  let kept = [];
-  let more = false;
-  for (;;) {
-    const page = await api(`${base}&after=${after}`);
-    let reached = false;
-    for (const record of page.logs) {
-      if (before != null && record.seq >= before) {
-        reached = true;
-        break;
-      }
-      kept.push(record);
-    }
-    if (kept.length > keep) {
-      kept = kept.slice(-keep);
-      more = true;
-    }
-    if (reached || page.next == null) return { records: kept, more };
-    after = page.next;
-  }
+  const cursor = before == null ? Number.MAX_SAFE_INTEGER : before;
+  const page = await api(
+    `${jobPath(stepView.jobView.id)}/logs?step=${enc(stepView.name)}&level=${enc(level)}` +
+      `&before=${cursor}&limit=${Math.min(keep, LOG_PAGE)}`,
+  );
+  return { records: page.logs, more: page.next != null };
 }
 
 /** A paginated list of a step's children, fetched on demand: never one DOM row per child. */
