@@ -48,12 +48,14 @@ class Hub:
         store: Store,
         *,
         min_interval: float = 0.01,
+        max_interval: float = 0.05,
         batch_events: int = 5000,
         chunk_bytes: int = 64 * 1024,
         retry_ms: int = 2000,
     ) -> None:
         self.store = store
         self.min_interval = min_interval
+        self.max_interval = max_interval
         self.batch_events = batch_events
         self.chunk_bytes = chunk_bytes
         self.retry_ms = retry_ms
@@ -91,9 +93,14 @@ class Hub:
         except RuntimeError:  # the loop closed (server stopped)
             self._wake_scheduled = False
 
+    def wake_interval(self) -> float:
+        """Least time between two wakes: `min_interval`, stretched with the number of
+        connections (a wake costs one send per connection), up to `max_interval`."""
+        return min(self.max_interval, self.min_interval * max(1.0, self.connections / 100))
+
     def _schedule_wake(self) -> None:
-        # At most one wake per `min_interval`: under load, connections read bigger batches.
-        delay = self._last_wake + self.min_interval - time.monotonic()
+        # At most one wake per interval: under load, connections read bigger batches.
+        delay = self._last_wake + self.wake_interval() - time.monotonic()
         if delay > 0:
             asyncio.get_running_loop().call_later(delay, self._wake)
         else:
