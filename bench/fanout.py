@@ -215,6 +215,7 @@ async def measure(app: str, clients: int, rates: list[float], seconds: float, lo
             for s in streams:
                 s.reset()
             cpu0, mine0, t0 = server.cpu(), sum(me.cpu_times()[:2]), time.perf_counter()
+            events0 = sum(s.events for s in streams)
             phase = await asyncio.to_thread(server.run, rate, seconds)
             drained = await _wait_all([s.phase_done for s in streams], max(3.0, seconds))
             wall = time.perf_counter() - t0
@@ -232,13 +233,14 @@ async def measure(app: str, clients: int, rates: list[float], seconds: float, lo
                 "server_cpu_pct": 100 * (server.cpu() - cpu0) / wall,
                 "client_cpu_pct": 100 * (sum(me.cpu_times()[:2]) - mine0) / wall,
                 "server_rss_mb": server.rss() / 2**20,
+                "events_per_s": (sum(s.events for s in streams) - events0) / wall,
                 "drained": drained,
             }
             result["points"].append(point)
             log(f"  {app:10} {clients:4d} clients {rate:7.0f}/s (got {point['achieved_rate']:7.0f}/s): "
                 f"p50 {point['p50_ms']:8.1f} ms  p99 {point['p99_ms']:8.1f} ms  "
                 f"cpu {point['server_cpu_pct']:4.0f}% (clients {point['client_cpu_pct']:3.0f}%)  "
-                f"rss {point['server_rss_mb']:6.1f} MB"
+                f"rss {point['server_rss_mb']:6.1f} MB  {point['events_per_s']:8.0f} events/s"
                 + ("" if drained else "  (not drained)"))
             if point["p99_ms"] >= SLA * 1e3:
                 break
@@ -292,7 +294,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seconds", type=float)
+    parser.add_argument("--clients", type=int, help="one point only: this many clients, at --rate, both apps")
+    parser.add_argument("--rate", type=float, default=5000)
     args = parser.parse_args()
+    if args.clients:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        for app in ("stepstream", "naive"):
+            asyncio.run(measure(app, args.clients, [args.rate], args.seconds or 10))
+        return
     print(json.dumps(fanout(args.quick, args.seconds)["summary"], indent=1))
 
 

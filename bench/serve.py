@@ -62,7 +62,7 @@ def _done(ctx) -> None:  # pragma: no cover - runs in the server process
     ctx.log("info", "phase-done")
 
 
-def build(app_name: str, min_interval: float = 0.01) -> tuple[Orchestrator, object]:
+def build(app_name: str) -> tuple[Orchestrator, object]:
     orch = Orchestrator(max_workers=4, capture_level=None)
     orch.define("load", [Step("load", _load), Step("done", _done)])
     if app_name == "naive":
@@ -71,24 +71,19 @@ def build(app_name: str, min_interval: float = 0.01) -> tuple[Orchestrator, obje
         return orch, create_naive_app(orch)
     from stepstream.server import create_app
 
-    if app_name == "stepstream-shared":  # the prototype fix of bench/hub_shared.py
-        from hub_shared import SharedSelectHub
-
-        return orch, create_app(orch, hub=SharedSelectHub(orch.store, min_interval=min_interval))
     return orch, create_app(orch)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--app", choices=("stepstream", "naive", "stepstream-shared"), default="stepstream")
+    parser.add_argument("--app", choices=("stepstream", "naive"), default="stepstream")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--min-interval", type=float, default=0.01, help="stepstream-shared: the hub's min_interval")
     parser.add_argument("--profile", help="write a cProfile of the event-loop thread to this path")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
-    orch, app = build(args.app, args.min_interval)
+    orch, app = build(args.app)
     config = uvicorn.Config(app, host="127.0.0.1", port=args.port, log_level="warning", lifespan="off",
                             backlog=4096, timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
