@@ -188,7 +188,7 @@ class Hub:
         cached = self._reads.get(key)
         if cached is not None:
             return cached
-        events, _ = self.store.events_after(cursor, limit=self.batch_events)
+        events, last = self.store.events_after(cursor, limit=self.batch_events)
         selected, ended = self._select(events, request)
         chunks: list[bytes] = []
         pieces: list[bytes] = []
@@ -203,7 +203,8 @@ class Hub:
         if pieces:
             chunks.append(b"".join(pieces))
         result = (chunks, selected[-1].seq if ended else events[-1].seq, ended)
-        self._reads[key] = result
+        if events[-1].seq == last:  # caught up: others woken now will ask for the same batch
+            self._reads[key] = result  # (a lagging reader's batch is its own; not kept)
         return result
 
     async def stream(self, request: StreamRequest) -> AsyncIterator[bytes]:
