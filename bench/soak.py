@@ -247,9 +247,12 @@ def check(clients: list[SoakClient], reference: SoakClient, finals: dict[str, di
         for job_id, job in client.jobs.items():
             if job_id in finals:
                 compared += 1
-                if job != finals[job_id]:
+                # the all-jobs stream carries job summaries: everything but the params
+                final = {k: v for k, v in finals[job_id].items() if k != "params"}
+                job = {k: v for k, v in job.items() if k != "params"}
+                if job != final:
                     problems.append(f"{client.name}: folded state of {job_id} differs from its final snapshot: "
-                                    f"{_diff(job, finals[job_id])}")
+                                    f"{_diff(job, final)}")
     for client in clients:
         for segment in client.segments:
             for ref in reference.segments:

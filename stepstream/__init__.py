@@ -1,10 +1,12 @@
 """stepstream: multi-step jobs whose per-step progress and logs are exact and live."""
 
-from .model import Conflict, InvalidTransition, NotFound, StepstreamError
+from .model import Conflict, InvalidParams, InvalidRequest, InvalidTransition, NotFound, StepstreamError
 from .orchestrator import JobContext, Orchestrator, Step
 
 __all__ = [
     "Conflict",
+    "InvalidParams",
+    "InvalidRequest",
     "InvalidTransition",
     "JobContext",
     "NotFound",

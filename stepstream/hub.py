@@ -10,25 +10,24 @@ See docs/architecture.md for who wakes and who cancels whom.
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from .encoding import dumps
 from .model import NotFound
 from .state import Event, Gone, Store
 
 MERGEABLE = frozenset({"step_progress", "job_progress"})
-
-
-def _dumps(data: dict) -> str:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+ENDING = frozenset({"end", "job_deleted"})  # after these a `?job=` stream has nothing more
+_MAX_SEQ_DIGITS = 18  # a seq that could ever be real; a longer one is not worth parsing
 
 
 def encode(event_id: str, type_: str, data: dict) -> bytes:
-    """One SSE event: `id:`, `event:` and a single `data:` line of JSON."""
-    return f"id: {event_id}\nevent: {type_}\ndata: {_dumps(data)}\n\n".encode()
+    """One SSE event: `id:`, `event:` and a single `data:` line of JSON. Never raises: the
+    encoder repairs what strict JSON cannot carry, and JSON text holds no raw newline."""
+    return f"id: {event_id}\nevent: {type_}\ndata: {dumps(data)}\n\n".encode()
 
 
 @dataclass(frozen=True)
@@ -124,11 +123,12 @@ class Hub:
     # ------------------------------------------------------------------ streams
 
     def parse_last_event_id(self, value: str | None) -> int | None:
-        """The seq of a Last-Event-ID from this run of the server, or None (fresh snapshot)."""
+        """The seq of a Last-Event-ID from this run of the server, or None (fresh snapshot) for
+        anything else: another run's id, garbage, a seq of absurd length or non-ASCII digits."""
         if not value:
             return None
         run_id, _, seq = value.strip().rpartition("-")
-        if run_id != self.store.run_id or not seq.isdigit():
+        if run_id != self.store.run_id or not (seq.isascii() and seq.isdigit()) or len(seq) > _MAX_SEQ_DIGITS:
             return None
         return int(seq)
 
@@ -158,9 +158,7 @@ class Hub:
         for event in events:
             if request.manager_id is not None and event.manager_id != request.manager_id:
                 continue
-            if event.type == "end":
-                if request.manager_id is None:
-                    continue
+            if event.type in ENDING and request.manager_id is not None:
                 wanted.append(event)
                 ended = True
                 break

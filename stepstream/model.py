@@ -59,6 +59,14 @@ class Conflict(StepstreamError):
     """The operation does not fit the job's current status (e.g. it is already terminal)."""
 
 
+class InvalidRequest(StepstreamError, ValueError):
+    """A request that names a job of the wrong kind or an impossible combination."""
+
+
+class InvalidParams(StepstreamError, ValueError):
+    """Params that are not strict JSON within the limits, or that the definition rejects."""
+
+
 class InvalidTransition(Conflict):
     """A status change that the rules do not allow."""
 

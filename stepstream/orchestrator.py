@@ -14,13 +14,17 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from . import params as params_rules
 from .logs import current_job, install_logging_bridge
-from .model import NotFound, StepstreamError
+from .model import InvalidParams, NotFound, StepstreamError
 from .state import Job, Store
+from .text import describe, safe_str
+from .workers import WorkerPool
+
+INTERRUPTED = "interrupted: the orchestrator shut down while this ran"
 
 
 @dataclass(frozen=True)
@@ -40,17 +44,24 @@ class Step:
 class JobContext:
     """What a step handler or child receives as `ctx`."""
 
-    __slots__ = ("_orch", "_job", "job_id", "manager_id", "step_id", "step_name", "params", "attempt")
+    __slots__ = ("_orch", "_job", "_params", "job_id", "manager_id", "step_id", "step_name", "attempt")
 
-    def __init__(self, orch: Orchestrator, job: Job) -> None:
+    def __init__(self, orch: Orchestrator, job: Job, attempt: int = 1) -> None:
         self._orch = orch
         self._job = job
+        self._params: dict | None = None
         self.job_id: str = job.id
         self.manager_id: str = job.manager.id
         self.step_id: str = job.step.id
         self.step_name: str = job.step.name
-        self.params: dict = job.manager.params
-        self.attempt: int = getattr(job, "attempt", 1)
+        self.attempt = attempt
+
+    @property
+    def params(self) -> dict:
+        """The job's params: this handler's own copy, made on first use."""
+        if self._params is None:
+            self._params = json.loads(self._job.manager.params_json)
+        return self._params
 
     @property
     def orchestrator(self) -> Orchestrator:
@@ -79,9 +90,13 @@ async def _cancel_tasks() -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+@dataclass(frozen=True)
+class Definition:
+    """A registered job definition: its steps and the optional check of its params."""
+
+    name: str
+    steps: tuple[Step, ...]
+    validate: Callable[[dict], Any] | None = None
 
 
 class Orchestrator:
@@ -95,15 +110,21 @@ class Orchestrator:
         max_finished: int = 1000,
         max_logs_per_step: int = 20_000,
         capture_level: int | None = logging.INFO,
+        max_params_depth: int = params_rules.DEFAULT_MAX_DEPTH,
+        max_params_bytes: int = params_rules.DEFAULT_MAX_BYTES,
     ) -> None:
-        if not isinstance(max_workers, int) or max_workers < 1:
-            raise ValueError(f"max_workers must be a positive int, not {max_workers!r}")
+        for name, value in (("max_workers", max_workers), ("max_params_depth", max_params_depth),
+                            ("max_params_bytes", max_params_bytes)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, not {value!r}")
         self.store = Store(
             replay_size=replay_size, max_finished=max_finished, max_logs_per_step=max_logs_per_step
         )
         self.max_workers = max_workers
-        self._definitions: dict[str, list[Step]] = {}
-        self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="stepstream-worker")
+        self.max_params_depth = max_params_depth
+        self.max_params_bytes = max_params_bytes
+        self._definitions: dict[str, Definition] = {}
+        self._pool = WorkerPool(max_workers)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_lock = threading.Lock()
         self.closed = threading.Event()  # set by shutdown()
@@ -111,8 +132,10 @@ class Orchestrator:
 
     # ------------------------------------------------------------------ definitions
 
-    def define(self, name: str, steps: list[Step]) -> None:
-        """Register a job definition: ordered steps with unique names."""
+    def define(self, name: str, steps: list[Step], *, validate: Callable[[dict], Any] | None = None) -> None:
+        """Register a job definition: ordered steps with unique names. `validate(params)`, if
+        given, runs before a job is created and rejects bad params by raising ValueError (the
+        HTTP API answers 422 with its message)."""
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"a definition name must be a non-empty string, not {name!r}")
         steps = list(steps)
@@ -124,31 +147,50 @@ class Orchestrator:
             raise ValueError(f"definition {name!r} repeats step names: {', '.join(duplicates)}")
         if name in self._definitions:
             raise ValueError(f"definition {name!r} is already defined")
-        self._definitions[name] = steps
+        if validate is not None and not callable(validate):
+            raise TypeError(f"definition {name!r}: validate must be callable")
+        self._definitions[name] = Definition(name, tuple(steps), validate)
 
     def definitions(self) -> dict[str, list[str]]:
         """Definition names and their step names, in order."""
-        return {name: [s.name for s in steps] for name, steps in self._definitions.items()}
+        return {name: [s.name for s in d.steps] for name, d in self._definitions.items()}
 
     # ------------------------------------------------------------------ commands
 
-    def start(self, definition: str, params: dict | None = None) -> str:
-        """Start a manager job of `definition`; returns its id."""
+    def start(self, definition: str, params: dict | None = None, *, rerun_of: str | None = None) -> str:
+        """Start a manager job of `definition`; returns its id. Params must be strict JSON
+        (see `stepstream.params`) and pass the definition's `validate`, else ValueError and
+        nothing is created."""
         if self.closed.is_set():
             raise StepstreamError("the orchestrator is shut down")
-        steps = self._definitions.get(definition)
-        if steps is None:
+        found = self._definitions.get(definition) if isinstance(definition, str) else None
+        if found is None:
             raise NotFound(f"no definition named {definition!r}; known: {', '.join(self._definitions) or 'none'}")
-        params = {} if params is None else params
-        if not isinstance(params, dict):
-            raise ValueError(f"params must be a dict, not {type(params).__name__}")
-        try:
-            params = json.loads(json.dumps(params))  # a private copy that the API can show
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"params must be JSON-serialisable: {exc}") from None
-        manager, first = self.store.create_manager(definition, [s.name for s in steps], params)
+        text = params_rules.validate(
+            {} if params is None else params, max_depth=self.max_params_depth, max_bytes=self.max_params_bytes
+        )
+        if found.validate is not None:
+            try:
+                found.validate(json.loads(text))  # its own copy: a check cannot change the params
+            except InvalidParams:
+                raise
+            except ValueError as exc:
+                raise InvalidParams(f"params rejected by {definition!r}: {safe_str(exc)}") from None
+        manager, first = self.store.create_manager(
+            definition, [s.name for s in found.steps], json.loads(text), params_json=text, rerun_of=rerun_of
+        )
         self._start_handler(first)
         return manager.id
+
+    def rerun(self, job_id: str) -> str:
+        """Start a new job with the definition and params of manager job `job_id`; its id. The
+        new job's `rerun_of` names the old one."""
+        definition, params = self.store.definition_and_params(job_id)
+        return self.start(definition, params, rerun_of=job_id)
+
+    def delete(self, job_id: str) -> None:
+        """Remove a finished manager job with everything in it. Conflict while it runs."""
+        self.store.delete(job_id)
 
     def spawn(
         self,
@@ -188,6 +230,20 @@ class Orchestrator:
         """Log lines of a job: `step=`, `level=`, `after=`, `limit=` as in the HTTP API."""
         return self.store.logs(job_id, **query)
 
+    def jobs(self, **query: Any) -> dict:
+        """Manager jobs, newest first: `status=`, `definition=`, `q=` (id prefix), `limit=`,
+        `cursor=` as in `GET /api/jobs`."""
+        return self.store.list_managers(**query)
+
+    def children(self, job_id: str, **query: Any) -> dict:
+        """Children of a manager or step: `step=`, `status=`, `limit=`, `cursor=`."""
+        return self.store.children(job_id, **query)
+
+    @property
+    def seq(self) -> int:
+        """The seq of the latest change."""
+        return self.store.seq
+
     # ------------------------------------------------------------------ running
 
     def _submit(self, fn: Callable[..., Any], job: Job) -> None:
@@ -199,52 +255,63 @@ class Orchestrator:
 
     def _start_handler(self, step: Job | None) -> None:
         while step is not None:
-            handler = self._definitions[step.manager.definition][step.index].handler
+            handler = self._definitions[step.manager.definition].steps[step.index].handler
             try:
                 self._submit(handler, step)
                 return
             except RuntimeError as exc:  # pool shut down: the step cannot run
-                step = self.store.handler_returned(step, _describe(exc))
+                step = self.store.handler_returned(step, *describe(exc))
 
     def _run_sync(self, job: Job, fn: Callable[..., Any]) -> None:
-        if job.kind == "child" and not self.store.begin_child(job):
+        attempt = self._begin(job)
+        if attempt is None:
             return  # cancelled before a worker took it
         token = current_job.set((self.store, job.id))
         try:
             args, kwargs = self._arguments(job)
-            fn(JobContext(self, job), *args, **kwargs)
-            error = None
-        except Exception as exc:
-            error = _describe(exc)
+            fn(JobContext(self, job, attempt), *args, **kwargs)
+            error = traceback = None
+        except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt: the attempt still ends
+            error, traceback = describe(exc)
         finally:
             current_job.reset(token)
-        self._finished(job, error)
+        self._finished(job, attempt, error, traceback)
 
     async def _run_async(self, job: Job, fn: Callable[..., Any]) -> None:
-        if job.kind == "child" and not self.store.begin_child(job):
+        attempt = self._begin(job)
+        if attempt is None:
             return
         current_job.set((self.store, job.id))  # each task runs in its own copy of the context
         try:
             args, kwargs = self._arguments(job)
-            await fn(JobContext(self, job), *args, **kwargs)
-            error = None
+            await fn(JobContext(self, job, attempt), *args, **kwargs)
+            error = traceback = None
         except asyncio.CancelledError:  # shutdown cancels what still runs: record it, then end
-            error = "CancelledError: the orchestrator shut down"
-        except Exception as exc:
-            error = _describe(exc)
-        self._finished(job, error)
+            error, traceback = INTERRUPTED, None
+        except BaseException as exc:  # noqa: BLE001 - a SystemExit must not stop the loop thread
+            error, traceback = describe(exc)
+        self._finished(job, attempt, error, traceback)
+
+    def _begin(self, job: Job) -> int | None:
+        """The attempt number about to run, or None if the child was cancelled meanwhile."""
+        if job.kind != "child":
+            return 1
+        return job.attempt if self.store.begin_child(job) else None
 
     @staticmethod
     def _arguments(job: Job) -> tuple[tuple, dict]:
         return (job.args, job.kwargs) if job.kind == "child" else ((), {})
 
-    def _finished(self, job: Job, error: str | None) -> None:
+    def _finished(self, job: Job, attempt: int, error: str | None, traceback: str | None) -> None:
         if job.kind != "child":
-            self._start_handler(self.store.handler_returned(job, error))
+            self._start_handler(self.store.handler_returned(job, error, traceback))
             return
-        retry, next_step = self.store.end_child(job, error)
+        retry, next_step = self.store.end_child(job, error, traceback, attempt)
         if retry:
-            self._submit(job.fn, job)
+            try:
+                self._submit(job.fn, job)
+            except RuntimeError:  # shut down: its cancel already settled the pending retry
+                pass
         self._start_handler(next_step)
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
@@ -257,17 +324,24 @@ class Orchestrator:
             return self._loop
 
     def shutdown(self, wait: bool = True) -> None:
-        """Cancel running manager jobs, stop taking work and (with `wait`) let running code
-        return. Idempotent."""
+        """Cancel running manager jobs and stop taking work. With `wait`, let running code
+        return first; without, settle what still runs at once as interrupted (its threads are
+        let go: a late return changes nothing). Either way every job ends terminal. Idempotent."""
         if self.closed.is_set():
             return
         self.closed.set()
-        for manager_id in self.store.running_managers():
+        running = self.store.running_managers()
+        for manager_id in running:
             try:
                 self.store.cancel(manager_id)
             except StepstreamError:
                 pass  # finished meanwhile
         self._pool.shutdown(wait=wait)
+        for manager_id in running:
+            try:
+                self.store.abandon(manager_id, INTERRUPTED)
+            except StepstreamError:
+                pass
         loop = self._loop
         if loop is not None:
             drained = asyncio.run_coroutine_threadsafe(_cancel_tasks(), loop)

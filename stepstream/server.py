@@ -1,29 +1,40 @@
 """The HTTP API, the SSE endpoint and the page, as one Starlette app to run or mount anywhere.
 
-Every route is relative, and the app needs no lifespan events (mounted sub-apps never get
-them): the hub binds to the event loop on the first stream.
+Endpoints are module-level functions reading `request.app.state`; `create_app` only assembles
+them. Every route is relative, and the app needs no lifespan events (mounted sub-apps never get
+them): the hub binds to the event loop on the first stream. Everything goes through the
+orchestrator's public API.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from .encoding import dumps
+from .guard import RequestGuard
 from .hub import Hub, StreamRequest
-from .model import LEVELS, STATUSES, Conflict, NotFound
+from .model import LEVELS, STATUSES, Conflict, InvalidParams, InvalidRequest, NotFound, iso
 from .orchestrator import Orchestrator
+from .responses import SafeJSONResponse, error_response
 
 MAX_LIMIT = {"jobs": 200, "children": 1000, "logs": 5000}
 DEFAULT_LIMIT = {"jobs": 50, "children": 100, "logs": 1000}
+EXPORT_PAGE = 5000
+EXPORT_FORMATS = ("json", "ndjson", "text")
 
 
 def _web_dir() -> Path:
@@ -42,11 +53,30 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+@dataclass(frozen=True)
+class Settings:
+    max_body: int
+    ping: float
+
+
+def _orch(request: Request) -> Orchestrator:
+    return request.app.state.orchestrator
+
+
+def _hub(request: Request) -> Hub:
+    return request.app.state.hub
 
 
 # ---------------------------------------------------------------- query parameters
+
+
+def _known_params(request: Request, known: Iterable[str]) -> None:
+    """400 naming the known parameters if the query has any other."""
+    known = tuple(known)
+    unknown = sorted({name for name in request.query_params if name not in known})
+    if unknown:
+        raise ApiError(400, "unknown_parameter",
+                       f"unknown parameter(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
 
 
 def _int_param(request: Request, name: str, *, default: int | None, minimum: int,
@@ -54,8 +84,8 @@ def _int_param(request: Request, name: str, *, default: int | None, minimum: int
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit():
-        raise ApiError(400, "bad_parameter", f"{name} must be a whole number >= {minimum}, not {raw!r}")
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        raise ApiError(400, "bad_parameter", f"{name} must be a whole number >= {minimum}, not {raw[:40]!r}")
     value = int(raw)
     if value < minimum:
         raise ApiError(400, "bad_parameter", f"{name} must be >= {minimum}, not {value}")
@@ -67,8 +97,12 @@ def _choice_param(request: Request, name: str, choices: tuple[str, ...]) -> str 
     if raw is None or raw == "":
         return None
     if raw not in choices:
-        raise ApiError(400, "bad_parameter", f"{name} must be one of {', '.join(choices)}, not {raw!r}")
+        raise ApiError(400, "bad_parameter", f"{name} must be one of {', '.join(choices)}, not {raw[:40]!r}")
     return raw
+
+
+def _text_param(request: Request, name: str) -> str | None:
+    return request.query_params.get(name) or None
 
 
 def _bool_param(request: Request, name: str) -> bool:
@@ -77,14 +111,15 @@ def _bool_param(request: Request, name: str) -> bool:
         return True
     if raw in ("0", "false", "no", ""):
         return False
-    raise ApiError(400, "bad_parameter", f"{name} must be 1 or 0, not {raw!r}")
+    raise ApiError(400, "bad_parameter", f"{name} must be 1 or 0, not {raw[:40]!r}")
 
 
 def _limit(request: Request, kind: str) -> int:
     return _int_param(request, "limit", default=DEFAULT_LIMIT[kind], minimum=1, maximum=MAX_LIMIT[kind])  # type: ignore[return-value]
 
 
-async def _json_body(request: Request, max_body: int) -> Any:
+async def _json_body(request: Request) -> Any:
+    max_body = request.app.state.settings.max_body
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_body:
         raise ApiError(413, "body_too_large", f"request body is over {max_body} bytes")
@@ -95,8 +130,188 @@ async def _json_body(request: Request, max_body: int) -> Any:
             raise ApiError(413, "body_too_large", f"request body is over {max_body} bytes")
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise ApiError(422, "invalid_body", "request body is nested too deeply") from None
+    except ValueError as exc:  # includes UnicodeDecodeError and over-long integers
         raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
+
+
+def _created(request: Request, job_id: str) -> Response:
+    """201 with the new job's snapshot; `Location` is a path (no Host header is echoed)."""
+    location = request.url_for("job", job_id=job_id).path
+    return SafeJSONResponse(_orch(request).snapshot(job_id), status_code=201, headers={"Location": location})
+
+
+# ---------------------------------------------------------------- endpoints
+
+
+async def page(request: Request) -> Response:
+    if not request.url.path.endswith("/"):  # relative asset and API URLs need the slash
+        return RedirectResponse(request.url.replace(path=request.url.path + "/"), status_code=308)
+    return FileResponse(request.app.state.web / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def health(request: Request) -> Response:
+    hub = _hub(request)
+    return SafeJSONResponse({"status": "ok", "seq": _orch(request).seq, "time": iso_now(),
+                             "run_id": hub.store.run_id, "streams": hub.connections})
+
+
+async def definitions(request: Request) -> Response:
+    return SafeJSONResponse({"definitions": [{"name": name, "steps": steps}
+                                             for name, steps in _orch(request).definitions().items()]})
+
+
+async def create_job(request: Request) -> Response:
+    body = await _json_body(request)
+    if not isinstance(body, dict):
+        raise ApiError(422, "invalid_body", "body must be a JSON object {\"definition\": ..., \"params\": {...}}")
+    unknown = sorted(set(body) - {"definition", "params"})
+    if unknown:
+        raise ApiError(422, "invalid_body", f"unknown fields: {', '.join(map(repr, unknown))}")
+    definition, params = body.get("definition"), body.get("params", {})
+    if not isinstance(definition, str) or not definition:
+        raise ApiError(422, "invalid_body", "definition must be a non-empty string")
+    if not isinstance(params, dict):
+        raise ApiError(422, "invalid_body", "params must be a JSON object")
+    try:
+        job_id = _orch(request).start(definition, params)
+    except NotFound as exc:
+        raise ApiError(422, "unknown_definition", str(exc)) from None
+    return _created(request, job_id)
+
+
+async def list_jobs(request: Request) -> Response:
+    _known_params(request, ("status", "definition", "q", "limit", "cursor"))
+    return SafeJSONResponse(_orch(request).jobs(
+        status=_choice_param(request, "status", STATUSES),
+        definition=_text_param(request, "definition"),
+        q=_text_param(request, "q"),
+        limit=_limit(request, "jobs"),
+        cursor=_int_param(request, "cursor", default=None, minimum=1),
+    ))
+
+
+async def get_job(request: Request) -> Response:
+    return SafeJSONResponse(_orch(request).snapshot(request.path_params["job_id"]))
+
+
+async def delete_job(request: Request) -> Response:
+    _orch(request).delete(request.path_params["job_id"])
+    return Response(status_code=204)
+
+
+async def children(request: Request) -> Response:
+    _known_params(request, ("step", "status", "limit", "cursor"))
+    return SafeJSONResponse(_orch(request).children(
+        request.path_params["job_id"],
+        step=_text_param(request, "step"),
+        status=_choice_param(request, "status", STATUSES),
+        limit=_limit(request, "children"),
+        cursor=_int_param(request, "cursor", default=0, minimum=0),
+    ))
+
+
+async def cancel(request: Request) -> Response:
+    return SafeJSONResponse(_orch(request).cancel(request.path_params["job_id"]), status_code=202)
+
+
+async def rerun(request: Request) -> Response:
+    return _created(request, _orch(request).rerun(request.path_params["job_id"]))
+
+
+async def logs(request: Request) -> Response:
+    _known_params(request, ("step", "level", "after", "before", "limit", "format"))
+    orch, job_id = _orch(request), request.path_params["job_id"]
+    query = {
+        "step": _text_param(request, "step"),
+        "level": _choice_param(request, "level", LEVELS) or "debug",
+        "after": _int_param(request, "after", default=0, minimum=0),
+    }
+    fmt = _choice_param(request, "format", EXPORT_FORMATS) or "json"
+    if fmt == "json":
+        return SafeJSONResponse(orch.logs(job_id, **query, before=_int_param(request, "before", default=None, minimum=1),
+                                          limit=_limit(request, "logs")))
+    first = orch.logs(job_id, **query, limit=EXPORT_PAGE)  # errors (404, 400) before the stream starts
+    name = f"{job_id}{'-' + query['step'] if query['step'] else ''}-logs.{'ndjson' if fmt == 'ndjson' else 'txt'}"
+    safe_name = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in name)
+    return StreamingResponse(
+        _export(orch, job_id, query, first, fmt),
+        media_type="application/x-ndjson" if fmt == "ndjson" else "text/plain; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{safe_name}"', "Cache-Control": "no-cache"},
+    )
+
+
+async def _export(orch: Orchestrator, job_id: str, query: dict, page: dict, fmt: str) -> AsyncIterator[bytes]:
+    """Every matching line, page by page, up to the last one written when the page is read."""
+    while True:
+        lines = [_export_line(record, fmt) for record in page["logs"]]
+        if lines:
+            yield "".join(lines).encode("utf-8")
+        if page["next"] is None:
+            return
+        try:
+            page = orch.logs(job_id, **{**query, "after": page["next"]}, limit=EXPORT_PAGE)
+        except NotFound:  # deleted while exporting
+            return
+
+
+def _export_line(record: dict, fmt: str) -> str:
+    if fmt == "ndjson":
+        return dumps(record) + "\n"
+    where = record["step_name"] or "-"
+    return f"{record['ts']} {record['level'].upper():<7} {where} {record['job_id']} {record['message']}\n"
+
+
+async def events(request: Request) -> Response:
+    _known_params(request, ("job", "children", "last_event_id"))
+    orch, hub = _orch(request), _hub(request)
+    manager_id = _text_param(request, "job")
+    children_too = _bool_param(request, "children")
+    last_id = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    resume_from = hub.parse_last_event_id(last_id)
+    if manager_id is not None:
+        if resume_from is not None and hub.store.ended_by(manager_id, resume_from):
+            return Response(status_code=204)  # EventSource's signal to stop reconnecting
+        hub.store.stream_snapshot(manager_id)  # 404 / 400 now, before the stream starts
+    stream_request = StreamRequest(manager_id, children_too, resume_from)
+    return EventSourceResponse(hub.stream(stream_request), ping=request.app.state.settings.ping,
+                               headers={"Cache-Control": "no-cache"})
+
+
+def iso_now() -> str:
+    return iso(time.time())  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- errors
+
+
+async def on_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.code, exc.message)
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    message = f"{request.method} is not allowed on {request.url.path}" if exc.status_code == 405 else exc.detail
+    return error_response(exc.status_code, code, str(message), headers=exc.headers)
+
+
+async def on_not_found(request: Request, exc: Exception) -> Response:
+    return error_response(404, "not_found", str(exc))
+
+
+async def on_conflict(request: Request, exc: Exception) -> Response:
+    return error_response(409, "conflict", str(exc))
+
+
+async def on_invalid_request(request: Request, exc: Exception) -> Response:
+    return error_response(400, "bad_request", str(exc))
+
+
+async def on_invalid_params(request: Request, exc: Exception) -> Response:
+    return error_response(422, "invalid_params", str(exc))
 
 
 # ---------------------------------------------------------------- the app
@@ -109,86 +324,17 @@ def create_app(
     ping: float = 15,
     retry_ms: int = 2000,
     hub: Hub | None = None,
+    allowed_hosts: Iterable[str] | None = None,
+    token: str | None = None,
 ) -> Starlette:
     """The ASGI app serving `orchestrator`: page at `/`, JSON API under `/api`, stream at
-    `/api/events`. Works standalone or mounted under any prefix; needs no lifespan."""
-    orch = orchestrator
-    store = orch.store
-    hub = hub or Hub(store, retry_ms=retry_ms)
-    web = _web_dir()
+    `/api/events`. Works standalone or mounted under any prefix; needs no lifespan.
 
-    async def page(request: Request) -> Response:
-        if not request.url.path.endswith("/"):  # relative asset and API URLs need the slash
-            return RedirectResponse(request.url.replace(path=request.url.path + "/"), status_code=308)
-        return FileResponse(web / "index.html", headers={"Cache-Control": "no-cache"})
-
-    async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "seq": store.seq, "run_id": store.run_id,
-                             "streams": hub.connections})
-
-    async def definitions(request: Request) -> Response:
-        return JSONResponse({"definitions": [{"name": name, "steps": steps}
-                                             for name, steps in orch.definitions().items()]})
-
-    async def create_job(request: Request) -> Response:
-        body = await _json_body(request, max_body)
-        if not isinstance(body, dict):
-            raise ApiError(422, "invalid_body", "body must be a JSON object {\"definition\": ..., \"params\": {...}}")
-        unknown = sorted(set(body) - {"definition", "params"})
-        if unknown:
-            raise ApiError(422, "invalid_body", f"unknown fields: {', '.join(unknown)}")
-        definition, params = body.get("definition"), body.get("params", {})
-        if not isinstance(definition, str) or not definition:
-            raise ApiError(422, "invalid_body", "definition must be a non-empty string")
-        if not isinstance(params, dict):
-            raise ApiError(422, "invalid_body", "params must be a JSON object")
-        if definition not in orch.definitions():
-            raise ApiError(422, "unknown_definition",
-                           f"no definition named {definition!r}; known: {', '.join(orch.definitions()) or 'none'}")
-        job_id = orch.start(definition, params)
-        location = str(request.url_for("job", job_id=job_id))
-        return JSONResponse(orch.snapshot(job_id), status_code=201, headers={"Location": location})
-
-    async def list_jobs(request: Request) -> Response:
-        status = _choice_param(request, "status", STATUSES)
-        cursor = _int_param(request, "cursor", default=None, minimum=1)
-        return JSONResponse(store.list_managers(status=status, limit=_limit(request, "jobs"), cursor=cursor))
-
-    async def get_job(request: Request) -> Response:
-        return JSONResponse(orch.snapshot(request.path_params["job_id"]))
-
-    async def children(request: Request) -> Response:
-        return JSONResponse(store.children(
-            request.path_params["job_id"],
-            step=request.query_params.get("step") or None,
-            status=_choice_param(request, "status", STATUSES),
-            limit=_limit(request, "children"),
-            cursor=_int_param(request, "cursor", default=0, minimum=0),  # type: ignore[arg-type]
-        ))
-
-    async def cancel(request: Request) -> Response:
-        return JSONResponse(orch.cancel(request.path_params["job_id"]), status_code=202)
-
-    async def logs(request: Request) -> Response:
-        return JSONResponse(store.logs(
-            request.path_params["job_id"],
-            step=request.query_params.get("step") or None,
-            level=_choice_param(request, "level", LEVELS) or "debug",
-            after=_int_param(request, "after", default=0, minimum=0),  # type: ignore[arg-type]
-            before=_int_param(request, "before", default=None, minimum=1),
-            limit=_limit(request, "logs"),
-        ))
-
-    async def events(request: Request) -> Response:
-        manager_id = request.query_params.get("job") or None
-        children_too = _bool_param(request, "children")
-        last_id = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
-        if manager_id is not None:
-            store.stream_snapshot(manager_id)  # 404 / 400 now, before the stream starts
-        stream_request = StreamRequest(manager_id, children_too, hub.parse_last_event_id(last_id))
-        return EventSourceResponse(hub.stream(stream_request), ping=ping,
-                                   headers={"Cache-Control": "no-cache"})
-
+    Mutating requests are refused when cross-site and need a JSON body type, and every response
+    carries security headers, always. `allowed_hosts` (e.g. `["localhost", "127.0.0.1"]`)
+    refuses other `Host` headers; `token` requires `Authorization: Bearer <token>` or the cookie
+    set by opening the page with `?token=<token>`.
+    """
     routes = [
         Route("/", page, methods=["GET"]),
         Route("/api/health", health, methods=["GET"]),
@@ -196,42 +342,28 @@ def create_app(
         Route("/api/jobs", create_job, methods=["POST"]),
         Route("/api/jobs", list_jobs, methods=["GET"]),
         Route("/api/jobs/{job_id}", get_job, methods=["GET"], name="job"),
+        Route("/api/jobs/{job_id}", delete_job, methods=["DELETE"]),
         Route("/api/jobs/{job_id}/children", children, methods=["GET"]),
         Route("/api/jobs/{job_id}/cancel", cancel, methods=["POST"]),
+        Route("/api/jobs/{job_id}/rerun", rerun, methods=["POST"]),
         Route("/api/jobs/{job_id}/logs", logs, methods=["GET"]),
         Route("/api/events", events, methods=["GET"]),
-        Mount("/static", StaticFiles(directory=web), name="static"),
+        Mount("/static", StaticFiles(directory=_web_dir()), name="static"),
     ]
-
-    async def on_api_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
-        return error_response(exc.status, exc.code, exc.message)
-
-    async def on_http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        message = f"{request.method} is not allowed on {request.url.path}" if exc.status_code == 405 else exc.detail
-        return error_response(exc.status_code, code, str(message), headers=exc.headers)
-
-    async def on_not_found(request: Request, exc: Exception) -> Response:
-        return error_response(404, "not_found", str(exc))
-
-    async def on_conflict(request: Request, exc: Exception) -> Response:
-        return error_response(409, "conflict", str(exc))
-
-    async def on_value_error(request: Request, exc: Exception) -> Response:
-        return error_response(400, "bad_request", str(exc))
-
     app = Starlette(
         routes=routes,
+        middleware=[Middleware(RequestGuard, allowed_hosts=allowed_hosts, token=token)],
         exception_handlers={
             ApiError: on_api_error,
             HTTPException: on_http_error,
             NotFound: on_not_found,
             Conflict: on_conflict,
-            ValueError: on_value_error,
+            InvalidParams: on_invalid_params,
+            InvalidRequest: on_invalid_request,
         },
     )
-    app.state.orchestrator = orch
-    app.state.hub = hub
+    app.state.orchestrator = orchestrator
+    app.state.hub = hub or Hub(orchestrator.store, retry_ms=retry_ms)
+    app.state.settings = Settings(max_body=max_body, ping=ping)
+    app.state.web = _web_dir()
     return app

@@ -10,6 +10,7 @@ taken at seq S plus the events after S always equals the current state. Work tha
 from __future__ import annotations
 
 import itertools
+import logging
 import secrets
 import threading
 import time
@@ -17,8 +18,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import model
-from .logs import LogBucket, Record, query
+from . import model, wire
+from .logs import LogBucket, Record, current_job, query
 from .model import (
     CANCELLED,
     CHILD,
@@ -31,11 +32,15 @@ from .model import (
     SLOT,
     STEP,
     Conflict,
+    InvalidRequest,
     InvalidTransition,
     NotFound,
     iso,
     progress_dict,
 )
+from .text import MAX_LOG_CHARS, bounded, clean, safe_str
+
+logger = logging.getLogger("stepstream")
 
 _ids = itertools.count(1)
 _run_prefix = secrets.token_hex(3)  # ids stay unique across processes that share a client
@@ -50,15 +55,16 @@ class Job:
 
     __slots__ = (
         "id", "kind", "name", "status", "definition", "params", "created_at", "started_at",
-        "finished_at", "error", "manager", "step", "parent_id", "index",
+        "finished_at", "error", "traceback", "manager", "step", "parent_id", "index",
         # steps and managers
         "total", "counts", "log_count", "bucket",
         # steps
-        "handler_returned", "handler_error",
+        "handler_returned", "handler_error", "handler_traceback",
         # managers
-        "steps", "children", "cancelled", "settled", "current", "ordinal",
+        "steps", "children", "cancelled", "settled", "current", "ordinal", "rerun_of", "end_seq",
+        "params_json",
         # children
-        "fn", "args", "kwargs", "retries", "attempt",
+        "fn", "args", "kwargs", "retries", "attempt", "depth",
     )  # fmt: skip
 
     def __init__(self, kind: str, name: str, created_at: float) -> None:
@@ -70,6 +76,7 @@ class Job:
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self.error: str | None = None
+        self.traceback: str | None = None
         self.parent_id: str | None = None
         self.total = 0
         self.counts = [0, 0, 0, 0, 0]
@@ -135,6 +142,10 @@ class _Guard:
         self.local.deferred.append((job_id, level, message))
 
 
+def _with_traceback(line: str, traceback: str | None) -> str:
+    return f"{line}\n{traceback}" if traceback else line
+
+
 class Gone(Exception):
     """The requested seq is no longer (or was never) in the replay ring."""
 
@@ -182,7 +193,14 @@ class Store:
 
     def _notify(self) -> None:
         for listener in self._listeners:
-            listener()
+            try:
+                listener()
+            except Exception:  # one failing listener must not stop the others, nor the job
+                token = current_job.set(None)  # its report is not a line of the job's log
+                try:
+                    logger.exception("stepstream: a store listener raised; the others were still called")
+                finally:
+                    current_job.reset(token)
 
     @property
     def seq(self) -> int:
@@ -205,21 +223,7 @@ class Store:
             return [ring[s % size] for s in range(after + 1, end + 1)], last  # type: ignore[misc]
 
     def _emit_status(self, job: Job) -> None:
-        manager = job.manager
-        if job.kind == MANAGER:
-            data = {"job_id": job.id, "kind": MANAGER, "manager_id": job.id, "status": job.status,
-                    "job": self._manager_json(job)}
-        elif job.kind == STEP:
-            data = {"job_id": job.id, "kind": STEP, "manager_id": manager.id, "step_id": job.id,
-                    "step_name": job.name, "index": job.index, "status": job.status,
-                    "started_at": iso(job.started_at), "finished_at": iso(job.finished_at),
-                    "error": job.error}
-        else:
-            step = job.step
-            data = {"job_id": job.id, "kind": CHILD, "manager_id": manager.id, "step_id": step.id,
-                    "step_name": step.name, "parent_id": job.parent_id, "name": job.name,
-                    "status": job.status, "attempt": job.attempt, "error": job.error}
-        self._emit("job_status", manager, None, data)
+        self._emit("job_status", job.manager, None, wire.status_event(job))
 
     def _emit_progress(self, step: Job) -> None:
         manager = step.manager
@@ -251,12 +255,24 @@ class Store:
             if self._waiters:
                 self._cond.notify_all()
 
-    def create_manager(self, definition: str, step_names: list[str], params: dict) -> tuple[Job, Job]:
-        """A new running manager with its steps; the first step is started. Returns both."""
+    def create_manager(
+        self,
+        definition: str,
+        step_names: list[str],
+        params: dict,
+        *,
+        params_json: str | None = None,
+        rerun_of: str | None = None,
+    ) -> tuple[Job, Job]:
+        """A new running manager with its steps; the first step is started. Returns both.
+        `params` must already be validated (the orchestrator does it); the store keeps them."""
         now = time.time()
         manager = Job(MANAGER, definition, now)
         manager.definition = definition
         manager.params = params
+        manager.rerun_of = rerun_of
+        manager.params_json = params_json
+        manager.end_seq = None
         manager.manager = manager
         manager.step = None
         manager.index = None
@@ -275,6 +291,7 @@ class Store:
             step.bucket = LogBucket(self.max_logs_per_step)
             step.handler_returned = False
             step.handler_error = None
+            step.handler_traceback = None
             manager.steps.append(step)
         with self._guard:
             manager.ordinal = next(self._ordinals)
@@ -311,16 +328,17 @@ class Store:
         with self._guard:
             link = self._get(step_id or parent_id)  # type: ignore[arg-type]
             if step_id is not None and link.kind != STEP:
-                raise ValueError(f"step_id {step_id!r} names a {link.kind} job, not a step")
+                raise InvalidRequest(f"step_id {step_id!r} names a {link.kind} job, not a step")
             if link.kind == MANAGER:
-                raise ValueError(f"parent_id {parent_id!r} is a manager job; link to a step or a job inside one")
+                raise InvalidRequest(f"parent_id {parent_id!r} is a manager job; link to a step or a job inside one")
             step, manager = link.step, link.manager
             if step.status != RUNNING or manager.cancelled:
                 state = "cancelled" if manager.cancelled else step.status
                 raise Conflict(f"step {step.name!r} of job {manager.id} is {state}; it takes no new children")
-            child = Job(CHILD, getattr(fn, "__name__", "child"), now)
+            child = Job(CHILD, bounded(safe_str(getattr(fn, "__name__", None), "child"), 200), now)
             child.manager, child.step = manager, step
             child.parent_id = parent_id if parent_id is not None else step.id
+            child.depth = link.depth + 1 if link.kind == CHILD else 1
             child.fn, child.args, child.kwargs = fn, args, kwargs
             child.retries, child.attempt = retries, 1
             self._jobs[child.id] = child
@@ -344,44 +362,78 @@ class Store:
         self._notify()
         return True
 
-    def end_child(self, child: Job, error: str | None) -> tuple[bool, Job | None]:
+    def end_child(
+        self, child: Job, error: str | None, traceback: str | None = None, attempt: int | None = None
+    ) -> tuple[bool, Job | None]:
         """A child's attempt returned (`error` None) or raised. Returns (retry, next_step):
-        whether to run the child again, and the step to start next, if any."""
+        whether to run the child again, and the step to start next, if any. An attempt that was
+        already settled without it (abandoned at shutdown, say) changes nothing."""
         now = time.time()
         with self._guard:
-            manager = child.manager
-            child.error = error
-            if model.child_retry(error is not None, child.attempt, child.retries, manager.cancelled):
-                self._set_status(child, PENDING, now)
-                self._append_log(child, "warning", f"{child.name} attempt {child.attempt} of "
-                                 f"{child.retries + 1} failed, retrying: {error}", now)
-                child.attempt += 1
-                retry, next_step = True, None
-            else:
-                if manager.cancelled:
-                    new = CANCELLED
-                else:
-                    new = FAILED if error is not None else COMPLETED
-                self._set_status(child, new, now)
-                if new == FAILED:
-                    self._append_log(child, "error", f"{child.name} failed: {error}", now)
-                retry, next_step = False, None
-            self._emit_status(child)
-            self._emit_progress(child.step)
-            if not retry:
-                next_step = self._maybe_finish_step(child.step, now)
+            if child.status != RUNNING or (attempt is not None and attempt != child.attempt):
+                return False, None
+            retry, next_step = self._end_attempt(child, error, traceback, now)
         self._notify()
         return retry, next_step
 
-    def handler_returned(self, step: Job, error: str | None) -> Job | None:
-        """The step's handler returned or raised. Returns the step to start next, if any."""
+    def _end_attempt(self, child: Job, error: str | None, traceback: str | None, now: float) -> tuple[bool, Job | None]:
+        manager = child.manager
+        child.error = clean(error) if error is not None else None
+        child.traceback = clean(traceback) if traceback is not None else None
+        if model.child_retry(error is not None, child.attempt, child.retries, manager.cancelled):
+            self._set_status(child, PENDING, now)
+            self._append_log(child, "warning", f"{child.name} attempt {child.attempt} of "
+                             f"{child.retries + 1} failed, retrying: {child.error}", now)
+            child.attempt += 1
+            self._emit_status(child)
+            self._emit_progress(child.step)
+            return True, None
+        new = CANCELLED if manager.cancelled else FAILED if error is not None else COMPLETED
+        self._set_status(child, new, now)
+        if new == FAILED:
+            self._append_log(child, "error", _with_traceback(f"{child.name} failed: {child.error}", child.traceback),
+                             now)
+        self._emit_status(child)
+        self._emit_progress(child.step)
+        return False, self._maybe_finish_step(child.step, now)
+
+    def handler_returned(self, step: Job, error: str | None, traceback: str | None = None) -> Job | None:
+        """The step's handler returned or raised. Returns the step to start next, if any. A
+        handler already settled without it (abandoned at shutdown) changes nothing."""
         now = time.time()
         with self._guard:
-            step.handler_returned = True
-            step.handler_error = error  # shown as the step's error once the step finishes
-            next_step = self._maybe_finish_step(step, now)
+            if step.handler_returned:
+                return None
+            next_step = self._handler_done(step, error, traceback, now)
         self._notify()
         return next_step
+
+    def _handler_done(self, step: Job, error: str | None, traceback: str | None, now: float) -> Job | None:
+        step.handler_returned = True
+        step.handler_error = clean(error) if error is not None else None  # the step's error once it finishes
+        step.handler_traceback = clean(traceback) if traceback is not None else None
+        if error is not None:
+            self._append_log(step, "error", _with_traceback(f"step {step.name} handler raised {step.handler_error}",
+                                                            step.handler_traceback), now)
+        return self._maybe_finish_step(step, now)
+
+    def abandon(self, manager_id: str, reason: str) -> None:
+        """Settle every attempt of a cancelled manager that is still running (code that blocks
+        and may never return) with `reason` as its error, so the job reaches its end now. A late
+        return of that code is then ignored."""
+        now = time.time()
+        with self._guard:
+            manager = self._get(manager_id)
+            if not manager.cancelled or manager.settled:
+                return
+            for child in manager.children:
+                if child.status == RUNNING:
+                    self._end_attempt(child, reason, None, now)
+            step = manager.steps[manager.current]
+            if step.status == RUNNING and not step.handler_returned:
+                self._handler_done(step, None, None, now)
+                self._append_log(step, "warning", f"step {step.name} handler abandoned: {reason}", now)
+        self._notify()
 
     def _maybe_finish_step(self, step: Job, now: float) -> Job | None:
         if step.status != RUNNING or not model.step_is_done(step.handler_returned, step.counts):
@@ -390,6 +442,7 @@ class Store:
         status = model.step_outcome(step.handler_error is not None, manager.cancelled, step.total, step.counts)
         if status == FAILED:
             step.error = step.handler_error or f"all {step.total} children failed"
+            step.traceback = step.handler_traceback
         self._set_status(step, status, now)
         self._emit_status(step)
         counts = ", ".join(f"{n} {k}" for k, n in step.progress().items() if n and k != "total")
@@ -411,6 +464,7 @@ class Store:
             return following
         if outcome == FAILED:
             manager.error = f"step {step.name!r} failed: {step.error}"
+            manager.traceback = step.traceback
         self._skip_rest(manager, now)
         self._set_status(manager, outcome, now)
         self._emit_status(manager)
@@ -428,6 +482,7 @@ class Store:
         """Manager and all its steps are terminal: announce `end`, retain or evict."""
         manager.settled = True
         self._emit("end", manager, None, {"manager_id": manager.id, "status": manager.status})
+        manager.end_seq = self._seq
         if self._waiters:
             self._cond.notify_all()
         self._finished.append(manager)
@@ -447,7 +502,7 @@ class Store:
         with self._guard:
             manager = self._get(job_id)
             if manager.kind != MANAGER:
-                raise ValueError(f"job {job_id} is a {manager.kind} job; cancel its manager {manager.manager.id}")
+                raise InvalidRequest(f"job {job_id} is a {manager.kind} job; cancel its manager {manager.manager.id}")
             if model.is_terminal(manager.status):
                 raise Conflict(f"job {job_id} is already {manager.status}")
             manager.cancelled = True
@@ -469,11 +524,12 @@ class Store:
         """Store a log line under the job that wrote it and announce it. (Called re-entrantly
         from inside a change, the line is stored just after it, and None is returned.)"""
         model.level_rank(level)
+        message = bounded(safe_str(message), MAX_LOG_CHARS)
         if self._guard.held:
-            self._guard.defer(job_id, level, str(message))
+            self._guard.defer(job_id, level, message)
             return None
         with self._guard:
-            record = self._append_log(self._get(job_id), level, str(message), time.time())
+            record = self._append_log(self._get(job_id), level, message, time.time())
         self._notify()
         return record
 
@@ -502,6 +558,33 @@ class Store:
         except (KeyError, TypeError):
             raise NotFound(f"no job with id {job_id!r}") from None
 
+    def _manager(self, job_id: str) -> Job:
+        job = self._get(job_id)
+        if job.kind != MANAGER:
+            raise InvalidRequest(f"job {job_id} is a {job.kind} job; use its manager {job.manager.id}")
+        return job
+
+    def definition_and_params(self, job_id: str) -> tuple[str, dict]:
+        """What a manager job was started with, to run it again."""
+        with self._guard:
+            manager = self._manager(job_id)
+            return manager.definition, manager.params
+
+    def delete(self, job_id: str) -> None:
+        """Remove a finished manager job with its steps, children and logs; announce it with a
+        `job_deleted` event. Conflict while it runs."""
+        with self._guard:
+            manager = self._manager(job_id)
+            if not manager.settled:
+                raise Conflict(f"job {job_id} is still {manager.status}; cancel it first")
+            self._emit("job_deleted", manager, None, {"manager_id": manager.id})
+            try:
+                self._finished.remove(manager)
+            except ValueError:
+                pass
+            self._evict(manager)
+        self._notify()
+
     def get(self, job_id: str) -> Job:
         with self._guard:
             return self._get(job_id)
@@ -529,39 +612,56 @@ class Store:
         managers and the `recent` most recently finished ones. Also says if that one manager is
         already settled (its stream ends right after the snapshot)."""
         with self._guard:
+            now = iso(time.time())
             if manager_id is not None:
-                manager = self._get(manager_id)
-                if manager.kind != MANAGER:
-                    raise ValueError(
-                        f"job {manager_id} is a {manager.kind} job; watch its manager {manager.manager.id}"
-                    )
-                return {"seq": self._seq, "jobs": [self._manager_json(manager)]}, manager.settled
+                manager = self._manager(manager_id)
+                return {"seq": self._seq, "time": now, "jobs": [wire.manager_json(manager)]}, manager.settled
             running = [m for m in self._managers.values() if not m.settled]
             finished = list(itertools.islice(reversed(self._finished), recent))
             jobs = sorted(running + finished, key=lambda m: m.ordinal, reverse=True)
-            return {"seq": self._seq, "jobs": [self._manager_json(m) for m in jobs]}, False
+            return {"seq": self._seq, "time": now, "jobs": [wire.manager_json(m, params=False) for m in jobs]}, False
+
+    def ended_by(self, manager_id: str, seq: int) -> bool:
+        """True if the manager's stream has nothing after `seq`: it had settled by then, or it is
+        gone (deleted or evicted) so nothing will ever come."""
+        with self._guard:
+            manager = self._jobs.get(manager_id)
+            if manager is None or manager.kind != MANAGER:
+                return manager is None
+            return manager.end_seq is not None and manager.end_seq <= seq
 
     def running_managers(self) -> list[str]:
         with self._guard:
             return [m.id for m in self._managers.values() if not model.is_terminal(m.status)]
 
     def list_managers(
-        self, status: str | None = None, limit: int = 50, cursor: int | None = None
+        self,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: int | None = None,
+        *,
+        definition: str | None = None,
+        q: str | None = None,
     ) -> dict:
-        """Manager jobs newest first; `next` is the cursor for the following page or None."""
+        """Manager jobs newest first, filtered by status, definition and id prefix `q`; `next`
+        is the cursor for the following page or None."""
         with self._guard:
             page: list[Job] = []
             next_cursor = None
             for manager in reversed(self._managers.values()):
-                if (cursor is not None and manager.ordinal >= cursor) or (
-                    status is not None and manager.status != status
+                if (
+                    (cursor is not None and manager.ordinal >= cursor)
+                    or (status is not None and manager.status != status)
+                    or (definition is not None and manager.definition != definition)
+                    or (q is not None and not manager.id.startswith(q))
                 ):
                     continue
                 if len(page) == limit:
                     next_cursor = page[-1].ordinal
                     break
                 page.append(manager)
-            return {"seq": self._seq, "jobs": [self._manager_json(m) for m in page], "next": next_cursor}
+            jobs = [wire.manager_json(m, params=False) for m in page]
+            return {"seq": self._seq, "jobs": jobs, "next": next_cursor}
 
     def children(
         self,
@@ -575,10 +675,10 @@ class Store:
         with self._guard:
             job = self._get(job_id)
             if job.kind == CHILD:
-                raise ValueError(f"job {job_id} is a child job; list children of its step or manager")
+                raise InvalidRequest(f"job {job_id} is a child job; list children of its step or manager")
             step_job = job if job.kind == STEP else (self._step_named(job, step) if step else None)
             if job.kind == STEP and step is not None and step != job.name:
-                raise ValueError(f"step {step!r} is not job {job_id}'s step {job.name!r}")
+                raise InvalidRequest(f"step {step!r} is not job {job_id}'s step {job.name!r}")
             found = job.manager.children
             out: list[dict] = []
             position = cursor
@@ -590,7 +690,7 @@ class Store:
                     continue
                 if len(out) == limit:
                     return {"children": out, "next": position}
-                out.append(self._child_json(child))
+                out.append(wire.child_json(child))
             return {"children": out, "next": None}
 
     def logs(
@@ -614,7 +714,7 @@ class Store:
                     buckets = [job.bucket] + [s.bucket for s in job.steps]
             else:
                 if step is not None and step != job.step.name:
-                    raise ValueError(f"job {job_id} belongs to step {job.step.name!r}, not {step!r}")
+                    raise InvalidRequest(f"job {job_id} belongs to step {job.step.name!r}, not {step!r}")
                 buckets = [job.step.bucket]
                 only_job = job.id if job.kind == CHILD else None
             records, next_cursor = query(buckets, after=after, before=before, min_level=level,
@@ -627,41 +727,5 @@ class Store:
                 return step
         raise NotFound(f"job {manager.manager.id} has no step {name!r}")
 
-    # ------------------------------------------------------------------ JSON
-
     def _job_json(self, job: Job) -> dict:
-        if job.kind == MANAGER:
-            return self._manager_json(job)
-        if job.kind == STEP:
-            return {**self._step_json(job), "kind": STEP, "manager_id": job.manager.id,
-                    "step_id": job.id, "step_name": job.name, "parent_id": job.manager.id,
-                    "definition": job.manager.definition}  # fmt: skip
-        return self._child_json(job)
-
-    def _manager_json(self, m: Job) -> dict:
-        current = m.steps[m.current]
-        return {
-            "id": m.id, "kind": MANAGER, "definition": m.definition, "status": m.status,
-            "params": m.params, "created_at": iso(m.created_at), "started_at": iso(m.started_at),
-            "finished_at": iso(m.finished_at), "error": m.error,
-            "current_step": current.name, "progress": m.progress(), "log_count": m.log_count,
-            "steps": [self._step_json(s) for s in m.steps],
-        }  # fmt: skip
-
-    @staticmethod
-    def _step_json(s: Job) -> dict:
-        return {
-            "id": s.id, "name": s.name, "index": s.index, "status": s.status,
-            "progress": s.progress(), "log_count": s.log_count, "started_at": iso(s.started_at),
-            "finished_at": iso(s.finished_at), "error": s.error,
-        }  # fmt: skip
-
-    @staticmethod
-    def _child_json(c: Job) -> dict:
-        return {
-            "id": c.id, "kind": CHILD, "name": c.name, "status": c.status,
-            "manager_id": c.manager.id, "step_id": c.step.id, "step_name": c.step.name,
-            "parent_id": c.parent_id, "attempt": c.attempt, "retries": c.retries,
-            "created_at": iso(c.created_at), "started_at": iso(c.started_at),
-            "finished_at": iso(c.finished_at), "error": c.error,
-        }  # fmt: skip
+        return wire.job_json(job)

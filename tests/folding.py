@@ -17,11 +17,12 @@ def fold(job: dict, events: Iterable[tuple[str, Event]]) -> dict:
         if data.get("manager_id") != job["id"]:
             continue
         if type_ == "job_status" and data["kind"] == "manager":
-            job = copy.deepcopy(data["job"])
+            # the event carries the job without its params, which never change
+            job = {**job, **copy.deepcopy(data["job"])}
             steps = {s["name"]: s for s in job["steps"]}
         elif type_ == "job_status" and data["kind"] == "step":
             step = steps[data["step_name"]]
-            for key in ("status", "started_at", "finished_at", "error"):
+            for key in ("status", "started_at", "finished_at", "error", "traceback"):
                 step[key] = data[key]
             if data["status"] == "running":
                 job["current_step"] = data["step_name"]

@@ -330,13 +330,13 @@ def test_finished_jobs_beyond_the_retention_limit_are_evicted():
     o = Orchestrator(max_workers=2, max_finished=2)
     try:
         o.define("d", [Step("a", lambda ctx: [ctx.spawn(noop) for _ in range(3)])])
-        jobs = [o.start("d") for _ in range(3)]
-        for job in jobs:
-            o.wait(job, TIMEOUT)
-        # settle order is not start order; exactly one of the three is gone, with its children
+        jobs = []
+        for _ in range(3):  # one after another, so the first one is the oldest finished
+            jobs.append(o.start("d"))
+            o.wait(jobs[-1], TIMEOUT)
         alive = [j for j in jobs if j in {m["id"] for m in o.store.list_managers()["jobs"]}]
-        assert len(alive) == 2
-        gone = next(j for j in jobs if j not in alive)
+        assert alive == jobs[1:]
+        gone = jobs[0]
         with pytest.raises(NotFound):
             o.snapshot(gone)
         assert len(o.store._jobs) == 2 * (1 + 1 + 3)

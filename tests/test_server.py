@@ -114,16 +114,51 @@ def sse_events_until_children_done(client: httpx.Client, job_id: str, step: str)
                 return
 
 
+JSON = {"Content-Type": "application/json"}
+DEEP = b'{"definition": "mixed", "params": {"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}"
+
 BAD_REQUESTS = [
-    ("POST", "/api/jobs", {"content": b"{not json"}, 400, "malformed_json"),
+    ("POST", "/api/jobs", {"content": b"{not json", "headers": JSON}, 400, "malformed_json"),
     ("POST", "/api/jobs", {"json": ["a list"]}, 422, "invalid_body"),
     ("POST", "/api/jobs", {"json": {"definition": 5}}, 422, "invalid_body"),
     ("POST", "/api/jobs", {"json": {"definition": "mixed", "params": "x"}}, 422, "invalid_body"),
     ("POST", "/api/jobs", {"json": {"definition": "mixed", "extra": 1}}, 422, "invalid_body"),
     ("POST", "/api/jobs", {"json": {"definition": "nope"}}, 422, "unknown_definition"),
-    ("POST", "/api/jobs", {"content": b'{"definition": "mixed", "params": {"pad": "' + b"x" * (1 << 20) + b'"}}'},
-     413, "body_too_large"),
-    ("POST", "/api/jobs", {"content": b"\xff\xfe"}, 400, "malformed_json"),
+    ("POST", "/api/jobs", {"content": b'{"definition": "mixed", "params": {"pad": "' + b"x" * (1 << 20) + b'"}}',
+                           "headers": JSON}, 413, "body_too_large"),
+    ("POST", "/api/jobs", {"content": b"\xff\xfe", "headers": JSON}, 400, "malformed_json"),
+    ("POST", "/api/jobs", {"content": b'{"definition": "mixed"}', "headers": {"Content-Type": "text/plain"}},
+     415, "unsupported_media_type"),
+    ("POST", "/api/jobs", {"content": b'{"definition": "mixed"}'}, 415, "unsupported_media_type"),
+    ("POST", "/api/jobs", {"content": b'{"definition": "mixed", "params": {"x": NaN}}', "headers": JSON},
+     422, "invalid_params"),
+    ("POST", "/api/jobs", {"content": b'{"definition": "mixed", "params": {"x": [Infinity]}}', "headers": JSON},
+     422, "invalid_params"),
+    ("POST", "/api/jobs", {"content": b'{"definition": "mixed", "params": {"x": "\\ud800"}}', "headers": JSON},
+     422, "invalid_params"),
+    ("POST", "/api/jobs", {"content": b'{"definition": "mixed", "params": {"\\udce9": 1}}', "headers": JSON},
+     422, "invalid_params"),
+    ("POST", "/api/jobs", {"content": b'{"definition": "\\ud800"}', "headers": JSON}, 422, "unknown_definition"),
+    ("POST", "/api/jobs", {"content": b'{"definition": "mixed", "params": {"a": ' + b"[" * 64 + b"]" * 64 + b"}}",
+                           "headers": JSON}, 422, "invalid_params"),
+    ("POST", "/api/jobs", {"json": {"definition": "mixed", "params": {"pad": "x" * 70_000}}}, 422, "invalid_params"),
+    ("POST", "/api/jobs", {"content": DEEP, "headers": JSON}, 422, "invalid_body"),
+    ("POST", "/api/jobs", {"json": {"definition": "mixed"}, "headers": {"Origin": "http://evil.example"}},
+     403, "cross_site"),
+    ("POST", "/api/jobs", {"json": {"definition": "mixed"}, "headers": {"Origin": "null"}}, 403, "cross_site"),
+    ("POST", "/api/jobs/{job}/cancel", {"headers": {"Sec-Fetch-Site": "cross-site"}}, 403, "cross_site"),
+    ("POST", "/api/jobs/{job}/cancel", {"headers": {"Sec-Fetch-Site": "same-site"}}, 403, "cross_site"),
+    ("DELETE", "/api/jobs/{job}", {"headers": {"Origin": "http://127.0.0.1:1"}}, 403, "cross_site"),
+    ("DELETE", "/api/jobs/{job}", {}, 409, "conflict"),
+    ("DELETE", "/api/jobs/{step}", {}, 400, "bad_request"),
+    ("DELETE", "/api/jobs/missing", {}, 404, "not_found"),
+    ("POST", "/api/jobs/missing/rerun", {}, 404, "not_found"),
+    ("POST", "/api/jobs/{step}/rerun", {}, 400, "bad_request"),
+    ("GET", "/api/jobs?stauts=running", {}, 400, "unknown_parameter"),
+    ("GET", "/api/jobs?cursor=" + "9" * 5000, {}, 400, "bad_parameter"),
+    ("GET", "/api/jobs/{job}/logs?format=xml", {}, 400, "bad_parameter"),
+    ("GET", "/api/jobs/{job}/logs?format=text&step=nope", {}, 404, "not_found"),
+    ("GET", "/api/jobs/{job}/children?depth=2", {}, 400, "unknown_parameter"),
     ("GET", "/api/jobs/missing", {}, 404, "not_found"),
     ("GET", "/api/jobs/missing/logs", {}, 404, "not_found"),
     ("GET", "/api/jobs/missing/children", {}, 404, "not_found"),
@@ -189,7 +224,7 @@ def test_mounted_under_a_prefix_page_api_and_stream_work(gates):
             assert "<html" in page.text.lower()
             created = c.post("/ops/queue/api/jobs", json={"definition": "mixed"})
             assert created.status_code == 201
-            assert created.headers["location"] == f"{srv.url}/ops/queue/api/jobs/{created.json()['job']['id']}"
+            assert created.headers["location"] == f"/ops/queue/api/jobs/{created.json()['job']['id']}"
             job_id = created.json()["job"]["id"]
             gates.open_all()
             with c.stream("GET", "/ops/queue/api/events", params={"job": job_id}) as response:

@@ -82,14 +82,16 @@ def test_all_managers_stream_with_children_sees_every_child(orch, server, gates)
             events.append(event)
             if event["event"] == "snapshot":
                 job_id = orch.start("mixed")  # starts after we are watching: all of it is streamed
-            elif event["event"] == "job_status" and event["data"]["kind"] == "manager" \
-                    and event["data"]["status"] == "completed":
+            elif event["event"] == "end":  # the all-jobs stream carries `end` too, and stays open
                 break
-    assert not any(e["event"] == "end" for e in events), "end is for ?job= streams only"
+    end = events[-1]
+    assert end["event"] == "end" and end["data"]["manager_id"] == job_id and end["data"]["status"] == "completed"
     child_events = [e for e in events if e["event"] == "job_status" and e["data"]["kind"] == "child"]
-    final = orch.wait(job_id, TIMEOUT)["job"]
-    assert len({e["data"]["job_id"] for e in child_events}) == final["progress"]["total"] > 0
-    assert fold(events[1]["data"]["job"], [(e["event"], e["data"]) for e in events[1:]]) == final
+    final = orch.wait(job_id, TIMEOUT)
+    assert end["data"]["seq"] == final["seq"]  # a client that applied `end` holds the server's seq
+    assert len({e["data"]["job_id"] for e in child_events}) == final["job"]["progress"]["total"] > 0
+    summary = {k: v for k, v in final["job"].items() if k != "params"}  # streams carry summaries
+    assert fold(events[1]["data"]["job"], [(e["event"], e["data"]) for e in events[1:]]) == summary
 
 
 def test_disconnect_and_resume_with_last_event_id_misses_and_repeats_nothing(orch, server, gates):

@@ -1,0 +1,51 @@
+"""The one JSON encoder for everything that leaves the process. It never raises.
+
+Strict JSON (no NaN or Infinity) as UTF-8. Values that strict JSON cannot carry are replaced
+visibly instead of failing the whole response or stream: a lone surrogate by U+FFFD, a non-finite
+float by null, anything else by its (bounded) text. The fast path is a plain `json.dumps`; the
+repair walk runs only when that fails.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from .text import bounded, clean, safe_str
+
+_MAX_DEPTH = 200  # deeper values are cut: nothing the store holds nests this deep
+
+
+def _repair(value: Any, depth: int = 0) -> Any:
+    if depth > _MAX_DEPTH:
+        return "[nested too deep]"
+    if isinstance(value, str):
+        return clean(value)
+    if value is None or isinstance(value, bool | int):
+        return value if not isinstance(value, int) or value.bit_length() < 4000 else safe_str(value)[:40] + "…"
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {clean(k) if isinstance(k, str) else safe_str(k): _repair(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_repair(v, depth + 1) for v in value]
+    return bounded(safe_str(value), 200)
+
+
+def dumps(value: Any) -> str:
+    """Compact strict JSON text of `value`, repaired where needed; always encodable as UTF-8."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text.encode("utf-8")
+        return text
+    except Exception:  # noqa: BLE001 - repaired below; RecursionError is an Exception too
+        pass
+    try:
+        return json.dumps(_repair(value), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except Exception:  # noqa: BLE001 - the last resort keeps a stream alive
+        return json.dumps({"error": "unencodable value"})
+
+
+def dumps_bytes(value: Any) -> bytes:
+    return dumps(value).encode("utf-8")
