@@ -1,3 +1,5 @@
+"""`python -m stepstream`: the command line (see stepstream.cli)."""
+
 import sys
 
 from .cli import main

@@ -1,117 +1,483 @@
-"""`stepstream serve` (the server with the demo) and `stepstream run` (a demo job in the terminal)."""
+"""The command line: `stepstream serve [APP]` serves an orchestrator's API, stream and page;
+`stepstream run APP DEFINITION` runs one job here and shows each step's progress."""
 
 from __future__ import annotations
 
 import argparse
+import errno
+import ipaddress
+import json
+import math
+import os
+import secrets
+import shutil
+import signal
+import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TextIO
 
-from . import demo
+import uvicorn
+
+from . import __version__, demo
+from .loader import LoadError, load_orchestrator
+from .model import StepstreamError
 from .orchestrator import Orchestrator
 
+LOOPBACK_HOSTS = ["localhost", "127.0.0.1", "::1", "[::1]"]
+WILDCARD_HOSTS = {"", "0.0.0.0", "::"}
+TOKEN_ENV = "STEPSTREAM_TOKEN"
+WIDTH = 80  # columns of `run`'s step lines
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+
+class CliError(Exception):
+    """A one-line error for the user; `code` is the exit status (2: bad command line)."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------- argument types
+# argparse prints "argument --port: <message>" from ArgumentTypeError, nothing internal.
+
+
+def port(text: str) -> int:
+    """A TCP port, 0 meaning any free one."""
+    if not text.strip().isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 0..65535 (0 picks a free one), not {text!r}")
+    return int(text)
+
+
+def positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number 1 or more, not {text!r}")
+    return int(text)
+
+
+def non_negative_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number 0 or more, not {text!r}")
     return value
+
+
+def json_object(text: str) -> dict:
+    def reject(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    try:
+        value = json.loads(text, parse_constant=reject)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"size\": 10}}': {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"size\": 10}}', not {text!r}")
+    return value
+
+
+def token(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stepstream", description="Multi-step jobs with live per-step progress.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"stepstream {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{serve,run}")
 
-    serve = sub.add_parser("serve", help="serve the API, the event stream and the page")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--demo", action="store_true", help="register the demo definitions and keep demo jobs running")
-    serve.add_argument("--workers", type=_positive, default=8, help="worker threads for job code (default 8)")
-    serve.add_argument("--size", type=_positive, default=60, help="size of the demo job started with --demo")
+    serve = sub.add_parser(
+        "serve", help="serve the API, the event stream and the page",
+        description="Serve APP's orchestrator: the JSON API, the event stream and the page.")
+    serve.add_argument("app", nargs="?", metavar="APP",
+                       help="module:attribute naming an Orchestrator or a callable returning one")
+    serve.add_argument("--demo", action="store_true",
+                       help="register the demo definitions and keep demo jobs running")
+    serve.add_argument("--host", default="127.0.0.1", metavar="H",
+                       help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=port, default=8000, metavar="P",
+                       help="port to listen on; 0 picks a free one (default 8000)")
+    serve.add_argument("--token", type=token, metavar="T",
+                       help=f"required from clients (default: ${TOKEN_ENV}; one is generated when "
+                            "listening beyond loopback)")
+    serve.add_argument("--allowed-host", action="append", default=[], metavar="HOST",
+                       help="a Host name clients may use besides localhost and loopback addresses (repeatable)")
+    serve.add_argument("--workers", type=positive_int, metavar="N",
+                       help="worker threads of the built-in orchestrator, without APP (default 8)")
+    serve.add_argument("--size", type=positive_int, metavar="N",
+                       help="size of the demo jobs started with --demo (default 60)")
 
-    run = sub.add_parser("run", help="run one demo job here and print each step's progress as it changes")
-    run.add_argument("definition", nargs="?", default="nearby_restaurants", choices=sorted(demo.DEFINITIONS))
-    run.add_argument("--size", type=_positive, default=40)
-    run.add_argument("--speed", type=float, default=1.0, help="scale of simulated work time (0 = instant)")
-    run.add_argument("--workers", type=_positive, default=8)
+    run = sub.add_parser(
+        "run", help="run one job here and print each step's progress",
+        usage="stepstream run APP DEFINITION [--params JSON]\n"
+              "       stepstream run --demo [DEFINITION] [--params JSON] [--size N] [--speed S] [--workers N]",
+        description="Run one job of DEFINITION and show each step's progress until it ends. "
+                    "Exit status 0 if it completed, 1 otherwise. Ctrl+C cancels it; a second Ctrl+C quits.")
+    run.add_argument("app", nargs="?", metavar="APP",
+                     help="module:attribute naming an Orchestrator or a callable returning one")
+    run.add_argument("definition", nargs="?", metavar="DEFINITION", help="the job definition to run")
+    run.add_argument("--params", type=json_object, default={}, metavar="JSON", help="the job's params, a JSON object")
+    run.add_argument("--demo", action="store_true",
+                     help=f"run a demo definition ({', '.join(demo.DEFINITIONS)}; default nearby_restaurants)")
+    run.add_argument("--size", type=positive_int, help="demo: size of the job (default 40)")
+    run.add_argument("--speed", type=non_negative_number, help="demo: scale of simulated work time, 0 = instant "
+                     "(default 1)")
+    run.add_argument("--workers", type=positive_int, help="demo: worker threads (default 8)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "serve":
-        return serve(args.host, args.port, demo_job=args.demo, workers=args.workers, size=args.size)
-    return run(args.definition, size=args.size, speed=args.speed, workers=args.workers)
-
-
-def serve(host: str, port: int, *, demo_job: bool, workers: int, size: int = 60) -> int:
-    import uvicorn
-
-    from .server import create_app
-
-    orch = Orchestrator(max_workers=workers)
-    if demo_job:
-        demo.register(orch)
-        demo.keep_running(orch, size=size)
-    app = create_app(orch)
-    # Streams end on shutdown (sse-starlette watches uvicorn's exit flag); the graceful timeout
-    # is a backstop so Ctrl+C never waits on a connection for long.
-    config = uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=2, log_level="info")
-    server = uvicorn.Server(config)
-    print(f"stepstream: serving on http://{host}:{port}/  (Ctrl+C to stop)", file=sys.stderr, flush=True)
     try:
+        if args.command == "serve":
+            return serve(args)
+        return run(args)
+    except CliError as exc:
+        print(f"stepstream: error: {exc}", file=sys.stderr)
+        return exc.code
+
+
+# ---------------------------------------------------------------- serve
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve until Ctrl+C (exit status 130) or SIGTERM (143); 1 if it could not listen."""
+    orch = _serve_orchestrator(args)
+    bind_host = args.host.strip("[]")
+    token, token_source = _token(args.token, _is_loopback(bind_host))
+    allowed_hosts = _allowed_hosts(bind_host, args.allowed_host)
+    try:
+        app = _app(orch, allowed_hosts, token)
+        _check_can_listen(bind_host, args.port)
+    except CliError:
+        orch.shutdown(wait=False)
+        raise
+
+    def started(bound_port: int) -> None:
+        base = f"http://{_url_host(bind_host)}:{bound_port}/"
+        if token_source == "generated":
+            url = f"{base}?token={token}"
+        elif token_source:
+            url = f"{base}  (token from {token_source})"
+        else:
+            url = base
+        print(f"stepstream: serving on {url}  (Ctrl+C to stop)", file=sys.stderr, flush=True)
+        if bind_host in WILDCARD_HOSTS:
+            hint = "" if args.allowed_host else "; add --allowed-host NAME for the name other machines use"
+            print(f"stepstream: listening on all interfaces; Host names accepted: {', '.join(allowed_hosts)}{hint}",
+                  file=sys.stderr, flush=True)
+
+    # Warning level: the line above says where it serves; uvicorn's INFO lines repeat it without the token.
+    config = uvicorn.Config(app, host=bind_host, port=args.port, log_level="warning", access_log=False,
+                            lifespan="off", timeout_graceful_shutdown=1)
+    server = _ReportingServer(config, started)
+    # uvicorn re-raises the signal it handled once it has shut down: make SIGTERM unwind like Ctrl+C.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        if args.demo:
+            demo.keep_running(orch, size=args.size or 60)
         server.run()
-    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl+C it handled once it has shut down
+    except KeyboardInterrupt:
         return 130
+    except SystemExit as exc:
+        if server.started:  # SIGTERM, re-raised by uvicorn after a clean shutdown
+            return exc.code if isinstance(exc.code, int) else 1
+        print(f"stepstream: error: could not serve on {bind_host}:{args.port} (see above)", file=sys.stderr)
+        return 1
     finally:
+        signal.signal(signal.SIGTERM, previous)
         orch.shutdown(wait=False)
     return 0
 
 
-def _line(started: float, step: dict) -> str:
-    p = step["progress"]
-    return (
-        f"[{time.monotonic() - started:7.2f}s] {step['name']:<18} {step['status']:<10}"
-        f" total {p['total']:>5}  pending {p['pending']:>4}  running {p['running']:>3}"
-        f"  completed {p['completed']:>5}  failed {p['failed']:>4}  cancelled {p['cancelled']:>4}"
-        f"  logs {step['log_count']}"
-    )
+class _ReportingServer(uvicorn.Server):
+    """uvicorn's Server, calling `on_started(port)` once it actually listens."""
+
+    def __init__(self, config: uvicorn.Config, on_started: Callable[[int], None]) -> None:
+        super().__init__(config)
+        self.on_started = on_started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.on_started(self.servers[0].sockets[0].getsockname()[1])
 
 
-def run(definition: str, *, size: int, speed: float, workers: int) -> int:
-    """Run one demo job, printing a step's line whenever its progress changed (5 times a second)."""
-    orch = Orchestrator(max_workers=workers, capture_level=None)
-    demo.register(orch)
-    job_id = orch.start(definition, params={"size": size, "speed": speed})
-    started = time.monotonic()
-    shown: dict[str, str] = {}
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
-    def show(steps: list[dict]) -> None:
-        for step in steps:
-            line = _line(started, step)
-            state = line.split("]", 1)[1]
-            if shown.get(step["name"]) != state:
-                shown[step["name"]] = state
-                print(line, flush=True)
 
-    print(f"job {job_id} ({definition}, size {size}); Ctrl+C cancels it")
-    while True:
-        try:
+def _serve_orchestrator(args: argparse.Namespace) -> Orchestrator:
+    if args.size is not None and not args.demo:
+        raise CliError("--size applies only with --demo")
+    if args.app is None:
+        orch = Orchestrator(max_workers=args.workers or 8)
+    else:
+        if args.workers is not None:
+            raise CliError(f"--workers applies only without APP: set max_workers in {args.app}")
+        orch = _load(args.app)
+    if args.demo:
+        clash = sorted(set(demo.DEFINITIONS) & set(orch.definitions()))
+        if clash:
+            raise CliError(f"--demo would redefine {', '.join(clash)}, already defined by {args.app}")
+        demo.register(orch)
+    if not orch.definitions():
+        what = f"{args.app} defines" if args.app else "no APP given:"
+        print(f"stepstream: warning: {what} no job definitions; serving anyway (nothing can be started)",
+              file=sys.stderr)
+    return orch
+
+
+def _load(spec: str) -> Orchestrator:
+    try:
+        return load_orchestrator(spec)
+    except LoadError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_forms(host: str) -> list[str]:
+    """A Host header carries an IPv6 address in brackets; accept both spellings."""
+    host = host.strip("[]")
+    return [host, f"[{host}]"] if ":" in host else [host]
+
+
+def _allowed_hosts(bind_host: str, extra: list[str]) -> list[str]:
+    hosts = list(LOOPBACK_HOSTS)
+    if bind_host not in WILDCARD_HOSTS:
+        hosts += _host_forms(bind_host)
+    for name in extra:
+        hosts += _host_forms(name)
+    return list(dict.fromkeys(hosts))
+
+
+def _token(given: str | None, loopback: bool) -> tuple[str | None, str | None]:
+    """The token clients must present and where it came from; none on loopback unless given."""
+    if given:
+        return given, "--token"
+    if os.environ.get(TOKEN_ENV):
+        return os.environ[TOKEN_ENV], TOKEN_ENV
+    if loopback:
+        return None, None
+    return secrets.token_urlsafe(24), "generated"
+
+
+def _url_host(bind_host: str) -> str:
+    """The host of a URL that reaches the server from this machine (and passes the Host check)."""
+    if bind_host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if bind_host == "::":
+        return "[::1]"
+    return f"[{bind_host}]" if ":" in bind_host else bind_host
+
+
+def _app(orch: Orchestrator, allowed_hosts: list[str], token: str | None) -> Any:
+    from .server import create_app  # imports sse-starlette, which hooks uvicorn's signal handling
+
+    return create_app(orch, allowed_hosts=allowed_hosts, token=token)
+
+
+def _check_can_listen(host: str, port_: int) -> None:
+    """Fail with one clear line, before uvicorn starts, if (host, port) cannot be bound."""
+    where = f"[{host}]:{port_}" if ":" in host else f"{host}:{port_}"
+    try:
+        infos = socket.getaddrinfo(host or None, port_, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise CliError(f"cannot listen on {where}: {exc.strerror.lower()}", code=1) from None
+    for family, kind, proto, _, address in dict.fromkeys((i[0], i[1], i[2], i[3], i[4]) for i in infos):
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's create_server does
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                hint = " (try another --port, or --port 0 for a free one)" if exc.errno == errno.EADDRINUSE else ""
+                raise CliError(f"cannot listen on {where}: {(exc.strerror or str(exc)).lower()}{hint}",
+                               code=1) from None
+
+
+# ---------------------------------------------------------------- run
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one job, showing its steps; 0 if it completed, 1 otherwise, 130 on a second Ctrl+C."""
+    orch, definition, params = _run_target(args)
+    if definition not in orch.definitions():
+        known = ", ".join(orch.definitions()) or "none"
+        raise CliError(f"no definition named {definition!r}; known: {known}")
+    try:
+        job_id = orch.start(definition, params)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    out = sys.stdout
+    print(f"stepstream: job {job_id} ({definition}); Ctrl+C cancels it", file=out, flush=True)
+    interrupts = 0
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts > 1:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    display = StepDisplay(out, tty=out.isatty())
+    cancelled = False
+    try:
+        while True:
+            if interrupts and not cancelled:
+                cancelled = True
+                print("stepstream: cancelling (Ctrl+C again to quit)", file=out, flush=True)
+                display.forget_position()
+                try:
+                    orch.cancel(job_id)
+                except StepstreamError:
+                    pass  # it finished meanwhile
             try:
                 final = orch.wait(job_id, timeout=0.2)
                 break
             except TimeoutError:
-                show(orch.snapshot(job_id)["job"]["steps"])
-        except KeyboardInterrupt:
-            print("cancelling…", flush=True)
-            orch.cancel(job_id)
-    show(final["job"]["steps"])
+                display.show(orch.snapshot(job_id)["job"])
+    except KeyboardInterrupt:
+        print("\nstepstream: quit without waiting for the job", file=out, flush=True)
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        orch.shutdown(wait=False)
     job = final["job"]
-    print(f"job {job['status']}: " + ", ".join(f"{n} {k}" for k, n in job["progress"].items()))
+    display.show(job)
+    print(summary(job, display.elapsed()), file=out)
     if job["error"]:
-        print(f"error: {job['error']}")
-    orch.shutdown()
+        print(f"error: {job['error']}", file=out)
+    out.flush()
     return 0 if job["status"] == "completed" else 1
+
+
+def _run_target(args: argparse.Namespace) -> tuple[Orchestrator, str, dict]:
+    """The orchestrator, the definition and the params that `run` was asked for."""
+    if args.demo:
+        if args.definition is not None:
+            raise CliError("with --demo, give only the DEFINITION (no APP)")
+        orch = Orchestrator(max_workers=args.workers or 8, capture_level=None)
+        demo.register(orch)
+        demo_params = {"size": args.size or 40, "speed": 1.0 if args.speed is None else args.speed}
+        return orch, args.app or "nearby_restaurants", {**demo_params, **args.params}
+    given = [name for name in ("size", "speed", "workers") if getattr(args, name) is not None]
+    if given:
+        raise CliError(f"--{given[0]} applies only with --demo; put job settings in --params")
+    if args.app is None:
+        raise CliError("give APP DEFINITION (e.g. stepstream run myjobs:orch crawl), or --demo [DEFINITION]")
+    if ":" not in args.app and args.app in demo.DEFINITIONS:
+        raise CliError(f"APP must be module:attribute; to run the demo: stepstream run --demo {args.app}")
+    orch = _load(args.app)
+    if args.definition is None:
+        raise CliError(f"give the DEFINITION to run; {args.app} defines: {', '.join(orch.definitions()) or 'none'}")
+    return orch, args.definition, args.params
+
+
+class StepDisplay:
+    """One line per step. On a terminal the block is redrawn in place; otherwise a step's line
+    is appended whenever it changed (its elapsed time aside)."""
+
+    HEADER = ("step", "status", "done/total", "failed", "running", "pending", "logs", "time")
+
+    def __init__(self, out: TextIO, *, tty: bool) -> None:
+        self.out = out
+        self.tty = tty
+        self.started = time.monotonic()
+        self._drawn = 0  # lines of the block above the cursor (terminal)
+        self._shown: dict[str, tuple] = {}  # last state printed per step (plain output)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def forget_position(self) -> None:
+        """Something else was printed below the block: draw a fresh one next time."""
+        self._drawn = 0
+
+    def show(self, job: dict) -> None:
+        steps = job["steps"]
+        name_width = min(max([len("step")] + [len(s["name"]) for s in steps]), 21)
+        now = datetime.now(UTC)
+        if self.tty:
+            columns = shutil.get_terminal_size((WIDTH, 24)).columns  # 0 on a pty nobody sized
+            width = min(WIDTH, columns) if columns > 0 else WIDTH
+            lines = [_columns(self.HEADER, name_width)] + [step_line(s, name_width, now) for s in steps]
+            up = f"\x1b[{self._drawn}F" if self._drawn else ""
+            self.out.write(up + "".join(f"\x1b[2K{line[:width]}\n" for line in lines))
+            self._drawn = len(lines)
+        else:
+            if not self._shown:
+                self.out.write(_columns(self.HEADER, name_width) + "\n")
+            for step in steps:
+                state = (step["status"], tuple(step["progress"].values()), step["log_count"])
+                if self._shown.get(step["id"]) != state:
+                    self._shown[step["id"]] = state
+                    self.out.write(step_line(step, name_width, now) + "\n")
+        self.out.flush()
+
+
+def _columns(fields: Sequence[str], name_width: int) -> str:
+    name, status, done, failed, running, pending, logs, took = fields
+    name = name if len(name) <= name_width else name[: name_width - 1] + "~"
+    return (f"{name:<{name_width}} {status:<9} {done:>11} {failed:>6} {running:>7} {pending:>7}"
+            f" {logs:>5} {took:>7}")
+
+
+def step_line(step: dict, name_width: int = 16, now: datetime | None = None) -> str:
+    """A step's line, at most 80 columns: done (finished children, whatever their outcome) of
+    total, then failed, running and pending children, log lines and the step's elapsed time."""
+    p = step["progress"]
+    done = p["completed"] + p["failed"] + p["cancelled"]
+    return _columns((step["name"], step["status"], f"{_count(done)}/{_count(p['total'])}", _count(p["failed"]),
+                     _count(p["running"]), _count(p["pending"]), _count(step["log_count"]),
+                     _step_time(step, now or datetime.now(UTC))), name_width)
+
+
+def summary(job: dict, seconds: float) -> str:
+    p = job["progress"]
+    return (f"job {job['status']} in {_duration(seconds)}: {p['total']} children, {p['completed']} completed,"
+            f" {p['failed']} failed, {p['cancelled']} cancelled")
+
+
+def _count(n: int) -> str:
+    """At most 5 characters."""
+    if n < 100_000:
+        return str(n)
+    if n < 1_000_000:
+        return f"{n // 1000}k"
+    return f"{n / 1_000_000:.1f}M" if n < 100_000_000 else f"{n // 1_000_000}M"
+
+
+def _step_time(step: dict, now: datetime) -> str:
+    if not step["started_at"]:
+        return "-"
+    started = datetime.fromisoformat(step["started_at"])
+    finished = datetime.fromisoformat(step["finished_at"]) if step["finished_at"] else now
+    return _duration((finished - started).total_seconds())
+
+
+def _duration(seconds: float) -> str:
+    """At most 7 characters: 9.8s, 12m05s, 3h07m."""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,7 +7,8 @@
 - `flaky_import`: an import whose every record fails, so the step fails and later steps are
   skipped.
 
-Sizes and speed come from the job's params: `{"size": 40, "speed": 1.0, "fail_rate": 0.05}`.
+Sizes and speed come from the job's params: `{"size": 40, "speed": 1.0, "fail_rate": 0.05}`,
+checked by `validate` before a job is created (the API answers 422 to anything else).
 """
 
 from __future__ import annotations
@@ -26,8 +27,36 @@ log = logging.getLogger("stepstream.demo")
 CUISINES = ("thai", "ramen", "tapas", "pizza", "mezze", "dim sum", "tacos", "bistro", "curry")
 
 
+MAX_SIZE = 5000
+MAX_SPEED = 10.0
+PARAMS = {  # name: (type, low, high)
+    "size": (int, 1, MAX_SIZE),
+    "speed": (float, 0.0, MAX_SPEED),
+    "fail_rate": (float, 0.0, 1.0),
+    "city": (str, 1, 100),
+}
+
+
+def validate(params: dict) -> None:
+    """Reject demo params that would not make sense or would not end: unknown names, wrong
+    types, sizes over `MAX_SIZE` children per step, a speed that makes a child sleep for years."""
+    unknown = sorted(set(params) - set(PARAMS))
+    if unknown:
+        raise ValueError(f"unknown demo params {', '.join(map(repr, unknown))}; known: {', '.join(PARAMS)}")
+    for name, value in params.items():
+        kind, low, high = PARAMS[name]
+        if kind is str:
+            if not isinstance(value, str) or not low <= len(value) <= high:
+                raise ValueError(f"{name} must be a string of {low} to {high} characters")
+            continue
+        numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        if not numeric or (kind is int and not isinstance(value, int)) or not low <= value <= high:
+            raise ValueError(f"{name} must be {'a whole' if kind is int else 'a'} number from {low} to {high}, "
+                             f"not {value!r}")
+
+
 def _size(ctx: JobContext, default: int = 40) -> int:
-    return max(1, int(ctx.params.get("size", default)))
+    return int(ctx.params.get("size", default))
 
 
 def _pause(ctx: JobContext, low: float, high: float) -> float:
@@ -172,4 +201,4 @@ def keep_running(orch: Orchestrator, size: int = 60, pause: float = 5.0) -> thre
 def register(orch: Orchestrator) -> None:
     """Define the demo definitions on `orch`."""
     for name, steps in DEFINITIONS.items():
-        orch.define(name, steps)
+        orch.define(name, steps, validate=validate)

@@ -33,16 +33,26 @@ def _repair(value: Any, depth: int = 0) -> Any:
     return bounded(safe_str(value), 200)
 
 
+# Characters that JSON leaves raw but that many line readers (Python's str.splitlines, httpx's
+# iter_lines) take for line breaks: escaped, so one event's data is one line for every client.
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def _one_line(text: str) -> str:
+    return text if text.isascii() else text.translate(_LINE_BREAKS)
+
+
 def dumps(value: Any) -> str:
-    """Compact strict JSON text of `value`, repaired where needed; always encodable as UTF-8."""
+    """Compact strict JSON text of `value` on one line, repaired where needed; always encodable
+    as UTF-8."""
     try:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         text.encode("utf-8")
-        return text
+        return _one_line(text)
     except Exception:  # noqa: BLE001 - repaired below; RecursionError is an Exception too
         pass
     try:
-        return json.dumps(_repair(value), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return _one_line(json.dumps(_repair(value), ensure_ascii=False, allow_nan=False, separators=(",", ":")))
     except Exception:  # noqa: BLE001 - the last resort keeps a stream alive
         return json.dumps({"error": "unencodable value"})
 

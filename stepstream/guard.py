@@ -84,14 +84,14 @@ class RequestGuard:
             if started:
                 raise  # mid-response: nothing better to send; the server logs it
             logger.exception("stepstream: unhandled error in %s %s", scope.get("method"), scope.get("path"))
-            await error_response(500, "internal_error", "internal server error; the traceback is in the server's log")(
-                scope, receive, send_with_headers
-            )
+            failed = error_response(500, "internal_error", "internal server error (traceback in the server's log)")
+            await failed(scope, receive, send_with_headers)
 
     def _refusal(self, scope: Scope):  # -> ASGI app answering the refusal, or None
         headers = Headers(scope=scope)
         host = headers.get("host", "")
-        if self.allowed_hosts is not None and "*" not in self.allowed_hosts and _hostname(host) not in self.allowed_hosts:
+        hosts = self.allowed_hosts
+        if hosts is not None and "*" not in hosts and _hostname(host) not in hosts:
             return error_response(400, "invalid_host", "this Host is not served here (see --allowed-host)")
         if self.token is not None:
             refused = self._token_refusal(scope, headers)
@@ -104,10 +104,12 @@ class RequestGuard:
                 return error_response(403, "cross_site", f"cross-site requests may not change anything ({site})")
             if origin is not None and (origin == "null" or urlsplit(origin).netloc.lower() != host.lower()):
                 return error_response(403, "cross_site", "requests from another origin may not change anything")
-            has_body = headers.get("transfer-encoding") is not None or headers.get("content-length", "0") not in ("", "0")
+            length = headers.get("content-length", "0")
+            has_body = headers.get("transfer-encoding") is not None or length not in ("", "0")
             media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
             if has_body and media != "application/json":
-                return error_response(415, "unsupported_media_type", "a request body must be Content-Type: application/json")
+                return error_response(415, "unsupported_media_type",
+                                      "a request body must be Content-Type: application/json")
         return None
 
     def _token_refusal(self, scope: Scope, headers: Headers):
@@ -131,7 +133,8 @@ class RequestGuard:
             location = scope["path"] + (f"?{rest}" if rest else "")  # the full path, mount prefix included
             return _redirect_with_cookie(location, token, f"{scope.get('root_path', '')}/")
         return error_response(
-            401, "unauthorized", "a token is needed: Authorization: Bearer <token>, or open the page with ?token=<token>",
+            401, "unauthorized",
+            "a token is needed: Authorization: Bearer <token>, or open the page with ?token=<token>",
             headers={"WWW-Authenticate": "Bearer"},
         )
 

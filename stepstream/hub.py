@@ -66,6 +66,7 @@ class Hub:
         self._reads: dict[tuple, tuple[list[bytes], int, bool]] = {}
         self._unsubscribe = store.subscribe(self._on_change)
         self.connections = 0
+        self.stopping = False  # set by stop_streams(): every stream returns, its response completes
 
     # ------------------------------------------------------------------ waking
 
@@ -77,6 +78,7 @@ class Hub:
                 self._loop = loop
                 self._new_data = asyncio.Event()
                 self._wake_scheduled = False
+                self.stopping = False  # a server started again in this process streams again
 
     def _on_change(self) -> None:
         """Called by the store after every change, from whichever thread made it."""
@@ -116,7 +118,7 @@ class Hub:
 
     async def _wait_after(self, seq: int) -> None:
         """Return once the store's seq has passed `seq`."""
-        while self.store.seq <= seq:
+        while self.store.seq <= seq and not self.stopping:
             assert self._new_data is not None
             await self._new_data.wait()
 
@@ -226,6 +228,8 @@ class Hub:
                 yield first
             while True:
                 await self._wait_after(cursor)
+                if self.stopping:
+                    return
                 try:
                     chunks, cursor, ended = self._read(cursor, request)
                 except Gone:  # fell behind the ring: start over from a fresh snapshot
@@ -243,6 +247,13 @@ class Hub:
                     return
         finally:
             self.connections -= 1
+
+    def stop_streams(self) -> None:
+        """End every open stream now, as a complete response (the server is shutting down).
+        Call on the hub's event loop."""
+        self.stopping = True
+        if self._new_data is not None:
+            self._new_data.set()
 
     def close(self) -> None:
         self._unsubscribe()

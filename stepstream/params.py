@@ -2,7 +2,8 @@
 
 Params must survive a round trip through strict JSON unchanged in meaning: objects with string
 keys, arrays, strings without lone surrogates, finite numbers, booleans and null; nested at most
-`max_depth` deep and at most `max_bytes` once serialised. Anything else raises `InvalidParams` (a ValueError). The store keeps its own copy and each
+`max_depth` deep and at most `max_bytes` once serialised. Anything else raises
+`InvalidParams` (a ValueError). The store keeps its own copy and each
 handler gets another, so no handler can change what the API shows.
 """
 

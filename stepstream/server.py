@@ -230,8 +230,8 @@ async def logs(request: Request) -> Response:
     }
     fmt = _choice_param(request, "format", EXPORT_FORMATS) or "json"
     if fmt == "json":
-        return SafeJSONResponse(orch.logs(job_id, **query, before=_int_param(request, "before", default=None, minimum=1),
-                                          limit=_limit(request, "logs")))
+        before = _int_param(request, "before", default=None, minimum=1)
+        return SafeJSONResponse(orch.logs(job_id, **query, before=before, limit=_limit(request, "logs")))
     first = orch.logs(job_id, **query, limit=EXPORT_PAGE)  # errors (404, 400) before the stream starts
     name = f"{job_id}{'-' + query['step'] if query['step'] else ''}-logs.{'ndjson' if fmt == 'ndjson' else 'txt'}"
     safe_name = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in name)
@@ -265,7 +265,7 @@ def _export_line(record: dict, fmt: str) -> str:
 
 async def events(request: Request) -> Response:
     _known_params(request, ("job", "children", "last_event_id"))
-    orch, hub = _orch(request), _hub(request)
+    hub = _hub(request)
     manager_id = _text_param(request, "job")
     children_too = _bool_param(request, "children")
     last_id = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
@@ -276,7 +276,30 @@ async def events(request: Request) -> Response:
         hub.store.stream_snapshot(manager_id)  # 404 / 400 now, before the stream starts
     stream_request = StreamRequest(manager_id, children_too, resume_from)
     return EventSourceResponse(hub.stream(stream_request), ping=request.app.state.settings.ping,
-                               headers={"Cache-Control": "no-cache"})
+                               headers={"Cache-Control": "no-cache"},
+                               shutdown_event=_StopStreams(hub), shutdown_grace_period=1)
+
+
+class _StopStreams:
+    """sse-starlette's `shutdown_event`: it calls `set()` when the server shuts down. Ending the
+    hub's streams lets each response send its last chunk; cancelled instead, a response is left
+    incomplete and uvicorn logs "ASGI callable returned without completing response"."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def set(self) -> None:
+        self.hub.stop_streams()
+
+
+class _Revalidated(StaticFiles):
+    """The page's modules, revalidated on every load: after an upgrade a browser never runs a
+    mix of cached old modules and new ones (a 304 keeps it cheap)."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
 
 
 def iso_now() -> str:
@@ -348,7 +371,7 @@ def create_app(
         Route("/api/jobs/{job_id}/rerun", rerun, methods=["POST"]),
         Route("/api/jobs/{job_id}/logs", logs, methods=["GET"]),
         Route("/api/events", events, methods=["GET"]),
-        Mount("/static", StaticFiles(directory=_web_dir()), name="static"),
+        Mount("/static", _Revalidated(directory=_web_dir()), name="static"),
     ]
     app = Starlette(
         routes=routes,

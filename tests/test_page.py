@@ -2,14 +2,16 @@
 restart, text-only logs, mounting under a prefix, and the start form with its cancel button.
 
 Jobs are held mid-run with gates, and "quiet" states are reached when the store says so (a
-listener on the store), so every comparison is against a state that no longer moves.
+listener on the store), so every comparison is against a state that no longer moves. Every page
+runs under the strict Content-Security-Policy (added by `StrictCsp` where the app does not send
+it) and a test fails on any violation the browser reports.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from starlette.applications import Starlette
@@ -18,7 +20,7 @@ from starlette.routing import Mount
 
 from stepstream import Orchestrator, Step
 from stepstream.server import create_app
-from tests.browser import ARTIFACTS, browser_fixture, page_fixture  # noqa: F401  (fixtures `browser`, `page`)
+from tests.browser import ARTIFACTS, LAUNCH_ARGS, _unavailable, find_chromium
 from tests.conftest import Gates
 from tests.live import LiveServer
 
@@ -33,11 +35,90 @@ COUNTS = ("total", "pending", "running", "completed", "failed", "cancelled")
 HOSTILE = '<img src=x onerror="window.__pwned=1;alert(1)">'
 
 
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'"
+)
+
+
+class StrictCsp:
+    """Wraps an app: responses without a Content-Security-Policy get the page's strict one."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_csp(message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"content-security-policy" for name, _ in headers):
+                    headers.append((b"content-security-policy", CSP.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_csp)
+
+
+_shared: dict = {}  # the one Chromium of the session, whichever module's fixture starts it
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    """One headless Chromium for every page test module. (Each module importing this fixture
+    gets its own session fixture; playwright's sync API can run only one at a time.)"""
+    started = "browser" not in _shared
+    if started:
+        path, reason = find_chromium()
+        if path is None:
+            _unavailable(reason)
+        from playwright.sync_api import sync_playwright
+
+        _shared["playwright"] = sync_playwright()
+        _shared["browser"] = (
+            _shared["playwright"].start().chromium.launch(executable_path=path, headless=True, args=LAUNCH_ARGS)
+        )
+    yield _shared["browser"]
+    if started:
+        _shared.pop("browser").close()
+        _shared.pop("playwright").__exit__(None, None, None)
+
+
+def watch_page(page: Page) -> list[str]:
+    """Problems the page reports from now on: uncaught errors and CSP violations."""
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(f"uncaught: {error}"))
+    page.on("console", lambda message: "Content Security Policy" in message.text and problems.append(message.text))
+    return problems
+
+
+@pytest.fixture
+def page(browser) -> Iterator[Page]:
+    """A fresh page in its own context (1280 px wide); the test fails if the page throws or
+    the browser reports a Content-Security-Policy violation."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(15_000)
+    p = context.new_page()
+    problems = watch_page(p)
+    yield p
+    context.close()
+    assert not problems, f"the page reported: {problems}"
+
+
 @pytest.fixture
 def orch():
     o = Orchestrator(max_workers=WORKERS)
     yield o
     o.shutdown(wait=False)
+
+
+@pytest.fixture
+def server(orch):
+    with LiveServer(StrictCsp(create_app(orch))) as srv:
+        yield srv
 
 
 # ---------------------------------------------------------------- a job that holds still
@@ -164,8 +245,7 @@ def expect_page_at(page: Page, snap: dict) -> None:
 
 
 def expect_final(page: Page, final: dict) -> None:
-    """The page converges to the final snapshot exactly (the stream's last change for the job;
-    its `end` event is not on the page's stream, so the page's seq stays one short)."""
+    """The page converges to the final snapshot exactly (the stream's last change for the job)."""
     job_id = final["job"]["id"]
     expect(page.locator(f'[data-job="{job_id}"]')).to_have_attribute("data-status", final["job"]["status"])
     expected = api_rows(final)
@@ -205,7 +285,7 @@ def test_step_rows_equal_the_api_snapshot_while_held_and_at_the_end(orch, server
     page.route(f"**/api/jobs/{job_id}", lambda route: route.fulfill(json=older))
     with page.expect_request_finished(lambda request: request.url.endswith(f"/api/jobs/{job_id}")):
         page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")  # reconciles
-    page.wait_for_function("() => fetching.size === 0")  # the page's in-flight snapshot requests
+    page.wait_for_function("() => stepstream.store.fetching.size === 0")  # the page's in-flight snapshot requests
     page.evaluate("() => new Promise(done => requestAnimationFrame(() => done()))")
     assert page_rows(page, job_id) == api_rows(held)
     page.unroute(f"**/api/jobs/{job_id}")
@@ -272,7 +352,7 @@ class Outage:
 
 def test_reconnects_after_a_server_restart_and_converges(orch, gates, page):
     orch.define("held", held_definition(gates))
-    outage = Outage(create_app(orch, retry_ms=300))
+    outage = Outage(StrictCsp(create_app(orch, retry_ms=300)))
     server = LiveServer(outage).start()
     try:
         job_id = orch.start("held")
@@ -325,7 +405,7 @@ def test_log_lines_and_errors_are_text_and_run_nothing(orch, server, gates, page
 
 def test_works_mounted_under_a_prefix(orch, gates, page):
     orch.define("held", held_definition(gates))
-    host = Starlette(routes=[Mount("/ops/queue", app=create_app(orch))])
+    host = StrictCsp(Starlette(routes=[Mount("/ops/queue", app=create_app(orch))]))
     with LiveServer(host) as server:
         requested: list[str] = []
         page.on("request", lambda request: requested.append(request.url))
@@ -360,9 +440,13 @@ def test_start_a_job_from_the_form_and_cancel_it_with_the_button(orch, server, g
     job_id = job.get_attribute("data-job")
     assert orch.snapshot(job_id)["job"]["params"] == {"size": 3}
 
-    cancel = job.get_by_role("button", name="Cancel")
+    cancel = job.locator("[data-action=cancel]")
     cancel.focus()
-    page.keyboard.press("Enter")  # keyboard-usable
+    page.keyboard.press("Enter")  # keyboard-usable: asks first, the safe answer focused
+    expect(job.get_by_role("button", name="Keep running")).to_be_focused()
+    page.keyboard.press("Shift+Tab")
+    expect(job.get_by_role("button", name="Yes, cancel it")).to_be_focused()
+    page.keyboard.press("Enter")
     expect(job).to_have_attribute("data-status", "cancelled")
     expect(cancel).to_be_hidden()
     assert orch.snapshot(job_id)["job"]["status"] == "cancelled"

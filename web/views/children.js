@@ -1,0 +1,219 @@
+// A step's children, fetched a page at a time (never one DOM row per child of a big step) and
+// kept live while open by the job's child stream. Rows are shown as a tree: each child under
+// the job that spawned it.
+
+import { api, enc, jobPath } from "../api.js";
+import { TERMINAL } from "../store.js";
+import { setAttr, setText } from "./dom.js";
+import { duration, elapsedSeconds, localTime } from "./time.js";
+
+const CHILDREN_PAGE = 50;
+const INDENT_EM = 1.2;
+const MAX_INDENT = 6; // deeper children line up at this depth: the row never overflows
+
+export class ChildrenView {
+  constructor(app, stepView, root) {
+    this.app = app;
+    this.sv = stepView;
+    this.key = stepView.key;
+    this.managerId = stepView.jobView.id;
+    this.toggle = root.querySelector(".children-toggle");
+    this.panel = root.querySelector(".children-panel");
+    this.statusSelect = root.querySelector(".children-status");
+    this.tbody = root.querySelector("tbody");
+    this.first = root.querySelector(".children-first");
+    this.next = root.querySelector(".children-next");
+    this.note = root.querySelector(".children-note");
+    this.cursor = 0;
+    this.nextCursor = null;
+    this.token = 0;
+    this.open = false;
+    this.streaming = false;
+    this.total = 0;
+    this.rows = new Map(); // child id -> <tr>
+    this.toggle.addEventListener("click", () => (this.open ? this.close() : this.show()));
+    this.first.addEventListener("click", () => this.load(0));
+    this.next.addEventListener("click", () => this.nextCursor != null && this.load(this.nextCursor));
+    this.statusSelect.addEventListener("change", () => this.load(0));
+  }
+
+  /** The step's latest state: its child count, and whether the job can still change. */
+  setStep(step) {
+    this.total = step.progress.total;
+    if (this.open && this.streaming && TERMINAL.has(step.status)) {
+      // Every child inside is final now; the child stream may still lag behind the all-jobs
+      // stream that said so, so read the final rows instead of waiting for it.
+      this.stopStream();
+      this.load(this.cursor);
+    }
+    if (this.open) this.app.redraw(this);
+  }
+
+  show() {
+    this.sv.jobView.follow = false; // the reader is looking at this step: keep it open
+    this.open = true;
+    this.panel.hidden = false;
+    this.toggle.setAttribute("aria-expanded", "true");
+    setText(this.toggle, "Hide children");
+    this.app.store.watchChildren(this.key);
+    this.app.childrenViews.set(this.key, this);
+    const step = this.app.store.jobs.get(this.managerId)?.steps.get(this.sv.name);
+    if (step && !TERMINAL.has(step.status)) {
+      this.app.childStreams.acquire(this.managerId); // a fresh stream makes the page re-read
+      this.streaming = true;
+    }
+    this.load(0);
+  }
+
+  close() {
+    if (!this.open) return;
+    this.open = false;
+    this.token += 1;
+    this.panel.hidden = true;
+    this.toggle.setAttribute("aria-expanded", "false");
+    setText(this.toggle, "Show children");
+    this.stopStream();
+    if (this.app.childrenViews.get(this.key) === this) {
+      this.app.store.unwatchChildren(this.key);
+      this.app.childrenViews.delete(this.key);
+    }
+    this.tbody.replaceChildren();
+    this.rows.clear();
+  }
+
+  stopStream() {
+    if (!this.streaming) return;
+    this.streaming = false;
+    this.app.childStreams.release(this.managerId);
+  }
+
+  async load(cursor) {
+    const token = ++this.token;
+    const status = this.statusSelect.value;
+    const query = `step=${enc(this.sv.name)}&limit=${CHILDREN_PAGE}&cursor=${cursor}${status ? `&status=${enc(status)}` : ""}`;
+    setText(this.note, "loading…");
+    this.app.store.beginChildrenPage(this.key);
+    try {
+      const page = await api(`${jobPath(this.managerId)}/children?${query}`);
+      if (token !== this.token) return;
+      this.cursor = cursor;
+      this.nextCursor = page.next;
+      this.status = status;
+      this.failure = "";
+      this.app.store.setChildrenPage(this.key, page.children, page.next == null, status);
+    } catch (error) {
+      if (token !== this.token) return;
+      this.failure = `could not load children: ${error.message}`;
+      this.app.store.setChildrenPage(this.key, [], false, status);
+    }
+  }
+
+  /** Rows of the current page in tree order: each child after its parent, with its depth. */
+  treeOrder(rows) {
+    const below = new Map(); // parent id -> children on this page
+    const roots = [];
+    for (const row of rows.values()) {
+      if (row.parent_id && rows.has(row.parent_id)) {
+        if (!below.has(row.parent_id)) below.set(row.parent_id, []);
+        below.get(row.parent_id).push(row);
+      } else {
+        roots.push(row);
+      }
+    }
+    const ordered = [];
+    const visit = (row, level) => {
+      ordered.push({ row, level });
+      for (const child of below.get(row.id) || []) visit(child, level + 1);
+    };
+    for (const row of roots) visit(row, row.depth != null ? row.depth : 1);
+    return ordered;
+  }
+
+  render() {
+    if (!this.open) return;
+    const entry = this.app.store.children.get(this.key);
+    if (!entry) return;
+    if (entry.reload) {
+      entry.reload = false;
+      this.load(this.cursor);
+    }
+    const now = this.app.store.now();
+    const ordered = this.treeOrder(entry.rows);
+    const fragment = document.createDocumentFragment();
+    const seen = new Set();
+    for (const { row, level } of ordered) {
+      let tr = this.rows.get(row.id);
+      if (!tr) {
+        tr = childRowElement();
+        this.rows.set(row.id, tr);
+      }
+      updateChildRow(tr, row, row.depth != null ? row.depth : level, now);
+      seen.add(row.id);
+      fragment.append(tr);
+    }
+    for (const id of this.rows.keys()) if (!seen.has(id)) this.rows.delete(id);
+    this.tbody.replaceChildren(fragment);
+    this.next.disabled = this.nextCursor == null;
+    this.first.disabled = this.cursor === 0;
+    let note = "";
+    if (this.failure) note = this.failure;
+    else if (entry.loading) note = "loading…";
+    else if (!ordered.length && this.cursor === 0) {
+      if (this.status) note = `No ${this.status} children.`;
+      else if (this.total) note = "No children on this page.";
+      else note = this.streaming ? "This step has no children yet." : "This step has no children.";
+    }
+    setText(this.note, note);
+  }
+
+  /** Whether a row's time ticks (some child on the page is running). */
+  get ticking() {
+    const entry = this.app.store.children.get(this.key);
+    return !!entry && [...entry.rows.values()].some((row) => row.status === "running");
+  }
+}
+
+const COLUMNS = ["id", "name", "status", "attempt", "time", "error"];
+
+function childRowElement() {
+  const tr = document.createElement("tr");
+  for (const column of COLUMNS) {
+    const td = document.createElement("td");
+    td.className = `child-${column}`;
+    tr.append(td);
+  }
+  const id = document.createElement("code");
+  tr.cells[0].append(id);
+  const error = document.createElement("span");
+  const details = document.createElement("details");
+  details.className = "traceback";
+  const summary = document.createElement("summary");
+  summary.textContent = "Traceback";
+  const pre = document.createElement("pre");
+  pre.dataset.traceback = "";
+  details.append(summary, pre);
+  tr.cells[5].append(error, details);
+  return tr;
+}
+
+function updateChildRow(tr, row, depth, now) {
+  const [idCell, nameCell, statusCell, attemptCell, timeCell, errorCell] = tr.cells;
+  setAttr(tr, "data-child", row.id);
+  setAttr(tr, "data-status", row.status);
+  setAttr(tr, "data-depth", String(depth));
+  setAttr(tr, "data-parent", row.parent_id || null);
+  const indent = `${Math.min(Math.max(depth - 1, 0), MAX_INDENT) * INDENT_EM}em`;
+  if (idCell.style.paddingInlineStart !== indent) idCell.style.paddingInlineStart = indent; // CSSOM: allowed by the CSP
+  setText(idCell.firstChild, row.id);
+  idCell.title = row.parent_id ? `spawned by ${row.parent_id}` : "";
+  setText(nameCell, row.name || "");
+  setText(statusCell, row.status);
+  setText(attemptCell, row.retries ? `${row.attempt} of ${row.retries + 1}` : String(row.attempt ?? ""));
+  const s = elapsedSeconds(row, now);
+  setText(timeCell, s == null ? "" : duration(s));
+  timeCell.title = row.started_at ? `started ${localTime(row.started_at)}` : "";
+  setText(errorCell.firstChild, row.error || "");
+  const details = errorCell.lastChild;
+  details.hidden = !row.traceback;
+  setText(details.lastChild, row.traceback || ""); // text only
+}

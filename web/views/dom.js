@@ -1,0 +1,82 @@
+// Small DOM helpers shared by the views: writes only when a value changed, text only (never HTML).
+
+import { COUNT_KEYS } from "../store.js";
+
+const BAR_SEGMENTS = ["completed", "failed", "cancelled", "running"];
+
+export function setText(el, text) {
+  if (el.textContent !== text) el.textContent = text;
+}
+
+export function setAttr(el, name, value) {
+  if (value == null) {
+    if (el.hasAttribute(name)) el.removeAttribute(name);
+  } else if (el.getAttribute(name) !== value) {
+    el.setAttribute(name, value);
+  }
+}
+
+export function fromTemplate(id) {
+  return document.getElementById(id).content.firstElementChild.cloneNode(true);
+}
+
+export function plural(n, word) {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
+/** A progress bar of coloured segments (widths set through the CSSOM: allowed by the CSP). */
+export function buildBar(bar, label) {
+  setAttr(bar, "aria-label", label);
+  for (const key of BAR_SEGMENTS) {
+    const seg = document.createElement("span");
+    seg.className = `seg seg-${key}`;
+    bar.append(seg);
+  }
+}
+
+export function updateBar(bar, p) {
+  const done = p.completed + p.failed + p.cancelled;
+  setAttr(bar, "aria-valuemax", String(p.total));
+  setAttr(bar, "aria-valuenow", String(done));
+  setAttr(bar, "aria-valuetext", p.total ? `${done} of ${p.total} finished` : "no child jobs");
+  BAR_SEGMENTS.forEach((key, i) => {
+    const width = p.total ? `${(100 * p[key]) / p.total}%` : "0%";
+    const seg = bar.children[i];
+    if (seg.style.width !== width) seg.style.width = width;
+  });
+}
+
+export function buildCounts(el) {
+  for (const key of COUNT_KEYS) {
+    const span = document.createElement("span");
+    span.className = `count count-${key}`;
+    const n = document.createElement("b");
+    span.append(n, ` ${key}`);
+    el.append(span);
+  }
+}
+
+export function updateCounts(el, p) {
+  COUNT_KEYS.forEach((key, i) => {
+    const span = el.children[i];
+    setText(span.firstChild, String(p[key]));
+    span.classList.toggle("zero", p[key] === 0);
+  });
+}
+
+/** Shows a failure's one-line `error`, and its `traceback` when the reader opens it. */
+export class FailureView {
+  constructor(root) {
+    this.root = root;
+    this.error = root.querySelector(".error");
+    this.details = root.querySelector(".traceback");
+    this.traceback = root.querySelector("[data-traceback]");
+  }
+
+  update(item) {
+    this.root.hidden = !item.error;
+    setText(this.error, item.error || "");
+    this.details.hidden = !item.traceback;
+    setText(this.traceback, item.traceback || ""); // text only: tracebacks quote job data
+  }
+}

@@ -1,0 +1,243 @@
+// The list of manager jobs: live from the stream, narrowed by the filters (search by id or
+// prefix, status, definition), with "load older" paging through the jobs API so any job,
+// however old, can be found. Also which jobs are expanded, and the `?job=` in the URL.
+
+import { ApiError } from "../api.js";
+import { TERMINAL, newestFirst } from "../store.js";
+import { JobView } from "./job.js";
+import { setText } from "./dom.js";
+
+const PAGE = 20;
+const MAX_PAGE = 200; // the jobs API's largest page
+
+export class JobList {
+  constructor(app, root) {
+    this.app = app;
+    this.container = root.querySelector("#jobs");
+    this.empty = root.querySelector("#jobs-empty");
+    this.message = root.querySelector(".list-message");
+    this.olderButton = root.querySelector(".load-older");
+    this.olderNote = root.querySelector(".older-note");
+    this.inputs = {
+      q: root.querySelector("[data-filter=search]"),
+      status: root.querySelector("[data-filter=status]"),
+      definition: root.querySelector("[data-filter=definition]"),
+    };
+    this.filter = { q: "", status: "", definition: "" };
+    this.views = new Map(); // manager id -> JobView (of the jobs shown)
+    this.loaded = new Set(); // ids the listing API returned for the current filter
+    this.next = undefined; // cursor of the next older page; null when there is none
+    this.token = 0;
+    this.autoExpand = true; // until the user opens or closes a job, keep the newest running one open
+    this.autoExpanded = null;
+    this.focused = null; // the job in the URL
+
+    let typing = 0;
+    this.inputs.q.addEventListener("input", () => {
+      clearTimeout(typing);
+      typing = setTimeout(() => this.filtersChanged(), 250);
+    });
+    this.inputs.q.addEventListener("keydown", (event) => {
+      if (event.key === "Enter") {
+        clearTimeout(typing);
+        this.filtersChanged();
+      }
+    });
+    this.inputs.status.addEventListener("change", () => this.filtersChanged());
+    this.inputs.definition.addEventListener("change", () => this.filtersChanged());
+    this.olderButton.addEventListener("click", () => this.loadOlder());
+  }
+
+  get filtering() {
+    return Boolean(this.filter.q || this.filter.status || this.filter.definition);
+  }
+
+  matches(job) {
+    const f = this.filter;
+    return (!f.q || job.id.toLowerCase().startsWith(f.q.toLowerCase())) &&
+      (!f.status || job.status === f.status) &&
+      (!f.definition || job.definition === f.definition);
+  }
+
+  setDefinitions(names) {
+    const select = this.inputs.definition;
+    const chosen = select.value;
+    select.replaceChildren(select.options[0], ...names.map((name) => new Option(name, name)));
+    select.value = chosen;
+  }
+
+  filtersChanged() {
+    const filter = {
+      q: this.inputs.q.value.trim(),
+      status: this.inputs.status.value,
+      definition: this.inputs.definition.value,
+    };
+    if (JSON.stringify(filter) === JSON.stringify(this.filter)) return;
+    this.filter = filter;
+    this.loaded.clear();
+    this.next = undefined;
+    this.pin();
+    this.app.store.markOrder();
+    if (this.filtering) this.loadOlder(); // the first page: old jobs that match, not just the live ones
+  }
+
+  clearFilters() {
+    this.inputs.q.value = "";
+    this.inputs.status.value = "";
+    this.inputs.definition.value = "";
+    this.filtersChanged();
+  }
+
+  /** The next page of `GET api/jobs` for the current filter; its jobs join the store. */
+  async loadOlder() {
+    if (this.next === null) return;
+    const token = ++this.token;
+    const filter = this.filter;
+    this.olderButton.disabled = true;
+    setText(this.olderNote, "loading…");
+    // The first unfiltered page starts with the newest jobs, which the page mostly holds already:
+    // ask for enough to reach past them.
+    const limit = this.next === undefined && !this.filtering ? Math.min(MAX_PAGE, this.views.size + PAGE) : PAGE;
+    try {
+      const page = await this.app.commands.listJobs({ ...filter, limit, cursor: this.next });
+      if (token !== this.token) return;
+      for (const job of page.jobs) this.loaded.add(job.id);
+      this.next = page.next;
+      setText(this.olderNote, "");
+      this.pin();
+    } catch (error) {
+      if (token === this.token) setText(this.olderNote, `could not load jobs: ${error.message}`);
+    } finally {
+      if (token === this.token) this.olderButton.disabled = false;
+      this.app.store.markOrder();
+    }
+  }
+
+  /** Jobs the store keeps whatever their age: the URL's, the listed and the expanded ones. */
+  pin() {
+    const pinned = this.app.store.pinned;
+    pinned.clear();
+    for (const id of this.loaded) pinned.add(id);
+    for (const [id, view] of this.views) if (view.expanded) pinned.add(id);
+    if (this.focused) pinned.add(this.focused);
+  }
+
+  renderOrder() {
+    const store = this.app.store;
+    const jobs = [...store.jobs.values()].filter((job) => this.matches(job)).sort(newestFirst);
+    const shown = new Set(jobs.map((job) => job.id));
+    for (const [id, view] of this.views) {
+      if (!shown.has(id)) {
+        view.remove();
+        this.views.delete(id);
+      }
+    }
+    if (this.focused && store.forgotten.has(this.focused)) this.setFocus(null, { push: false, replace: true }); // deleted
+    jobs.forEach((job, position) => {
+      let view = this.views.get(job.id);
+      if (!view) {
+        view = new JobView(this.app, job);
+        this.views.set(job.id, view);
+        view.setExpanded(job.id === this.focused);
+      }
+      if (this.container.children[position] !== view.el) {
+        this.container.insertBefore(view.el, this.container.children[position] || null);
+      }
+    });
+    this.empty.hidden = jobs.length > 0;
+    setText(this.empty, this.filtering ? "No jobs match these filters." : "No jobs yet. Start one above.");
+    this.olderButton.hidden = this.next === null;
+    if (this.next === null) setText(this.olderNote, jobs.length ? "No older jobs." : "");
+    if (this.autoExpand && jobs.length) {
+      const target = jobs.find((job) => !TERMINAL.has(job.status)) || jobs[0];
+      if (this.autoExpanded !== target.id) {
+        const previous = this.views.get(this.autoExpanded);
+        if (previous) previous.setExpanded(false);
+        this.views.get(target.id).setExpanded(true);
+        this.autoExpanded = target.id;
+      }
+    }
+  }
+
+  update(id) {
+    const job = this.app.store.jobs.get(id);
+    const view = this.views.get(id);
+    if (job && view) view.update(job);
+  }
+
+  /** Advance the running clocks (elapsed times, estimates). */
+  tick() {
+    const store = this.app.store;
+    const now = store.now();
+    for (const [id, view] of this.views) {
+      const job = store.jobs.get(id);
+      if (job && (job.status === "running" || [...job.steps.values()].some((s) => s.status === "running"))) {
+        view.updateTimes(job, now);
+      }
+    }
+  }
+
+  /** The user opened or closed a job with its toggle. */
+  toggledByUser(view) {
+    this.autoExpand = false;
+    view.setExpanded(!view.expanded);
+    if (view.expanded) this.setFocus(view.id, { push: true });
+    else if (this.focused === view.id) this.setFocus(null, { push: true });
+    this.pin();
+  }
+
+  /** Show job `id` expanded, fetching it if the page does not hold it (however old). */
+  async open(id, { push }) {
+    this.autoExpand = false;
+    const previous = this.focused;
+    this.setFocus(id, { push });
+    this.pin();
+    if (previous && previous !== id) this.views.get(previous)?.setExpanded(false);
+    if (!this.app.store.jobs.has(id)) {
+      let managerId;
+      try {
+        managerId = await this.app.commands.locate(id);
+      } catch (error) {
+        if (this.focused !== id) return;
+        this.showMessage(error instanceof ApiError && error.status === 404
+          ? `There is no job ${id}.` : `Could not load job ${id}: ${error.message}`);
+        return;
+      }
+      if (this.focused !== id) return;
+      if (managerId !== id) {
+        this.setFocus(managerId, { replace: true }); // a step's or child's id: show its manager
+        this.pin();
+        id = managerId;
+      }
+    }
+    if (this.focused !== id) return;
+    const job = this.app.store.jobs.get(id);
+    if (!job) return;
+    if (!this.matches(job)) this.clearFilters();
+    this.app.renderNow();
+    const view = this.views.get(id);
+    if (!view) return;
+    view.setExpanded(true);
+    this.showMessage("");
+    view.el.scrollIntoView({ block: "nearest" });
+  }
+
+  /** Back or forward in history: the URL's job is the one expanded. */
+  followUrl(id) {
+    const previous = this.focused;
+    if (previous && previous !== id) this.views.get(previous)?.setExpanded(false);
+    if (id) this.open(id, { push: false });
+    else this.setFocus(null, { push: false });
+    this.pin();
+  }
+
+  setFocus(id, { push, replace = false }) {
+    this.focused = id;
+    if (push || replace) this.app.router.go(id, { replace });
+  }
+
+  showMessage(text) {
+    this.message.hidden = !text;
+    setText(this.message, text);
+  }
+}

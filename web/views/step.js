@@ -1,0 +1,85 @@
+// One step of a manager job: its row (status, its own counts, time and estimate) and, when
+// open, its failure, its live log and its children.
+
+import { jobPath, enc } from "../api.js";
+import { COUNT_KEYS, stepKey } from "../store.js";
+import { ChildrenView } from "./children.js";
+import { FailureView, buildBar, buildCounts, fromTemplate, plural, setAttr, setText, updateBar, updateCounts } from "./dom.js";
+import { LogView } from "./log.js";
+import { duration, elapsedSeconds, etaSeconds, localTime, secondsAttr } from "./time.js";
+
+export class StepView {
+  constructor(app, jobView, name) {
+    this.app = app;
+    this.jobView = jobView;
+    this.name = name;
+    this.key = stepKey(jobView.id, name);
+    this.el = fromTemplate("step-template");
+    this.el.dataset.step = name;
+    const $ = (sel) => this.el.querySelector(sel);
+    this.details = $("details");
+    this.status = $(".status");
+    this.bar = $(".bar");
+    this.counts = $(".counts");
+    this.elapsed = $(".elapsed");
+    this.eta = $(".eta");
+    this.logCount = $(".log-count");
+    this.failure = new FailureView($(".step-failure"));
+    setText($(".step-name"), name);
+    const download = $("[data-action=download-logs]");
+    download.href = `${jobPath(jobView.id)}/logs?format=text&step=${enc(name)}`;
+    download.download = `${jobView.id}-${name}.log`;
+    buildBar(this.bar, `progress of step ${name}`);
+    buildCounts(this.counts);
+    this.wantOpen = false;
+    this.log = new LogView(app, this, $(".log-tools"), $(".log"));
+    this.children = new ChildrenView(app, this, $(".children"));
+    this.details.addEventListener("toggle", () => {
+      if (this.details.open !== this.wantOpen) {
+        this.wantOpen = this.details.open; // the user's choice: stop following the running step
+        this.jobView.follow = false;
+      }
+      if (this.details.open) {
+        this.log.activate();
+      } else {
+        this.log.deactivate();
+        this.children.close(); // a closed step keeps nothing live
+      }
+    });
+  }
+
+  setOpen(open) {
+    this.wantOpen = open;
+    if (this.details.open !== open) this.details.open = open;
+  }
+
+  update(step) {
+    const el = this.el;
+    setAttr(el, "data-status", step.status);
+    for (const key of COUNT_KEYS) setAttr(el, `data-${key}`, String(step.progress[key]));
+    setAttr(el, "data-log-count", String(step.log_count));
+    setText(this.status, step.status);
+    updateBar(this.bar, step.progress); // the step's own counts, never the manager's
+    updateCounts(this.counts, step.progress);
+    setText(this.logCount, plural(step.log_count, "log line"));
+    this.failure.update(step);
+    this.log.setTotal(step.log_count);
+    this.children.setStep(step);
+  }
+
+  updateTimes(step, now) {
+    const s = elapsedSeconds(step, now);
+    setAttr(this.el, "data-elapsed-s", secondsAttr(s));
+    setText(this.elapsed, s == null ? "" : step.finished_at ? `took ${duration(s)}` : duration(s));
+    this.elapsed.title = step.started_at ? `started ${localTime(step.started_at)}` : "";
+    const eta = etaSeconds(step, now);
+    setAttr(this.el, "data-eta-s", secondsAttr(eta));
+    setText(this.eta, eta == null ? "" : `~${duration(eta)} left`);
+    this.eta.title = eta == null ? "" : "at the rate its children have finished so far";
+  }
+
+  close() {
+    this.log.deactivate();
+    this.children.close();
+  }
+}
