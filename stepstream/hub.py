@@ -66,6 +66,8 @@ class Hub:
         self._reads: dict[tuple, tuple[list[bytes], int, bool]] = {}
         self._unsubscribe = store.subscribe(self._on_change)
         self.connections = 0
+        self.merged = 0  # progress events left out of batches because a later one superseded them
+        self.snapshots = 0  # snapshots sent to connections that resumed too late or fell behind
         self.stopping = False  # set by stop_streams(): every stream returns, its response completes
 
     # ------------------------------------------------------------------ waking
@@ -174,6 +176,7 @@ class Hub:
             if event.type in MERGEABLE:
                 key = (event.type, event.key)  # type: ignore[assignment]
                 if key in seen:
+                    self.merged += 1
                     continue
                 seen.add(key)  # type: ignore[arg-type]
             kept.append(event)
@@ -219,6 +222,7 @@ class Hub:
                     self.store.events_after(cursor, limit=1)
                 except Gone:
                     cursor = None
+                    self.snapshots += 1
             if cursor is None:
                 cursor, chunk, settled = self._snapshot(request)
                 yield first + chunk
@@ -233,6 +237,7 @@ class Hub:
                 try:
                     chunks, cursor, ended = self._read(cursor, request)
                 except Gone:  # fell behind the ring: start over from a fresh snapshot
+                    self.snapshots += 1
                     try:
                         cursor, chunk, settled = self._snapshot(request)
                     except NotFound:  # the job was evicted meanwhile

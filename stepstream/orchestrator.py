@@ -239,6 +239,10 @@ class Orchestrator:
         """Children of a manager or step: `step=`, `status=`, `limit=`, `cursor=`."""
         return self.store.children(job_id, **query)
 
+    def stats(self) -> dict:
+        """`{"seq", "managers": {status: n}, "counters": {...}}`: what `GET /metrics` shows."""
+        return self.store.stats()
+
     @property
     def seq(self) -> int:
         """The seq of the latest change."""

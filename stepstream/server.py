@@ -27,6 +27,9 @@ from starlette.staticfiles import StaticFiles
 from .encoding import dumps
 from .guard import RequestGuard
 from .hub import Hub, StreamRequest
+from .metrics import CONTENT_TYPE as METRICS_TYPE
+from .metrics import registry_for
+from .metrics import render as render_metrics
 from .model import LEVELS, STATUSES, Conflict, InvalidParams, InvalidRequest, NotFound, iso
 from .orchestrator import Orchestrator
 from .responses import SafeJSONResponse, error_response
@@ -149,6 +152,10 @@ async def page(request: Request) -> Response:
     if not request.url.path.endswith("/"):  # relative asset and API URLs need the slash
         return RedirectResponse(request.url.replace(path=request.url.path + "/"), status_code=308)
     return FileResponse(request.app.state.web / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def metrics(request: Request) -> Response:
+    return Response(render_metrics(request.app.state.metrics), media_type=METRICS_TYPE)
 
 
 async def health(request: Request) -> Response:
@@ -371,6 +378,7 @@ def create_app(
         Route("/api/jobs/{job_id}/rerun", rerun, methods=["POST"]),
         Route("/api/jobs/{job_id}/logs", logs, methods=["GET"]),
         Route("/api/events", events, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Mount("/static", _Revalidated(directory=_web_dir()), name="static"),
     ]
     app = Starlette(
@@ -388,5 +396,6 @@ def create_app(
     app.state.orchestrator = orchestrator
     app.state.hub = hub or Hub(orchestrator.store, retry_ms=retry_ms)
     app.state.settings = Settings(max_body=max_body, ping=ping)
+    app.state.metrics = registry_for(orchestrator, app.state.hub)
     app.state.web = _web_dir()
     return app

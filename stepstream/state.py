@@ -9,6 +9,7 @@ taken at seq S plus the events after S always equals the current state. Work tha
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import secrets
@@ -176,6 +177,8 @@ class Store:
         self._ordinals = itertools.count(1)
         self._listeners: list[Callable[[], None]] = []
         self._waiters = 0  # threads in wait(); skip notify_all() when there are none
+        # Running totals for metrics: events by type, child transitions by status, log lines by level.
+        self.counters: collections.Counter[str] = collections.Counter()
 
     # ------------------------------------------------------------------ events
 
@@ -208,6 +211,7 @@ class Store:
 
     def _emit(self, type_: str, manager: Job, key: str | None, data: dict) -> None:
         self._seq = seq = self._seq + 1
+        self.counters[type_] += 1
         data["seq"] = seq
         self._ring[seq % self.replay_size] = Event(seq, type_, manager.id, key, data)
 
@@ -244,6 +248,7 @@ class Store:
         if not model.can_transition(job.kind, job.status, new):
             raise InvalidTransition(f"{job.kind} {job.id} cannot go from {job.status} to {new}")
         if job.kind == CHILD:
+            self.counters[f"child_{new}"] += 1
             for counted in (job.step, job.manager):
                 counted.counts[SLOT[job.status]] -= 1
                 counted.counts[SLOT[new]] += 1
@@ -542,6 +547,7 @@ class Store:
             "step_name": step.name if step else None, "manager_id": manager.id,
         }  # fmt: skip
         owner.bucket.append(record)
+        self.counters[f"log_{level}"] += 1
         owner.log_count += 1
         if owner is not manager:
             manager.log_count += 1
@@ -629,6 +635,12 @@ class Store:
             if manager is None or manager.kind != MANAGER:
                 return manager is None
             return manager.end_seq is not None and manager.end_seq <= seq
+
+    def stats(self) -> dict:
+        """Figures for metrics: the seq, managers by status, and the running totals."""
+        with self._guard:
+            managers = collections.Counter(m.status for m in self._managers.values())
+            return {"seq": self._seq, "managers": dict(managers), "counters": dict(self.counters)}
 
     def running_managers(self) -> list[str]:
         with self._guard:

@@ -274,11 +274,12 @@ def test_a_process_with_blocked_workers_still_exits_promptly(tmp_path):
         job = orch.start("d")
         started.wait(10)
         orch.shutdown(wait=False)
-        print(orch.snapshot(job)["job"]["status"], flush=True)
+        job = orch.snapshot(job)["job"]
+        print(job["status"], job["steps"][0]["status"], orch.children(job["id"])["children"][0]["status"], flush=True)
     """))
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=20)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "cancelled"
+    assert done.stdout.split() == ["cancelled", "cancelled", "cancelled"]
 
 
 # ---------------------------------------------------------------- 5. bounded memory per connection
