@@ -5,22 +5,15 @@ Run alone: `python bench/core.py [--quick]`; `bench/run.py` runs these with the 
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 import time
 from collections import Counter
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common
 
-from stepstream import Orchestrator, Step  # noqa: E402
-from stepstream.hub import Hub  # noqa: E402
-from stepstream.state import Store  # noqa: E402
-
-
-def _noop(ctx):  # pragma: no cover - run by workers
-    pass
+from stepstream import Orchestrator, Step
+from stepstream.hub import Hub
+from stepstream.state import Store
 
 
 def _timed_transitions(store: Store, children: list, window: int) -> float:
@@ -44,7 +37,7 @@ def progress_cost(sizes=(1_000, 10_000, 100_000), window: int = 1_000, repeat: i
         for _ in range(repeat):
             store = Store(replay_size=1 << 16)
             manager, step = store.create_manager("bench", ["a"], {})
-            children = [store.add_child(_noop, (), {}, 0, step_id=step.id) for _ in range(size)]
+            children = common.add_children(store, step, size)
             best = min(best, _timed_transitions(store, children, window))
 
             statuses = {i: "pending" for i in range(size)}  # the baseline's own child table
@@ -56,13 +49,8 @@ def progress_cost(sizes=(1_000, 10_000, 100_000), window: int = 1_000, repeat: i
             best_scan = min(best_scan, (time.perf_counter() - start) / (2 * min(window, 200)))
         rows.append({"children": size, "us_per_transition": best / (2 * window) * 1e6,
                      "baseline_us_per_transition": best_scan * 1e6})
-    small, large = rows[0], rows[-1]
-    return {
-        "name": "progress_cost",
-        "rows": rows,
-        "ratio_large_small": large["us_per_transition"] / small["us_per_transition"],
-        "baseline_ratio_large_small": large["baseline_us_per_transition"] / small["baseline_us_per_transition"],
-    }
+    return {"name": "progress_cost", "rows": rows,
+            **common.growth(rows, "us_per_transition", "baseline_us_per_transition")}
 
 
 def job_wall_time(children: int = 10_000, steps: int = 3, workers: int = 8, hub: bool = True) -> dict:
@@ -75,7 +63,7 @@ def job_wall_time(children: int = 10_000, steps: int = 3, workers: int = 8, hub:
 
     def fan_out(ctx):
         for _ in range(per_step):
-            ctx.spawn(_noop)
+            ctx.spawn(common.noop)
 
     orch.define("bench", [Step(f"s{i}", fan_out) for i in range(steps)])
     start = time.perf_counter()
@@ -95,10 +83,7 @@ def store_throughput(children: int = 100_000) -> dict:
     store = Store()
     manager, step = store.create_manager("bench", ["a"], {})
     start = time.perf_counter()
-    for _ in range(children):
-        child = store.add_child(_noop, (), {}, 0, step_id=step.id)
-        store.begin_child(child)
-        store.end_child(child, None)
+    common.run_children(store, step, children)
     wall = time.perf_counter() - start
     return {"name": "store_throughput", "children": children, "wall_s": wall,
             "transitions_per_s": 3 * children / wall}
@@ -118,9 +103,7 @@ def core_throughput(children: int = 100_000) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
+    args = common.arguments(__doc__).parse_args()
     results = [
         progress_cost(sizes=(1_000, 100_000), repeat=1 if args.quick else 3),
         core_throughput(20_000 if args.quick else 100_000),

@@ -11,80 +11,56 @@ Run alone: `python bench/fanout.py [--quick]`; `bench/run.py` runs it with the o
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import os
-import queue
-import resource
-import subprocess
-import sys
-import threading
 import time
 
+import common
 import psutil
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 SLA = 1.0  # seconds: a rate is sustainable while p99 delay stays under this
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("inf")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+def load_phase(server: common.ServerProcess, rate: float, seconds: float) -> dict:
+    """One `run` of bench/serve.py's load job; blocks until the server's job settled."""
+    server.send(f"run {rate} {seconds}")
+    words = server.line(seconds + 130).split()
+    return {"job": words[1], "transitions": int(words[2]), "load_s": float(words[3]),
+            "probes": int(words[4]), "wall_s": float(words[5])}
 
 
-class ServerProcess:
-    """bench/serve.py in a subprocess, driven over its stdin/stdout."""
+class Dechunker:
+    """The body of a `Transfer-Encoding: chunked` response, from its bytes as they arrive."""
 
-    def __init__(self, app: str, extra: tuple[str, ...] = ()) -> None:
-        self.app = app
-        self.proc = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "serve.py"), "--app", app, *extra],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-        )
-        self._lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        words = self._line(30).split()
-        if words[:1] != ["READY"]:
-            self.close()
-            raise RuntimeError(f"server did not start: {words}")
-        self.port = int(words[1])
-        self.ps = psutil.Process(self.proc.pid)
+    def __init__(self) -> None:
+        self.buf = b""
+        self.need = 0  # bytes left in the current chunk; -2: expecting the CRLF after a chunk
+        self.ended = False  # the last (empty) chunk arrived
 
-    def _read(self) -> None:
-        for line in self.proc.stdout:  # type: ignore[union-attr]
-            self._lines.put(line)
-
-    def _line(self, timeout: float) -> str:
-        try:
-            return self._lines.get(timeout=timeout)
-        except queue.Empty:
-            raise TimeoutError(f"{self.app} server said nothing for {timeout} s") from None
-
-    def run(self, rate: float, seconds: float) -> dict:
-        """One load phase; blocks until the server's job settled."""
-        self.proc.stdin.write(f"run {rate} {seconds}\n")  # type: ignore[union-attr]
-        words = self._line(seconds + 130).split()
-        return {"job": words[1], "transitions": int(words[2]), "load_s": float(words[3]),
-                "probes": int(words[4]), "wall_s": float(words[5])}
-
-    def rss(self) -> int:
-        return self.ps.memory_info().rss
-
-    def cpu(self) -> float:
-        times = self.ps.cpu_times()
-        return times.user + times.system
-
-    def close(self) -> None:
-        try:
-            self.proc.stdin.write("quit\n")  # type: ignore[union-attr]
-            self.proc.stdin.flush()  # type: ignore[union-attr]
-            self.proc.wait(10)
-        except (OSError, ValueError, subprocess.TimeoutExpired):
-            self.proc.kill()
-            self.proc.wait(10)
+    def feed(self, data: bytes) -> bytes:
+        buf, pos, out = self.buf + data, 0, bytearray()
+        while not self.ended:
+            if self.need > 0:
+                take = min(self.need, len(buf) - pos)
+                out += buf[pos:pos + take]
+                pos += take
+                self.need -= take
+                if self.need:
+                    break
+                self.need = -2
+            if self.need == -2:
+                if len(buf) - pos < 2:
+                    break
+                pos += 2
+                self.need = 0
+            end = buf.find(b"\r\n", pos)
+            if end < 0:
+                break
+            self.need = int(buf[pos:end].split(b";")[0], 16)
+            pos = end + 2
+            self.ended = self.need == 0
+        self.buf = buf[pos:]
+        return bytes(out)
 
 
 class StreamClient:
@@ -109,57 +85,31 @@ class StreamClient:
         self.delays = []
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            data = await reader.read(65536)
+        head: bytes | None = b""  # the response head until its blank line arrived
+        body: Dechunker | None = None  # None: the body is not chunked
+        tail = b""  # the start of an event whose end has not arrived yet
+        while True:
+            data = await reader.read(1 << 18)
             if not data:
                 return
-            buf += data
-        head, buf = buf.split(b"\r\n\r\n", 1)
-        chunked = b"transfer-encoding: chunked" in head.lower()
-        need = 0  # bytes left in the current chunk; -2: expecting the CRLF after a chunk
-        tail = b""
-        while True:
             now = time.time()
-            out = bytearray()
-            pos = 0
-            if not chunked:
-                out += buf
-                pos = len(buf)
-            while chunked:
-                if need > 0:
-                    take = min(need, len(buf) - pos)
-                    out += buf[pos:pos + take]
-                    pos += take
-                    need -= take
-                    if need:
-                        break
-                    need = -2
-                if need == -2:
-                    if len(buf) - pos < 2:
-                        break
-                    pos += 2
-                    need = 0
-                end = buf.find(b"\r\n", pos)
-                if end < 0:
-                    break
-                size = int(buf[pos:end].split(b";")[0], 16)
-                pos = end + 2
-                if size == 0:
-                    return
-                need = size
-            buf = buf[pos:]
+            if head is not None:
+                head += data
+                if b"\r\n\r\n" not in head:
+                    continue
+                head, data = head.split(b"\r\n\r\n", 1)
+                body = Dechunker() if b"transfer-encoding: chunked" in head.lower() else None
+                head = None
+            out = body.feed(data) if body is not None else data
             if out:
                 self.bytes += len(out)
-                text = (tail + bytes(out)).replace(b"\r\n", b"\n")  # sse-starlette ends lines with CRLF
+                text = (tail + out).replace(b"\r\n", b"\n")  # sse-starlette ends lines with CRLF
                 blocks = text.split(b"\n\n")
                 tail = blocks.pop()
                 for block in blocks:
                     self._event(block, now)
-            data = await reader.read(1 << 18)
-            if not data:
+            if body is not None and body.ended:
                 return
-            buf += data
 
     def _event(self, block: bytes, now: float) -> None:
         start = block.find(b"event: ")
@@ -197,7 +147,7 @@ async def measure(app: str, clients: int, rates: list[float], seconds: float, lo
                   server_args: tuple[str, ...] = ()) -> dict:
     """Connect `clients` streams to a fresh `app` server, then one load phase per rate (ascending,
     stopping after the first rate whose p99 delay is over SLA)."""
-    server = ServerProcess(app, server_args)
+    server = common.ServerProcess("serve.py", "--app", app, *server_args)
     me = psutil.Process()
     streams = [StreamClient() for _ in range(clients)]
     result: dict = {"app": app, "clients": clients, "points": []}
@@ -216,7 +166,7 @@ async def measure(app: str, clients: int, rates: list[float], seconds: float, lo
                 s.reset()
             cpu0, mine0, t0 = server.cpu(), sum(me.cpu_times()[:2]), time.perf_counter()
             events0 = sum(s.events for s in streams)
-            phase = await asyncio.to_thread(server.run, rate, seconds)
+            phase = await asyncio.to_thread(load_phase, server, rate, seconds)
             drained = await _wait_all([s.phase_done for s in streams], max(3.0, seconds))
             wall = time.perf_counter() - t0
             delays = [d for s in streams for d in s.delays]
@@ -226,8 +176,8 @@ async def measure(app: str, clients: int, rates: list[float], seconds: float, lo
             point = {
                 "rate": rate,
                 "achieved_rate": phase["transitions"] / phase["load_s"],
-                "p50_ms": percentile(delays_all, 0.50) * 1e3,
-                "p99_ms": percentile(delays_all, 0.99) * 1e3,
+                "p50_ms": common.percentile(delays_all, 0.50) * 1e3,
+                "p99_ms": common.percentile(delays_all, 0.99) * 1e3,
                 "max_ms": max(delays_all, default=float("inf")) * 1e3,
                 "probes_missing": missing,
                 "server_cpu_pct": 100 * (server.cpu() - cpu0) / wall,
@@ -271,8 +221,7 @@ PLANS = {
 
 def fanout(quick: bool = False, seconds: float | None = None, log=print) -> dict:
     """All points of the plan, stepstream and naive; ratios of the highest sustainable rates."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    common.raise_open_files()
     plan = PLANS["quick" if quick else "full"]
     seconds = seconds or (1.5 if quick else 5.0)
     runs = {app: [asyncio.run(measure(app, n, rates, seconds, log)) for n, rates in ladder.items()]
@@ -291,15 +240,13 @@ def fanout(quick: bool = False, seconds: float | None = None, log=print) -> dict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
+    parser = common.arguments(__doc__)
     parser.add_argument("--seconds", type=float)
     parser.add_argument("--clients", type=int, help="one point only: this many clients, at --rate, both apps")
     parser.add_argument("--rate", type=float, default=5000)
     args = parser.parse_args()
     if args.clients:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        common.raise_open_files()
         for app in ("stepstream", "naive"):
             asyncio.run(measure(app, args.clients, [args.rate], args.seconds or 10))
         return

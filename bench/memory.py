@@ -13,19 +13,14 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common
+import psutil
 
-import psutil  # noqa: E402
-
-from stepstream.state import Store  # noqa: E402
-
-
-def _noop(ctx) -> None:  # pragma: no cover - never run
-    pass
+from stepstream import wire
+from stepstream.state import Store
 
 
 def _rss() -> int:
@@ -35,10 +30,7 @@ def _rss() -> int:
 
 def _finished_job(store: Store, children: int) -> None:
     manager, step = store.create_manager("mem", ["a"], {})
-    for _ in range(children):
-        child = store.add_child(_noop, (), {}, 0, step_id=step.id)
-        store.begin_child(child)
-        store.end_child(child, None)
+    common.run_children(store, step, children)
     store.handler_returned(step, None)
 
 
@@ -48,7 +40,7 @@ def measure(children: int) -> dict:
     before = _rss()
     _finished_job(store, children)
     ours = _rss() - before
-    kept = [store._child_json(c) for c in list(store._managers.values())[-1].children]
+    kept = [wire.child_json(c) for c in list(store._managers.values())[-1].children]
     baseline = _rss() - before - ours
     del kept
     return {"children": children, "rss_bytes": ours, "baseline_rss_bytes": baseline}
@@ -56,7 +48,7 @@ def measure(children: int) -> dict:
 
 def retained_children(children: int = 100_000) -> dict:
     """Runs `measure` in a fresh interpreter."""
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--children", str(children)],
+    out = subprocess.run([sys.executable, __file__, "--children", str(children)],
                          capture_output=True, text=True, check=True, timeout=300)
     figures = json.loads(out.stdout)
     per = 100_000 / children

@@ -4,8 +4,8 @@
   `asyncio.Queue` per client; every event is put on every queue and encoded per client
   (`json.dumps` + `ServerSentEvent`); nothing is merged. It is fed by the same store as
   stepstream (`store.subscribe` + `store.events_after`) and sends the same event types as a
-  plain `/api/events` stream (no per-child `job_status`, no `end`), so both servers do the same
-  job for the client.
+  plain `/api/events` stream (no per-child `job_status`), so both servers do the same job for
+  the client.
 - `scan_snapshot(store, job_id)`: a manager snapshot whose step counts are recomputed by
   scanning the manager's children, as the old system built `GET /api/jobs/{id}`.
 """
@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from stepstream import Orchestrator
+from stepstream import Orchestrator, wire
 from stepstream.model import COUNTED, progress_dict
 from stepstream.state import Gone, Store
 
@@ -36,7 +36,7 @@ def scan_snapshot(store: Store, job_id: str) -> dict:
         per_step: dict[str, Counter] = {step.id: Counter() for step in manager.steps}
         for child in manager.children:
             per_step[child.step.id][child.status] += 1
-        job = store._manager_json(manager)
+        job = wire.manager_json(manager)
         total_counts = Counter()
         for step_json in job["steps"]:
             counts = per_step[step_json["id"]]
@@ -83,7 +83,7 @@ class NaiveBroadcaster:
                 return
             self.cursor = events[-1].seq
             for event in events:
-                if event.type == "end" or (event.type == "job_status" and event.data["kind"] == "child"):
+                if event.type == "job_status" and event.data["kind"] == "child":
                     continue
                 item = (event.seq, event.type, event.data)
                 for queue in self.queues:

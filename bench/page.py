@@ -20,14 +20,13 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import common  # noqa: F401  (puts the repo root on sys.path, for tests/)
+from playwright.sync_api import sync_playwright
 
-from playwright.sync_api import sync_playwright  # noqa: E402
-
-from stepstream import Orchestrator, Step  # noqa: E402
-from stepstream.server import create_app  # noqa: E402
-from tests.browser import LAUNCH_ARGS, find_chromium  # noqa: E402
-from tests.live import LiveServer  # noqa: E402
+from stepstream import Orchestrator, Step
+from stepstream.server import create_app
+from tests.browser import LAUNCH_ARGS, find_chromium
+from tests.live import LiveServer
 
 STEPS = 5
 

@@ -9,21 +9,17 @@ the table of a full run.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import math
 import os
-import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
-import core  # noqa: E402
-import fanout  # noqa: E402
-import memory  # noqa: E402
-import snapshot  # noqa: E402
+import common
+import core
+import fanout
+import memory
+import snapshot
 
 
 def _fmt(value: float, unit: str = "") -> str:
@@ -32,6 +28,12 @@ def _fmt(value: float, unit: str = "") -> str:
     if abs(value) >= 100:
         return f"{value:,.0f}{unit}"
     return f"{value:.3g}{unit}"
+
+
+def _growth_row(label: str, result: dict) -> tuple[str, str, str, str]:
+    """The row of `common.growth`'s figures, against the target both growth benchmarks share."""
+    return (label, _fmt(result["ratio_large_small"], "×"), _fmt(result["baseline_ratio_large_small"], "×"),
+            "target ≤ 1.5×")
 
 
 def rows_of(results: list[dict]) -> list[tuple[str, str, str, str]]:
@@ -43,8 +45,7 @@ def rows_of(results: list[dict]) -> list[tuple[str, str, str, str]]:
                 rows.append((f"progress cost per transition, {row['children']:,} children",
                              _fmt(row["us_per_transition"], " µs"), _fmt(row["baseline_us_per_transition"], " µs"),
                              _fmt(row["baseline_us_per_transition"] / row["us_per_transition"], "×")))
-            rows.append(("progress cost growth 100k/1k children", _fmt(r["ratio_large_small"], "×"),
-                         _fmt(r["baseline_ratio_large_small"], "×"), "target ≤ 1.5×"))
+            rows.append(_growth_row("progress cost growth 100k/1k children", r))
         elif r["name"] == "core_throughput":
             rows.append((f"core: transitions/s, orchestrator + idle hub ({r['children']:,} children)",
                          _fmt(r["transitions_per_s"], "/s"), _fmt(r["baseline_transitions_per_s"], "/s") + " (no hub)",
@@ -57,8 +58,7 @@ def rows_of(results: list[dict]) -> list[tuple[str, str, str, str]]:
             for row in r["rows"]:
                 rows.append((f"GET /api/jobs/{{id}}, {row['children']:,} children", _fmt(row["ms"], " ms"),
                              _fmt(row["baseline_ms"], " ms") + " (scan)", _fmt(row["baseline_ms"] / row["ms"], "×")))
-            rows.append(("snapshot growth 100k/1k children", _fmt(r["ratio_large_small"], "×"),
-                         _fmt(r["baseline_ratio_large_small"], "×"), "target ≤ 1.5×"))
+            rows.append(_growth_row("snapshot growth 100k/1k children", r))
         elif r["name"] == "memory_children":
             rows.append(("RSS per 100,000 retained children", _fmt(r["mb_per_100k_children"], " MB"),
                          _fmt(r["baseline_mb_per_100k_children"], " MB") + " (dicts)", _fmt(r["ratio"], "×")))
@@ -134,10 +134,9 @@ def plot(result: dict, path: str) -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="fewer, shorter points (~1 minute)")
+    parser = common.arguments(__doc__)
     parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--plot", default=os.path.join(os.path.dirname(HERE), "docs", "bench-delay.png"))
+    parser.add_argument("--plot", default=os.path.join(common.ROOT, "docs", "bench-delay.png"))
     args = parser.parse_args()
     q = args.quick
     started = time.perf_counter()

@@ -15,17 +15,12 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import os
-import resource
 import sys
-import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common
 
-import uvicorn  # noqa: E402
-
-from stepstream import Orchestrator, Step  # noqa: E402
+from stepstream import Orchestrator, Step
 
 TICK = 0.01  # pacing and probe interval, seconds
 
@@ -80,30 +75,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--profile", help="write a cProfile of the event-loop thread to this path")
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    common.raise_open_files()
 
     orch, app = build(args.app)
-    config = uvicorn.Config(app, host="127.0.0.1", port=args.port, log_level="warning", lifespan="off",
-                            backlog=4096, timeout_graceful_shutdown=1)
-    server = uvicorn.Server(config)
     profiler = cProfile.Profile() if args.profile else None
-
-    def serve() -> None:
-        if profiler is None:
-            server.run()
-        else:
-            profiler.runcall(server.run)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:  # uvicorn offers a flag, not an event
-        if not thread.is_alive() or time.monotonic() > deadline:
-            sys.exit("uvicorn did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    print(f"READY {port}", flush=True)
+    common.start_server(app, args.port, runner=profiler.runcall if profiler else None, backlog=4096)
 
     for line in sys.stdin:
         words = line.split()
@@ -122,11 +98,10 @@ def main() -> None:
             spawn_s = next((float(r["message"].split()[-1]) for r in records
                             if r["message"].startswith("spawned ")), wall)
             print(f"DONE {job} {3 * children} {spawn_s:.4f} {probes} {wall:.4f}", flush=True)
-    orch.shutdown(wait=False)
     if profiler is not None:
         profiler.create_stats()
         profiler.dump_stats(args.profile)
-    os._exit(0)  # clients may still be connected: no graceful shutdown to wait for
+    common.exit_server(orch)
 
 
 if __name__ == "__main__":

@@ -5,30 +5,22 @@ system's way) recounts each step by scanning the children. Both answer through a
 (plain request/response, so httpx's ASGI transport is fine here; streams always use a real
 server).
 
-Run alone: `python bench/snapshot.py`.
+Run alone: `python bench/snapshot.py [--quick]`; `bench/run.py` runs it with the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common
+import httpx
+from naive import create_naive_app
 
-import httpx  # noqa: E402
-from naive import create_naive_app  # noqa: E402
-
-from stepstream import Orchestrator  # noqa: E402
-from stepstream.server import create_app  # noqa: E402
-
-
-def _noop(ctx) -> None:  # pragma: no cover - never run
-    pass
+from stepstream import Orchestrator
+from stepstream.server import create_app
 
 
 def build_job(orch: Orchestrator, children: int) -> str:
@@ -36,8 +28,7 @@ def build_job(orch: Orchestrator, children: int) -> str:
     done, a third running, a third pending (built through the store: no thread pool needed)."""
     store = orch.store
     manager, step = store.create_manager("snap", ["a", "b", "c"], {})
-    made = [store.add_child(_noop, (), {}, 0, step_id=step.id) for _ in range(children)]
-    for i, child in enumerate(made):
+    for i, child in enumerate(common.add_children(store, step, children)):
         if i % 3:
             store.begin_child(child)
         if i % 3 == 2:
@@ -69,10 +60,9 @@ def snapshot_cost(sizes: tuple[int, ...] = (1_000, 100_000), repeat: int = 50) -
         assert body_ours["job"]["progress"] == body_theirs["job"]["progress"], "the baseline counts differently"
         rows.append({"children": size, "ms": t_ours * 1e3, "baseline_ms": t_theirs * 1e3})
     orch.shutdown(wait=False)
-    small, large = rows[0], rows[-1]
-    return {"name": "snapshot_cost", "rows": rows, "ratio_large_small": large["ms"] / small["ms"],
-            "baseline_ratio_large_small": large["baseline_ms"] / small["baseline_ms"]}
+    return {"name": "snapshot_cost", "rows": rows, **common.growth(rows, "ms", "baseline_ms")}
 
 
 if __name__ == "__main__":
-    print(json.dumps(snapshot_cost(), indent=1))
+    quick = common.arguments(__doc__).parse_args().quick
+    print(json.dumps(snapshot_cost(repeat=20 if quick else 50), indent=1))

@@ -22,23 +22,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import subprocess
 import sys
 import threading
 import time
 from array import array
 from dataclasses import dataclass, field
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common
+import httpx
 
-import httpx  # noqa: E402
-
-from stepstream import Orchestrator, Step  # noqa: E402
-from stepstream.model import Conflict  # noqa: E402
-from tests.folding import fold  # noqa: E402
-from tests.live import sse_events  # noqa: E402
+from stepstream import Orchestrator, Step
+from stepstream.model import Conflict
+from tests.folding import fold
+from tests.live import sse_events
 
 CHILDREN_PER_STEP = 400
 REPLAY_SIZE = 20_000
@@ -73,13 +70,9 @@ def _fan_out(ctx) -> None:
             return
 
 
-def _noop(ctx) -> None:
-    pass
-
-
 def define_soak(orch: Orchestrator) -> None:
     orch.define("soak", [Step("a", _fan_out), Step("b", _fan_out), Step("c", _fan_out)])
-    orch.define("marker", [Step("only", _noop)])  # its first event tells clients to stop
+    orch.define("marker", [Step("only", common.noop)])  # its first event tells clients to stop
 
 
 def soak_orchestrator(replay_size: int = REPLAY_SIZE) -> Orchestrator:
@@ -307,62 +300,47 @@ def run_clients(url: str, count: int, seconds: float, rng: random.Random, period
 
 def _serve(seconds: float) -> None:
     """The server process of the benchmark: uvicorn + the driver; reports on stdout."""
-    import uvicorn
-
     from stepstream.server import create_app
 
     orch = soak_orchestrator()
-    server = uvicorn.Server(uvicorn.Config(create_app(orch), host="127.0.0.1", port=0, log_level="warning",
-                                           lifespan="off", timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:  # uvicorn offers a flag, not an event
-        if not thread.is_alive():
-            sys.exit("uvicorn did not start")
-        time.sleep(0.01)
-    print(f"READY {server.servers[0].sockets[0].getsockname()[1]}", flush=True)
+    common.start_server(create_app(orch))
     sys.stdin.readline()  # "go": the clients are connected
     finals, marker = drive(orch, seconds)
     print(json.dumps({"finals": finals, "marker": marker}), flush=True)
     sys.stdin.readline()
-    orch.shutdown(wait=False)
-    os._exit(0)
+    common.exit_server(orch)
 
 
 def soak(seconds: float = 60, clients: int = 100, seed: int = 1, log=print) -> dict:
     """The benchmark: server in a subprocess, `clients` streams here; memory via psutil."""
-    import psutil
-
-    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", "--seconds", str(seconds)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
-    try:
-        port = int(proc.stdout.readline().split()[1])  # type: ignore[union-attr]
-        server = psutil.Process(proc.pid)
+    with common.ServerProcess("soak.py", "--serve", "--seconds", str(seconds)) as server:
         samples: list[tuple[float, int, int]] = []
-        health = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+        health = httpx.Client(base_url=server.url, timeout=10)
 
         def measure() -> None:
             # Warm: the ring turned over, and at a quarter of the run >= 4 jobs (~1 s each) ended.
             seq, elapsed = health.get("/api/health").json()["seq"], time.monotonic() - start
-            samples.append((elapsed, server.memory_info().rss, seq >= 2 * REPLAY_SIZE and elapsed >= seconds / 4))
+            samples.append((elapsed, server.rss(), seq >= 2 * REPLAY_SIZE and elapsed >= seconds / 4))
         drive_done = threading.Event()
         answer: dict = {}
 
         def read_finals() -> None:
-            answer.update(json.loads(proc.stdout.readline()))  # type: ignore[union-attr]
-            measure()
-            drive_done.set()
+            try:
+                answer.update(json.loads(server.line(seconds + 120)))
+                measure()
+            finally:  # the clients stop waiting for the driver either way
+                drive_done.set()
 
         def sample() -> None:
             while not drive_done.wait(0.5):  # a measurement, bounded by the driver's end
                 measure()
 
         start = time.monotonic()
-        proc.stdin.write("go\n")  # type: ignore[union-attr]
+        server.send("go")
         threading.Thread(target=read_finals, daemon=True).start()
         threading.Thread(target=sample, daemon=True).start()
-        reference, streams, disconnects = run_clients(f"http://127.0.0.1:{port}", clients, seconds,
-                                                      random.Random(seed), drive_done=drive_done)
+        reference, streams, disconnects = run_clients(server.url, clients, seconds, random.Random(seed),
+                                                      drive_done=drive_done)
         result = check(streams, reference, answer.get("finals", {}))
         result.update(memory_verdict(samples))
         for key in ("memory_settled", "memory_end", "memory_peak"):
@@ -371,12 +349,6 @@ def soak(seconds: float = 60, clients: int = 100, seed: int = 1, log=print) -> d
         result["disconnects"] = disconnects
         result["seconds"] = seconds
         return {"name": "soak", **result}
-    finally:
-        try:
-            proc.stdin.write("quit\n")  # type: ignore[union-attr]
-            proc.wait(10)
-        except (OSError, subprocess.TimeoutExpired):
-            proc.kill()
 
 
 def memory_verdict(samples: list[tuple[float, int, bool]], tolerance: float = 0.10) -> dict:

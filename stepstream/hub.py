@@ -120,7 +120,7 @@ class Hub:
 
     async def _wait_after(self, seq: int) -> None:
         """Return once the store's seq has passed `seq`."""
-        while self.store.seq <= seq and not self.stopping:
+        while self.store.visible_seq <= seq and not self.stopping:
             assert self._new_data is not None
             await self._new_data.wait()
 
@@ -225,6 +225,7 @@ class Hub:
                     self.snapshots += 1
             if cursor is None:
                 cursor, chunk, settled = self._snapshot(request)
+                await self.wait_visible(cursor)
                 yield first + chunk
                 if settled:
                     return
@@ -242,6 +243,7 @@ class Hub:
                         cursor, chunk, settled = self._snapshot(request)
                     except NotFound:  # the job was evicted meanwhile
                         return
+                    await self.wait_visible(cursor)
                     yield chunk
                     if settled:
                         return
@@ -252,6 +254,14 @@ class Hub:
                     return
         finally:
             self.connections -= 1
+
+    async def wait_visible(self, seq: int) -> None:
+        """Return once `seq` is visible (durable, with a journal): nothing is shown that a crash
+        could take back."""
+        self._attach()
+        while self.store.visible_seq < seq and not self.stopping:
+            assert self._new_data is not None
+            await self._new_data.wait()
 
     def stop_streams(self) -> None:
         """End every open stream now, as a complete response (the server is shutting down).

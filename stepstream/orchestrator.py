@@ -12,12 +12,15 @@ import asyncio
 import inspect
 import json
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from . import params as params_rules
+from .journal import Journal
+from .journal.sqlite import SqliteJournal
 from .logs import current_job, install_logging_bridge
 from .model import InvalidParams, NotFound, StepstreamError
 from .state import Job, Store
@@ -112,14 +115,20 @@ class Orchestrator:
         capture_level: int | None = logging.INFO,
         max_params_depth: int = params_rules.DEFAULT_MAX_DEPTH,
         max_params_bytes: int = params_rules.DEFAULT_MAX_BYTES,
+        db: str | os.PathLike | None = None,
+        journal: Journal | None = None,
     ) -> None:
         for name, value in (("max_workers", max_workers), ("max_params_depth", max_params_depth),
                             ("max_params_bytes", max_params_bytes)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, not {value!r}")
-        self.store = Store(
-            replay_size=replay_size, max_finished=max_finished, max_logs_per_step=max_logs_per_step
-        )
+        if db is not None and journal is not None:
+            raise ValueError("give db= (a SQLite file) or journal=, not both")
+        if db is not None:
+            journal = SqliteJournal(db)
+        self._store_settings = {"replay_size": replay_size, "max_finished": max_finished,
+                                "max_logs_per_step": max_logs_per_step}
+        self.store = Store(**self._store_settings, journal=journal)
         self.max_workers = max_workers
         self.max_params_depth = max_params_depth
         self.max_params_bytes = max_params_bytes
@@ -129,6 +138,15 @@ class Orchestrator:
         self._loop_lock = threading.Lock()
         self.closed = threading.Event()  # set by shutdown()
         install_logging_bridge(capture_level)
+
+    def use_journal(self, journal: Journal) -> None:
+        """Keep history in `journal` (e.g. `SqliteJournal(path)`) from now on: for a command line
+        that chooses the storage of an orchestrator made elsewhere. Only before any job ran."""
+        if self.store.seq or self.store.visible_seq or self.closed.is_set():
+            raise StepstreamError("the storage can only be chosen before any job runs")
+        old = self.store
+        self.store = Store(**self._store_settings, journal=journal)
+        old.close()
 
     # ------------------------------------------------------------------ definitions
 
@@ -180,6 +198,7 @@ class Orchestrator:
             definition, [s.name for s in found.steps], json.loads(text), params_json=text, rerun_of=rerun_of
         )
         self._start_handler(first)
+        self.store.wait_visible(self.store.seq)  # acknowledged means durable
         return manager.id
 
     def rerun(self, job_id: str) -> str:
@@ -191,6 +210,7 @@ class Orchestrator:
     def delete(self, job_id: str) -> None:
         """Remove a finished manager job with everything in it. Conflict while it runs."""
         self.store.delete(job_id)
+        self.store.wait_visible(self.store.seq)
 
     def spawn(
         self,
@@ -214,7 +234,9 @@ class Orchestrator:
     def cancel(self, job_id: str) -> dict:
         """Cancel a running manager job; returns its snapshot."""
         self.store.cancel(job_id)
-        return self.store.snapshot(job_id)
+        snapshot = self.store.snapshot(job_id)
+        self.store.wait_visible(snapshot["seq"])  # acknowledged means durable
+        return snapshot
 
     # ------------------------------------------------------------------ reads
 
@@ -346,6 +368,7 @@ class Orchestrator:
                 self.store.abandon(manager_id, INTERRUPTED)
             except StepstreamError:
                 pass
+        self.store.close()  # what is left goes to the journal
         loop = self._loop
         if loop is not None:
             drained = asyncio.run_coroutine_threadsafe(_cancel_tasks(), loop)

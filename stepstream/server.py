@@ -17,6 +17,7 @@ from typing import Any
 
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -139,10 +140,17 @@ async def _json_body(request: Request) -> Any:
         raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
 
 
-def _created(request: Request, job_id: str) -> Response:
+async def _snapshot(request: Request, job_id: str) -> dict:
+    """The job's snapshot, once everything it shows is durable (with a journal)."""
+    snapshot = _orch(request).snapshot(job_id)
+    await _hub(request).wait_visible(snapshot["seq"])
+    return snapshot
+
+
+async def _created(request: Request, job_id: str) -> Response:
     """201 with the new job's snapshot; `Location` is a path (no Host header is echoed)."""
     location = request.url_for("job", job_id=job_id).path
-    return SafeJSONResponse(_orch(request).snapshot(job_id), status_code=201, headers={"Location": location})
+    return SafeJSONResponse(await _snapshot(request, job_id), status_code=201, headers={"Location": location})
 
 
 # ---------------------------------------------------------------- endpoints
@@ -182,29 +190,34 @@ async def create_job(request: Request) -> Response:
     if not isinstance(params, dict):
         raise ApiError(422, "invalid_body", "params must be a JSON object")
     try:
-        job_id = _orch(request).start(definition, params)
+        job_id = await run_in_threadpool(_orch(request).start, definition, params)  # it waits to be durable
     except NotFound as exc:
         raise ApiError(422, "unknown_definition", str(exc)) from None
-    return _created(request, job_id)
+    return await _created(request, job_id)
 
 
 async def list_jobs(request: Request) -> Response:
     _known_params(request, ("status", "definition", "q", "limit", "cursor"))
-    return SafeJSONResponse(_orch(request).jobs(
+    return SafeJSONResponse(await _visible(request, _orch(request).jobs(
         status=_choice_param(request, "status", STATUSES),
         definition=_text_param(request, "definition"),
         q=_text_param(request, "q"),
         limit=_limit(request, "jobs"),
         cursor=_int_param(request, "cursor", default=None, minimum=1),
-    ))
+    )))
+
+
+async def _visible(request: Request, answer: dict) -> dict:
+    await _hub(request).wait_visible(answer["seq"])
+    return answer
 
 
 async def get_job(request: Request) -> Response:
-    return SafeJSONResponse(_orch(request).snapshot(request.path_params["job_id"]))
+    return SafeJSONResponse(await _snapshot(request, request.path_params["job_id"]))
 
 
 async def delete_job(request: Request) -> Response:
-    _orch(request).delete(request.path_params["job_id"])
+    await run_in_threadpool(_orch(request).delete, request.path_params["job_id"])
     return Response(status_code=204)
 
 
@@ -220,11 +233,12 @@ async def children(request: Request) -> Response:
 
 
 async def cancel(request: Request) -> Response:
-    return SafeJSONResponse(_orch(request).cancel(request.path_params["job_id"]), status_code=202)
+    snapshot = await run_in_threadpool(_orch(request).cancel, request.path_params["job_id"])
+    return SafeJSONResponse(snapshot, status_code=202)
 
 
 async def rerun(request: Request) -> Response:
-    return _created(request, _orch(request).rerun(request.path_params["job_id"]))
+    return await _created(request, await run_in_threadpool(_orch(request).rerun, request.path_params["job_id"]))
 
 
 async def logs(request: Request) -> Response:

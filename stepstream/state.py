@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import collections
 import itertools
+import json
 import logging
 import secrets
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any
 
 from . import model, wire
+from .events import Event, Gone
+from .journal import Batch, Journal, Unsettled
 from .logs import LogBucket, Record, current_job, query
 from .model import (
     CANCELLED,
@@ -43,6 +47,8 @@ from .text import MAX_LOG_CHARS, bounded, clean, safe_str
 
 logger = logging.getLogger("stepstream")
 
+INTERRUPTED_BY_STOP = "interrupted: the server stopped while this job ran"
+
 _ids = itertools.count(1)
 _run_prefix = secrets.token_hex(3)  # ids stay unique across processes that share a client
 
@@ -65,7 +71,7 @@ class Job:
         "steps", "children", "cancelled", "settled", "current", "ordinal", "rerun_of", "end_seq",
         "params_json",
         # children
-        "fn", "args", "kwargs", "retries", "attempt", "depth",
+        "fn", "args", "kwargs", "retries", "attempt", "depth", "position",
     )  # fmt: skip
 
     def __init__(self, kind: str, name: str, created_at: float) -> None:
@@ -85,20 +91,6 @@ class Job:
 
     def progress(self) -> dict[str, int]:
         return progress_dict(self.total, self.counts)
-
-
-class Event:
-    """One entry of the replay ring. `key` names what a progress event may be merged with."""
-
-    __slots__ = ("seq", "type", "manager_id", "key", "data", "encoded")
-
-    def __init__(self, seq: int, type_: str, manager_id: str, key: str | None, data: dict) -> None:
-        self.seq = seq
-        self.type = type_
-        self.manager_id = manager_id
-        self.key = key
-        self.data = data
-        self.encoded: bytes | None = None  # filled once by the hub, shared by all connections
 
 
 class _Guard:
@@ -143,12 +135,29 @@ class _Guard:
         self.local.deferred.append((job_id, level, message))
 
 
+def _job_from(kind: str, data: dict) -> Job:
+    """A Job with the fields every kind has, from its JSON (as the journal keeps it)."""
+    name = data["name"] if kind != MANAGER else data["definition"]
+    job = Job(kind, name, _epoch(data.get("created_at")) or time.time())
+    job.id, job.status = data["id"], data["status"]
+    job.started_at, job.finished_at = _epoch(data.get("started_at")), _epoch(data.get("finished_at"))
+    job.error, job.traceback = data.get("error"), data.get("traceback")
+    return job
+
+
+def _epoch(text: str | None) -> float | None:
+    return datetime.fromisoformat(text).timestamp() if text else None
+
+
+def _bucket(cap: int, records: list[dict]) -> LogBucket:
+    bucket = LogBucket(cap)
+    for record in records:
+        bucket.append(record)
+    return bucket
+
+
 def _with_traceback(line: str, traceback: str | None) -> str:
     return f"{line}\n{traceback}" if traceback else line
-
-
-class Gone(Exception):
-    """The requested seq is no longer (or was never) in the replay ring."""
 
 
 class Store:
@@ -160,6 +169,7 @@ class Store:
         replay_size: int = 100_000,
         max_finished: int = 1000,
         max_logs_per_step: int = 20_000,
+        journal: Journal | None = None,
     ) -> None:
         if replay_size < 16 or max_finished < 1 or max_logs_per_step < 1:
             raise ValueError("replay_size >= 16, max_finished >= 1 and max_logs_per_step >= 1")
@@ -179,6 +189,171 @@ class Store:
         self._waiters = 0  # threads in wait(); skip notify_all() when there are none
         # Running totals for metrics: events by type, child transitions by status, log lines by level.
         self.counters: collections.Counter[str] = collections.Counter()
+        self._journal = journal
+        self._floor = 0  # events up to here were written by an earlier process: not in the ring
+        self._durable = 0  # the last seq the journal committed
+        self._durable_cond = threading.Condition(threading.Lock())
+        # Changes not yet handed to the journal (under the lock), and the writer thread.
+        self._unwritten: list[Event] = []
+        self._dirty_managers: dict[str, Job] = {}
+        self._dirty_children: dict[str, Job] = {}
+        self._deleted: list[str] = []
+        self._writer_wake = threading.Event()
+        self._closing = False
+        self._writer: threading.Thread | None = None
+        if journal is not None:
+            self._open_journal(journal)
+
+    # ------------------------------------------------------------------ the journal
+
+    def _open_journal(self, journal: Journal) -> None:
+        """Continue where the journal left off: its store id (event ids stay valid), its seq
+        and ordinals; jobs it holds unfinished are rebuilt and settled as interrupted, with
+        events like any change. Then the writer thread starts."""
+        loaded = journal.load(self.run_id, self.max_logs_per_step)
+        self.run_id = loaded.store_id
+        self._seq = self._floor = self._durable = loaded.seq
+        self._ordinals = itertools.count(loaded.ordinal + 1)
+        self._writer = threading.Thread(target=self._write_loop, name="stepstream-journal", daemon=True)
+        self._writer.start()
+        now = time.time()
+        for kept in loaded.unsettled:
+            with self._guard:
+                manager = self._rebuild(kept)
+                self._interrupt(manager, INTERRUPTED_BY_STOP, now)
+            self._notify()
+
+    def _rebuild(self, kept: Unsettled) -> Job:
+        """A manager job, its steps and children as the journal last wrote them; counts are
+        recounted from the children."""
+        data = kept.job
+        manager = _job_from(MANAGER, data)
+        manager.definition, manager.params = data["definition"], data.get("params", {})
+        manager.params_json = json.dumps(manager.params)
+        manager.rerun_of, manager.end_seq, manager.ordinal = data.get("rerun_of"), None, kept.ordinal
+        manager.manager, manager.step, manager.index = manager, None, None
+        manager.cancelled, manager.settled = data["status"] == CANCELLED, False
+        manager.log_count = data["log_count"]
+        manager.bucket = _bucket(self.max_logs_per_step, kept.logs.get(None, []))
+        manager.steps, manager.children, manager.current = [], [], 0
+        steps_by_id = {}
+        for index, step_data in enumerate(data["steps"]):
+            step = _job_from(STEP, step_data)
+            step.manager, step.step, step.parent_id, step.index = manager, step, manager.id, index
+            step.log_count = step_data["log_count"]
+            step.bucket = _bucket(self.max_logs_per_step, kept.logs.get(step.id, []))
+            step.handler_returned, step.handler_error, step.handler_traceback = False, None, None
+            manager.steps.append(step)
+            steps_by_id[step.id] = step
+            if step_data["name"] == data["current_step"]:
+                manager.current = index
+        for position, child_data in enumerate(kept.children):
+            child = _job_from(CHILD, child_data)
+            child.manager, child.step = manager, steps_by_id[child_data["step_id"]]
+            child.parent_id, child.depth, child.position = child_data["parent_id"], child_data["depth"], position
+            child.attempt, child.retries = child_data["attempt"], child_data["retries"]
+            child.fn, child.args, child.kwargs = None, (), {}
+            manager.children.append(child)
+            for counted in (child.step, manager):
+                counted.total += 1
+                counted.counts[SLOT[child.status]] += 1
+        self._jobs[manager.id] = self._managers[manager.id] = manager
+        for job in itertools.chain(manager.steps, manager.children):
+            self._jobs[job.id] = job
+        return manager
+
+    def _interrupt(self, manager: Job, reason: str, now: float) -> None:
+        """Settle a manager whose code is gone: running children fail, pending ones are
+        cancelled, its step's handler counts as having raised `reason`."""
+        step = manager.steps[manager.current]
+        for child in manager.children:
+            if child.status in (RUNNING, PENDING):
+                child.error = reason
+                new = FAILED if child.status == RUNNING and not manager.cancelled else CANCELLED
+                self._set_status(child, new, now)
+                self._emit_status(child)
+                if new == FAILED:
+                    self._append_log(child, "error", f"{child.name} failed: {reason}", now)
+        self._emit_progress(step)
+        if step.status == RUNNING:
+            step.handler_returned = True
+            step.handler_error = None if manager.cancelled else reason
+            self._append_log(step, "error", f"step {step.name}: {reason}", now)
+            self._maybe_finish_step(step, now)
+        if not manager.settled:  # e.g. the process stopped between the last step and its manager
+            if not model.is_terminal(manager.status):
+                manager.error = reason
+                self._skip_rest(manager, now)
+                self._set_status(manager, FAILED, now)
+                self._emit_status(manager)
+            self._settle(manager)
+
+    def _write_loop(self) -> None:
+        """The writer thread: hand each batch of changes to the journal (group commit: what
+        piles up during one commit goes into the next), then make it visible."""
+        while True:
+            self._writer_wake.wait()
+            self._writer_wake.clear()
+            with self._guard:
+                batch = self._take_batch()
+            if batch is not None:
+                try:
+                    self._journal.write(batch)  # type: ignore[union-attr]
+                except Exception:  # the changes stay unwritten; they go with the next batch
+                    logger.exception("stepstream: writing to the journal failed; retrying")
+                    with self._guard:
+                        self._requeue(batch)
+                    time.sleep(0.5)
+                    self._writer_wake.set()
+                    continue
+                with self._durable_cond:
+                    self._durable = max(self._durable, batch.last_seq)
+                    self._durable_cond.notify_all()
+                with self._guard:
+                    self._evict_finished()
+                self._call_listeners()
+            elif self._closing:
+                return
+
+    def _take_batch(self) -> Batch | None:
+        if not self._unwritten and not self._deleted:
+            return None
+        events, self._unwritten = self._unwritten, []
+        managers, self._dirty_managers = self._dirty_managers, {}
+        children, self._dirty_children = self._dirty_children, {}
+        deleted, self._deleted = self._deleted, []
+        return Batch(
+            events=events,
+            managers=[(m.id, m.ordinal, m.definition, m.status, m.settled, m.end_seq, wire.manager_json(m),
+                       [step.id for step in m.steps]) for m in managers.values()],
+            children=[(c.id, c.manager.id, c.step.id, c.position, c.status, wire.child_json(c))
+                      for c in children.values()],
+            deleted=deleted,
+        )
+
+    def _requeue(self, batch: Batch) -> None:
+        self._unwritten[:0] = batch.events
+        self._deleted[:0] = batch.deleted
+        for manager_id, *_ in batch.managers:
+            job = self._jobs.get(manager_id)
+            if job is not None:
+                self._dirty_managers.setdefault(manager_id, job)
+        for child_id, *_ in batch.children:
+            job = self._jobs.get(child_id)
+            if job is not None:
+                self._dirty_children.setdefault(child_id, job)
+
+    def close(self) -> None:
+        """Write what is left to the journal and close it. Idempotent."""
+        if self._journal is None or self._closing:
+            return
+        self._closing = True
+        self._writer_wake.set()
+        if self._writer is not None:
+            self._writer.join(30)
+        with self._durable_cond:
+            self._durable_cond.notify_all()
+        self._journal.close()
 
     # ------------------------------------------------------------------ events
 
@@ -195,6 +370,12 @@ class Store:
         return unsubscribe
 
     def _notify(self) -> None:
+        if self._journal is not None:
+            self._writer_wake.set()  # listeners hear of it once it is durable (_write_loop)
+            return
+        self._call_listeners()
+
+    def _call_listeners(self) -> None:
         for listener in self._listeners:
             try:
                 listener()
@@ -209,25 +390,51 @@ class Store:
     def seq(self) -> int:
         return self._seq
 
-    def _emit(self, type_: str, manager: Job, key: str | None, data: dict) -> None:
+    @property
+    def visible_seq(self) -> int:
+        """The last seq that may be shown: with a journal, the last durable one (so no client
+        ever sees a change that a crash could take back); without, the last one."""
+        return self._durable if self._journal is not None else self._seq
+
+    def wait_visible(self, seq: int, timeout: float | None = 30) -> bool:
+        """Block until `seq` is visible (durable); False on timeout."""
+        if self._journal is None or self._durable >= seq:
+            return True
+        with self._durable_cond:
+            return self._durable_cond.wait_for(lambda: self._durable >= seq or self._closing, timeout)
+
+    def _emit(self, type_: str, manager: Job | None, key: str | None, data: dict, manager_id: str = "") -> None:
         self._seq = seq = self._seq + 1
         self.counters[type_] += 1
         data["seq"] = seq
-        self._ring[seq % self.replay_size] = Event(seq, type_, manager.id, key, data)
+        event = Event(seq, type_, manager.id if manager is not None else manager_id, key, data)
+        self._ring[seq % self.replay_size] = event
+        if self._journal is not None:
+            self._unwritten.append(event)
+            if manager is not None:
+                self._dirty_managers[manager.id] = manager
 
     def events_after(self, after: int, limit: int = 10_000) -> tuple[list[Event], int]:
-        """Events with seq > `after` in seq order (at most `limit`) and the current seq.
-        Raises `Gone` if some of them already left the ring (or `after` is from the future)."""
+        """Visible events with seq > `after` in seq order (at most `limit`) and the last visible
+        seq. From the ring, or from the journal for older ones. Raises `Gone` if some of them are
+        no longer kept, or if `after` is from the future (another store)."""
         with self._guard:
-            last = self._seq
-            if after > last or after < last - self.replay_size:
+            last = self.visible_seq
+            if after > last:
                 raise Gone(after)
-            end = min(last, after + limit)
-            ring, size = self._ring, self.replay_size
-            return [ring[s % size] for s in range(after + 1, end + 1)], last  # type: ignore[misc]
+            if after >= max(self._seq - self.replay_size, self._floor):
+                end = min(last, after + limit)
+                ring, size = self._ring, self.replay_size
+                return [ring[s % size] for s in range(after + 1, end + 1)], last  # type: ignore[misc]
+        rows = self._journal.events_after(after, min(limit, last - after)) if self._journal is not None else None
+        if not rows:
+            raise Gone(after)
+        return [Event(seq, type_, manager_id, key, data) for seq, type_, manager_id, key, data in rows], last
 
     def _emit_status(self, job: Job) -> None:
         self._emit("job_status", job.manager, None, wire.status_event(job))
+        if job.kind == CHILD and self._journal is not None:
+            self._dirty_children[job.id] = job
 
     def _emit_progress(self, step: Job) -> None:
         manager = step.manager
@@ -347,6 +554,7 @@ class Store:
             child.fn, child.args, child.kwargs = fn, args, kwargs
             child.retries, child.attempt = retries, 1
             self._jobs[child.id] = child
+            child.position = len(manager.children)
             manager.children.append(child)
             for counted in (step, manager):
                 counted.total += 1
@@ -491,7 +699,15 @@ class Store:
         if self._waiters:
             self._cond.notify_all()
         self._finished.append(manager)
+        self._evict_finished()
+
+    def _evict_finished(self) -> None:
+        """Let go of the oldest finished managers beyond `max_finished`; with a journal, only
+        once their final state is durable (from then on they are read from the journal)."""
         while len(self._finished) > self.max_finished:
+            oldest = self._finished[0]
+            if self._journal is not None and (oldest.end_seq or 0) > self._durable:
+                return
             self._evict(self._finished.popleft())
 
     def _evict(self, manager: Job) -> None:
@@ -505,7 +721,11 @@ class Store:
         `ctx.cancelled`, later steps are skipped. Raises Conflict if it is already terminal."""
         now = time.time()
         with self._guard:
-            manager = self._get(job_id)
+            manager = self._held(job_id)
+            if manager is None:
+                kept = self._kept(job_id)  # finished long ago: only the journal holds it
+                raise Conflict(f"job {job_id} is already {kept['status']}") if kept["kind"] == MANAGER else \
+                    InvalidRequest(f"job {job_id} is a {kept['kind']} job; cancel its manager {kept['manager_id']}")
             if manager.kind != MANAGER:
                 raise InvalidRequest(f"job {job_id} is a {manager.kind} job; cancel its manager {manager.manager.id}")
             if model.is_terminal(manager.status):
@@ -564,6 +784,16 @@ class Store:
         except (KeyError, TypeError):
             raise NotFound(f"no job with id {job_id!r}") from None
 
+    def _delete_kept(self, job_id: str) -> None:
+        """Delete a finished manager that only the journal still holds."""
+        kept = self._journal.manager_of(job_id) if self._journal is not None and isinstance(job_id, str) else None
+        if kept is None or job_id in self._deleted:
+            raise NotFound(f"no job with id {job_id!r}")
+        if kept != job_id:
+            raise InvalidRequest(f"job {job_id} is not a manager job; use its manager {kept}")
+        self._emit("job_deleted", None, None, {"manager_id": job_id}, manager_id=job_id)
+        self._deleted.append(job_id)
+
     def _manager(self, job_id: str) -> Job:
         job = self._get(job_id)
         if job.kind != MANAGER:
@@ -573,22 +803,35 @@ class Store:
     def definition_and_params(self, job_id: str) -> tuple[str, dict]:
         """What a manager job was started with, to run it again."""
         with self._guard:
-            manager = self._manager(job_id)
-            return manager.definition, manager.params
+            if self._held(job_id) is not None:
+                manager = self._manager(job_id)
+                return manager.definition, manager.params
+        kept = self._kept(job_id)
+        if kept["kind"] != MANAGER:
+            raise InvalidRequest(f"job {job_id} is a {kept['kind']} job; use its manager {kept['manager_id']}")
+        return kept["definition"], kept["params"]
 
     def delete(self, job_id: str) -> None:
         """Remove a finished manager job with its steps, children and logs; announce it with a
         `job_deleted` event. Conflict while it runs."""
         with self._guard:
-            manager = self._manager(job_id)
-            if not manager.settled:
-                raise Conflict(f"job {job_id} is still {manager.status}; cancel it first")
-            self._emit("job_deleted", manager, None, {"manager_id": manager.id})
-            try:
-                self._finished.remove(manager)
-            except ValueError:
-                pass
-            self._evict(manager)
+            manager = self._jobs.get(job_id) if isinstance(job_id, str) else None
+            if manager is None:
+                self._delete_kept(job_id)
+            else:
+                if manager.kind != MANAGER:
+                    raise InvalidRequest(f"job {job_id} is a {manager.kind} job; use its manager {manager.manager.id}")
+                if not manager.settled:
+                    raise Conflict(f"job {job_id} is still {manager.status}; cancel it first")
+                self._emit("job_deleted", manager, None, {"manager_id": manager.id})
+                if self._journal is not None:
+                    self._dirty_managers.pop(manager.id, None)
+                    self._deleted.append(manager.id)
+                try:
+                    self._finished.remove(manager)
+                except ValueError:
+                    pass
+                self._evict(manager)
         self._notify()
 
     def get(self, job_id: str) -> Job:
@@ -598,7 +841,9 @@ class Store:
     def wait(self, job_id: str, timeout: float | None) -> dict:
         """Block until the job is finished (a manager: it and all its steps); its snapshot."""
         with self._guard:
-            job = self._get(job_id)
+            job = self._held(job_id)
+            if job is None:
+                return {"seq": self.visible_seq, "job": self._kept(job_id)}  # finished long ago
             done = (lambda: job.settled) if job.kind == MANAGER else (lambda: model.is_terminal(job.status))
             self._waiters += 1
             try:
@@ -611,7 +856,11 @@ class Store:
     def snapshot(self, job_id: str) -> dict:
         """`{"seq", "job"}`: the job as of that seq."""
         with self._guard:
-            return {"seq": self._seq, "job": self._job_json(self._get(job_id))}
+            job = self._held(job_id)
+            if job is not None:
+                return {"seq": self._seq, "job": self._job_json(job)}
+            seq = self.visible_seq
+        return {"seq": seq, "job": self._kept(job_id)}
 
     def stream_snapshot(self, manager_id: str | None, recent: int = 20) -> tuple[dict, bool]:
         """The first event of a stream: `{"seq", "jobs"}` for one manager, or for the running
@@ -620,27 +869,43 @@ class Store:
         with self._guard:
             now = iso(time.time())
             if manager_id is not None:
-                manager = self._manager(manager_id)
-                return {"seq": self._seq, "time": now, "jobs": [wire.manager_json(manager)]}, manager.settled
-            running = [m for m in self._managers.values() if not m.settled]
-            finished = list(itertools.islice(reversed(self._finished), recent))
-            jobs = sorted(running + finished, key=lambda m: m.ordinal, reverse=True)
-            return {"seq": self._seq, "time": now, "jobs": [wire.manager_json(m, params=False) for m in jobs]}, False
+                manager = self._held(manager_id)
+                if manager is None:
+                    seq = self.visible_seq
+                else:
+                    manager = self._manager(manager_id)
+                    return {"seq": self._seq, "time": now, "jobs": [wire.manager_json(manager)]}, manager.settled
+            else:
+                running = [m for m in self._managers.values() if not m.settled]
+                finished = list(itertools.islice(reversed(self._finished), recent))
+                jobs = sorted(running + finished, key=lambda m: m.ordinal, reverse=True)
+                summaries = [wire.manager_json(m, params=False) for m in jobs]
+                return {"seq": self._seq, "time": now, "jobs": summaries}, False
+        kept = self._kept(manager_id)
+        if kept["kind"] != MANAGER:
+            raise InvalidRequest(f"job {manager_id} is a {kept['kind']} job; watch its manager {kept['manager_id']}")
+        return {"seq": seq, "time": now, "jobs": [kept]}, True
 
     def ended_by(self, manager_id: str, seq: int) -> bool:
         """True if the manager's stream has nothing after `seq`: it had settled by then, or it is
         gone (deleted or evicted) so nothing will ever come."""
         with self._guard:
-            manager = self._jobs.get(manager_id)
-            if manager is None or manager.kind != MANAGER:
-                return manager is None
-            return manager.end_seq is not None and manager.end_seq <= seq
+            manager = self._held(manager_id)
+            if manager is not None:
+                return manager.kind == MANAGER and manager.end_seq is not None and manager.end_seq <= seq
+        end = self._journal.end_seq(manager_id) if self._journal is not None else None
+        return end is None or end <= seq
 
     def stats(self) -> dict:
         """Figures for metrics: the seq, managers by status, and the running totals."""
+        # With a journal: finished jobs as written there, unfinished ones as held in memory.
+        kept = self._journal.count_by_status() if self._journal is not None else {}
         with self._guard:
-            managers = collections.Counter(m.status for m in self._managers.values())
-            return {"seq": self._seq, "managers": dict(managers), "counters": dict(self.counters)}
+            held = collections.Counter(
+                m.status for m in self._managers.values() if self._journal is None or not m.settled
+            )
+            managers = dict(held + collections.Counter(kept))
+            return {"seq": self._seq, "managers": managers, "counters": dict(self.counters)}
 
     def running_managers(self) -> list[str]:
         with self._guard:
@@ -672,8 +937,20 @@ class Store:
                     next_cursor = page[-1].ordinal
                     break
                 page.append(manager)
-            jobs = [wire.manager_json(m, params=False) for m in page]
-            return {"seq": self._seq, "jobs": jobs, "next": next_cursor}
+            held = [(m.ordinal, wire.manager_json(m, params=False)) for m in page]
+            seq = self._seq
+        if self._journal is None:
+            return {"seq": seq, "jobs": [job for _, job in held], "next": next_cursor}
+        # Memory holds every unfinished job and the recent finished ones; the journal all the
+        # finished ones. Merge by ordinal, memory winning.
+        kept = self._journal.list_managers(status=status, definition=definition, q=q, before_ordinal=cursor,
+                                           limit=limit + 1)
+        merged = dict(sorted(((o, j) for o, j in kept + held), key=lambda pair: pair[0]))
+        merged.update(held)
+        ordinals = sorted(merged, reverse=True)
+        page_ordinals = ordinals[:limit]
+        jobs = [{k: v for k, v in merged[o].items() if k != "params"} for o in page_ordinals]
+        return {"seq": seq, "jobs": jobs, "next": page_ordinals[-1] if len(ordinals) > limit else None}
 
     def children(
         self,
@@ -685,7 +962,9 @@ class Store:
     ) -> dict:
         """Children of a manager or step in creation order; `cursor` is a position."""
         with self._guard:
-            job = self._get(job_id)
+            job = self._held(job_id)
+            if job is None:
+                return self._kept_children(job_id, step, status, limit, cursor)
             if job.kind == CHILD:
                 raise InvalidRequest(f"job {job_id} is a child job; list children of its step or manager")
             step_job = job if job.kind == STEP else (self._step_named(job, step) if step else None)
@@ -715,9 +994,11 @@ class Store:
         before: int | None = None,
     ) -> dict:
         """Log lines of a manager (all of it), a step (it and its children) or a child."""
-        model.level_rank(level)
+        rank = model.level_rank(level)
         with self._guard:
-            job = self._get(job_id)
+            job = self._held(job_id)
+            if job is None:
+                return self._kept_logs(job_id, step, rank, after, limit, before)
             only_job = None
             if job.kind == MANAGER:
                 if step is not None:
@@ -732,6 +1013,59 @@ class Store:
             records, next_cursor = query(buckets, after=after, before=before, min_level=level,
                                          job_id=only_job, limit=limit)
             return {"logs": records, "next": next_cursor}
+
+    # ------------------------------------------------------------------ reads of finished jobs kept only in the journal
+
+    def _held(self, job_id: object) -> Job | None:
+        return self._jobs.get(job_id) if isinstance(job_id, str) else None
+
+    def _kept(self, job_id: str) -> dict:
+        """The JSON of a job that memory let go of (finished), from the journal; NotFound."""
+        manager_id = self._journal.manager_of(job_id) if self._journal is not None and isinstance(job_id, str) else None
+        manager = self._journal.manager(manager_id) if manager_id is not None else None  # type: ignore[union-attr]
+        if manager is None:
+            raise NotFound(f"no job with id {job_id!r}")
+        if manager_id == job_id:
+            return manager
+        for step in manager["steps"]:
+            if step["id"] == job_id:
+                return wire.step_as_job(step, manager)
+        child = self._journal.child(job_id)  # type: ignore[union-attr]
+        if child is None:
+            raise NotFound(f"no job with id {job_id!r}")
+        return child
+
+    def _kept_step(self, job_id: str, step: str | None) -> tuple[dict, str | None]:
+        """(the job's JSON, the id of the step it names or is in, or None for a whole manager)."""
+        job = self._kept(job_id)
+        if job["kind"] == MANAGER:
+            if step is None:
+                return job, None
+            for candidate in job["steps"]:
+                if candidate["name"] == step:
+                    return job, candidate["id"]
+            raise NotFound(f"job {job_id} has no step {step!r}")
+        if step is not None and step != job["step_name"]:
+            raise InvalidRequest(f"job {job_id} belongs to step {job['step_name']!r}, not {step!r}")
+        return job, job["step_id"]
+
+    def _kept_children(self, job_id: str, step: str | None, status: str | None, limit: int, cursor: int) -> dict:
+        job, step_id = self._kept_step(job_id, step)
+        if job["kind"] == CHILD:
+            raise InvalidRequest(f"job {job_id} is a child job; list children of its step or manager")
+        children, next_cursor = self._journal.children(  # type: ignore[union-attr]
+            job["manager_id"] if job["kind"] != MANAGER else job_id, step_id=step_id, status=status,
+            cursor=cursor, limit=limit)
+        return {"children": children, "next": next_cursor}
+
+    def _kept_logs(self, job_id: str, step: str | None, rank: int, after: int, limit: int,
+                   before: int | None) -> dict:
+        job, step_id = self._kept_step(job_id, step)
+        manager_id = job_id if job["kind"] == MANAGER else job["manager_id"]
+        records, next_cursor = self._journal.logs(  # type: ignore[union-attr]
+            manager_id, step_id=step_id, job_id=job_id if job["kind"] == CHILD else None, min_rank=rank,
+            after=after, before=before, limit=limit)
+        return {"logs": records, "next": next_cursor}
 
     def _step_named(self, manager: Job, name: str) -> Job:
         for step in manager.manager.steps:

@@ -50,10 +50,14 @@ def job_json(job: Any) -> dict:
     if job.kind == MANAGER:
         return manager_json(job)
     if job.kind == STEP:
-        return {**step_json(job), "kind": STEP, "manager_id": job.manager.id, "step_id": job.id,
-                "step_name": job.name, "parent_id": job.manager.id,
-                "definition": job.manager.definition}  # fmt: skip
+        return step_as_job(step_json(job), {"id": job.manager.id, "definition": job.manager.definition})
     return child_json(job)
+
+
+def step_as_job(step: dict, manager: dict) -> dict:
+    """A step's JSON (as in its manager's `steps`) as `GET /api/jobs/{step_id}` shows it."""
+    return {**step, "kind": STEP, "manager_id": manager["id"], "step_id": step["id"], "step_name": step["name"],
+            "parent_id": manager["id"], "definition": manager["definition"]}
 
 
 def status_event(job: Any) -> dict:
