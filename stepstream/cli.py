@@ -13,15 +13,18 @@ import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 import uvicorn
 
 from . import __version__, demo
+from .journal.sqlite import SchemaError, SqliteJournal
 from .loader import LoadError, load_orchestrator
 from .model import StepstreamError
 from .orchestrator import Orchestrator
@@ -29,6 +32,8 @@ from .orchestrator import Orchestrator
 LOOPBACK_HOSTS = ["localhost", "127.0.0.1", "::1", "[::1]"]
 WILDCARD_HOSTS = {"", "0.0.0.0", "::"}
 TOKEN_ENV = "STEPSTREAM_TOKEN"
+DB_ENV = "STEPSTREAM_DB"
+DEFAULT_DB = "stepstream.db"
 WIDTH = 80  # columns of `run`'s step lines
 
 
@@ -80,6 +85,16 @@ def json_object(text: str) -> dict:
     return value
 
 
+def positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number above 0, not {text!r}")
+    return value
+
+
 def token(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
@@ -109,6 +124,14 @@ def _parser() -> argparse.ArgumentParser:
                        help="a Host name clients may use besides localhost and loopback addresses (repeatable)")
     serve.add_argument("--workers", type=positive_int, metavar="N",
                        help="worker threads of the built-in orchestrator, without APP (default 8)")
+    storage = serve.add_mutually_exclusive_group()
+    storage.add_argument("--db", metavar="PATH",
+                         help=f"the SQLite file that keeps the history (default: ${DB_ENV}, else ./{DEFAULT_DB})")
+    storage.add_argument("--memory", action="store_true", help="keep nothing: history lives in memory only")
+    serve.add_argument("--retain", type=positive_int, metavar="N",
+                       help="finished jobs kept in the database, the newest N (default: all)")
+    serve.add_argument("--retain-days", type=positive_number, metavar="D",
+                       help="finished jobs kept in the database, those of the last D days (default: all)")
     serve.add_argument("--size", type=positive_int, metavar="N",
                        help="size of the demo jobs started with --demo (default 60)")
 
@@ -226,11 +249,33 @@ def _serve_orchestrator(args: argparse.Namespace) -> Orchestrator:
         if clash:
             raise CliError(f"--demo would redefine {', '.join(clash)}, already defined by {args.app}")
         demo.register(orch)
+    _choose_storage(orch, args)
     if not orch.definitions():
         what = f"{args.app} defines" if args.app else "no APP given:"
         print(f"stepstream: warning: {what} no job definitions; serving anyway (nothing can be started)",
               file=sys.stderr)
     return orch
+
+
+def _choose_storage(orch: Orchestrator, args: argparse.Namespace) -> None:
+    """The history goes where the command line says: a SQLite file by default, memory with
+    --memory. An APP's orchestrator that already has a journal keeps it unless told otherwise."""
+    if (args.retain or args.retain_days) and args.memory:
+        raise CliError("--retain and --retain-days keep jobs in a database; they do not go with --memory")
+    if args.memory or (orch.journal is not None and args.db is None):
+        return
+    path = Path(args.db or os.environ.get(DB_ENV) or DEFAULT_DB)
+    try:
+        journal = SqliteJournal(path, retain_jobs=args.retain, retain_days=args.retain_days)
+    except (OSError, sqlite3.Error, SchemaError) as exc:
+        raise CliError(f"cannot open the database {path}: {exc}") from None
+    try:
+        orch.use_journal(journal)
+    except StepstreamError as exc:
+        journal.close()
+        raise CliError(f"--db: {exc}") from None
+    held = orch.jobs(limit=1)["jobs"]
+    print(f"stepstream: history in {path.resolve()}" + ("" if held else " (new)"), file=sys.stderr)
 
 
 def _load(spec: str) -> Orchestrator:

@@ -14,10 +14,10 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Iterable
-from http.cookies import SimpleCookie
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from starlette.datastructures import Headers
+from starlette.requests import cookie_parser
 from starlette.responses import RedirectResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -74,11 +74,11 @@ class RequestGuard:
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
-        refused = self._refusal(scope)
-        if refused is not None:
-            await refused(scope, receive, send_with_headers)
-            return
         try:
+            refused = self._refusal(scope)
+            if refused is not None:
+                await refused(scope, receive, send_with_headers)
+                return
             await self.app(scope, receive, send_with_headers)
         except Exception:
             if started:
@@ -102,7 +102,7 @@ class RequestGuard:
             origin = headers.get("origin")
             if site is not None and site not in ("same-origin", "none"):
                 return error_response(403, "cross_site", f"cross-site requests may not change anything ({site})")
-            if origin is not None and (origin == "null" or urlsplit(origin).netloc.lower() != host.lower()):
+            if origin is not None and _netloc(origin) != host.lower():
                 return error_response(403, "cross_site", "requests from another origin may not change anything")
             length = headers.get("content-length", "0")
             has_body = headers.get("transfer-encoding") is not None or length not in ("", "0")
@@ -115,23 +115,21 @@ class RequestGuard:
     def _token_refusal(self, scope: Scope, headers: Headers):
         token = self.token
         assert token is not None
-        auth = headers.get("authorization", "")
-        if auth[:7].lower() == "bearer " and hmac.compare_digest(auth[7:].strip().encode(), token.encode()):
-            return None
-        cookie = SimpleCookie()
-        try:
-            cookie.load(headers.get("cookie", ""))
-        except Exception:  # noqa: BLE001 - a malformed cookie header is just no cookie
-            pass
-        if COOKIE in cookie and hmac.compare_digest(cookie[COOKIE].value.encode(), token.encode()):
-            return None
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         given = [v for k, v in query if k == "token"]
-        if scope["method"] == "GET" and given and hmac.compare_digest(given[-1].encode(), token.encode()):
-            # Opening a link with ?token= once: keep the token in an HttpOnly cookie, drop it from the URL.
+        if scope["method"] == "GET" and given and _same(given[-1], token):
+            # Opening a link with ?token=: keep the token in an HttpOnly cookie, drop it from the URL
+            # (also when a credential is already there, so the token never stays on screen).
             rest = urlencode([(k, v) for k, v in query if k != "token"])
             location = scope["path"] + (f"?{rest}" if rest else "")  # the full path, mount prefix included
             return _redirect_with_cookie(location, token, f"{scope.get('root_path', '')}/")
+        auth = headers.get("authorization", "")
+        if auth[:7].lower() == "bearer " and _same(auth[7:].strip(), token):
+            return None
+        # Starlette's parser is lenient like browsers: another app's odd cookie on this host
+        # (cookies ignore ports) does not hide ours.
+        if _same(cookie_parser(headers.get("cookie", "")).get(COOKIE, ""), token):
+            return None
         return error_response(
             401, "unauthorized",
             "a token is needed: Authorization: Bearer <token>, or open the page with ?token=<token>",
@@ -139,7 +137,23 @@ class RequestGuard:
         )
 
 
+def _same(given: str, token: str) -> bool:
+    return hmac.compare_digest(given.encode("utf-8", "replace"), token.encode("utf-8", "replace"))
+
+
+def _netloc(origin: str) -> str | None:
+    """The host[:port] of an Origin header; None for `null` or anything unparsable."""
+    try:
+        netloc = urlsplit(origin).netloc.lower()
+    except ValueError:
+        return None
+    return netloc or None
+
+
 def _redirect_with_cookie(location: str, token: str, path: str) -> RedirectResponse:
+    # SameSite=Lax, not Strict: the printed link is often opened from another site (a chat, a
+    # ticket), and a Strict cookie set on that navigation is not sent on its redirect. Lax lets
+    # no other site change anything: every mutation is checked for Sec-Fetch-Site and Origin.
     response = RedirectResponse(location, status_code=303)
-    response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path=path)
+    response.set_cookie(COOKIE, token, httponly=True, samesite="lax", path=path)
     return response

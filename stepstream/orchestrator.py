@@ -139,6 +139,11 @@ class Orchestrator:
         self.closed = threading.Event()  # set by shutdown()
         install_logging_bridge(capture_level)
 
+    @property
+    def journal(self) -> Journal | None:
+        """Where the history is kept; None: in memory only."""
+        return self.store.journal
+
     def use_journal(self, journal: Journal) -> None:
         """Keep history in `journal` (e.g. `SqliteJournal(path)`) from now on: for a command line
         that chooses the storage of an orchestrator made elsewhere. Only before any job ran."""

@@ -292,7 +292,8 @@ class Store:
         """The writer thread: hand each batch of changes to the journal (group commit: what
         piles up during one commit goes into the next), then make it visible."""
         while True:
-            self._writer_wake.wait()
+            if not self._closing:
+                self._writer_wake.wait()
             self._writer_wake.clear()
             with self._guard:
                 batch = self._take_batch()
@@ -389,6 +390,10 @@ class Store:
     @property
     def seq(self) -> int:
         return self._seq
+
+    @property
+    def journal(self) -> Journal | None:
+        return self._journal
 
     @property
     def visible_seq(self) -> int:

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import os
 import pty
-import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -23,8 +21,8 @@ import pytest
 import stepstream
 from stepstream import demo
 from tests.live import sse_events
+from tests.processes import Served, base_of, cli_env, stepstream_cli
 
-ROOT = Path(__file__).resolve().parents[1]
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 MYJOBS = '''
@@ -80,88 +78,11 @@ def needs_an_argument(x):
 '''
 
 
-def cli_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("STEPSTREAM_TOKEN", "COLUMNS")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-def stepstream_cli(*args: str, cwd: Path, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "stepstream", *args], cwd=cwd, env=cli_env(**env),
-                          capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A directory holding the user's own job module, `myjobs.py`."""
     (tmp_path / "myjobs.py").write_text(MYJOBS)
     return tmp_path
-
-
-class Served:
-    """`stepstream serve ...` in a subprocess, its stderr read line by line as it comes."""
-
-    def __init__(self, *args: str, cwd: Path, **env: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "stepstream", "serve", *args], cwd=cwd,
-                                     env=cli_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True)
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._pump = threading.Thread(target=self._read, daemon=True)
-        self._pump.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            self._queue.put(line)
-        self._queue.put(None)
-
-    def wait_for(self, text: str, timeout: float = 30) -> str:
-        """The first coming line of stderr that contains `text`."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"no {text!r} on stderr within {timeout}s: {self.stderr()!r}") from None
-            if line is None:
-                raise AssertionError(f"exited ({self.proc.wait()}) before {text!r}: {self.stderr()!r}")
-            if text in line:
-                return line
-
-    def url(self) -> str:
-        """The URL of the `serving on` line, once the server says it listens."""
-        line = self.wait_for("serving on ")
-        match = re.search(r"serving on (http://\S+)", line)
-        assert match, line
-        return match.group(1)
-
-    def interrupt(self, timeout: float = 10) -> tuple[int, float]:
-        """Ctrl+C: the exit status and the seconds it took to exit."""
-        sent = time.monotonic()
-        self.proc.send_signal(signal.SIGINT)
-        code = self.proc.wait(timeout)
-        return code, time.monotonic() - sent
-
-    def stderr(self) -> str:
-        if self.proc.poll() is not None:
-            self._pump.join(5)
-        return "".join(self.lines)
-
-    def __enter__(self) -> Served:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-def base_of(url: str) -> str:
-    return url.split("?", 1)[0].rstrip("/")
 
 
 def run_to_end(client: httpx.Client, base: str, definition: str, params: dict | None = None) -> dict:
