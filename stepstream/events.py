@@ -2,20 +2,42 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Protocol
+
 
 class Event:
     """One change. `key` names what a progress event may be merged with (latest wins)."""
 
-    __slots__ = ("seq", "type", "manager_id", "key", "data", "encoded")
+    __slots__ = ("seq", "type", "manager_id", "key", "data")
 
     def __init__(self, seq: int, type_: str, manager_id: str, key: str | None, data: dict) -> None:
         self.seq = seq
         self.type = type_
         self.manager_id = manager_id
         self.key = key
-        self.data = data
-        self.encoded: bytes | None = None  # the SSE bytes, made once by the hub and shared by all connections
+        self.data = data  # never changed once emitted
 
 
 class Gone(Exception):
     """The requested seq is no longer kept (or was never written)."""
+
+
+class EventSource(Protocol):
+    """What the stream hub needs of a store: ids, the seq, wake-ups, events and snapshots."""
+
+    run_id: str
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def visible_seq(self) -> int: ...
+
+    def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]: ...
+
+    def events_after(self, after: int, limit: int = ...) -> tuple[list[Event], int]: ...
+
+    def stream_snapshot(self, manager_id: str | None, recent: int = ...) -> tuple[dict, bool]: ...
+
+    def ended_by(self, manager_id: str, seq: int) -> bool: ...

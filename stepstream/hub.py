@@ -10,14 +10,16 @@ See docs/architecture.md for who wakes and who cancels whom.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 from .encoding import dumps
+from .events import Event, EventSource, Gone
 from .model import NotFound
-from .state import Event, Gone, Store
 
 MERGEABLE = frozenset({"step_progress", "job_progress"})
 ENDING = frozenset({"end", "job_deleted"})  # after these a `?job=` stream has nothing more
@@ -44,7 +46,7 @@ class Hub:
 
     def __init__(
         self,
-        store: Store,
+        store: EventSource,
         *,
         min_interval: float = 0.01,
         max_interval: float = 0.05,
@@ -64,7 +66,9 @@ class Hub:
         self._last_wake = 0.0
         self._lock = threading.Lock()
         self._reads: dict[tuple, tuple[list[bytes], int, bool]] = {}
-        self._unsubscribe = store.subscribe(self._on_change)
+        self._encoded: OrderedDict[int, bytes] = OrderedDict()  # seq -> SSE bytes, shared by connections
+        self._listening = 0  # streams and waiters that need the store's wake-ups
+        self._unsubscribe: Callable[[], None] | None = None
         self.connections = 0
         self.merged = 0  # progress events left out of batches because a later one superseded them
         self.snapshots = 0  # snapshots sent to connections that resumed too late or fell behind
@@ -81,6 +85,23 @@ class Hub:
                 self._new_data = asyncio.Event()
                 self._wake_scheduled = False
                 self.stopping = False  # a server started again in this process streams again
+
+    @contextlib.contextmanager
+    def _subscribed(self) -> Iterator[None]:
+        """Hear of the store's changes while at least one stream or waiter needs to; the
+        subscription ends with the last of them, whatever way it ends."""
+        with self._lock:
+            if self._listening == 0:
+                self._unsubscribe = self.store.subscribe(self._on_change)
+            self._listening += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._listening -= 1
+                if self._listening == 0 and self._unsubscribe is not None:
+                    self._unsubscribe()
+                    self._unsubscribe = None
 
     def _on_change(self) -> None:
         """Called by the store after every change, from whichever thread made it."""
@@ -139,10 +160,15 @@ class Hub:
     def event_id(self, seq: int) -> str:
         return f"{self.store.run_id}-{seq}"
 
-    def _encoded(self, event: Event) -> bytes:
-        if event.encoded is None:  # once per event, shared by every connection
-            event.encoded = encode(self.event_id(event.seq), event.type, event.data)
-        return event.encoded
+    def _encoding(self, event: Event) -> bytes:
+        """The event's SSE bytes, made once and shared by every connection that sends it (the
+        cache keeps the latest `2 * batch_events`; a reader further behind encodes again)."""
+        piece = self._encoded.get(event.seq)
+        if piece is None:
+            piece = self._encoded[event.seq] = encode(self.event_id(event.seq), event.type, event.data)
+            if len(self._encoded) > 2 * self.batch_events:
+                self._encoded.popitem(last=False)
+        return piece
 
     def _snapshot(self, request: StreamRequest) -> tuple[int, bytes, bool]:
         snap, settled = self.store.stream_snapshot(request.manager_id)
@@ -197,7 +223,7 @@ class Hub:
         pieces: list[bytes] = []
         size = 0
         for event in selected:
-            piece = self._encoded(event)
+            piece = self._encoding(event)
             pieces.append(piece)
             size += len(piece)
             if size >= self.chunk_bytes:
@@ -213,6 +239,11 @@ class Hub:
     async def stream(self, request: StreamRequest) -> AsyncIterator[bytes]:
         """The bytes of one SSE connection: a snapshot (or a resume), then every change."""
         self._attach()
+        with self._subscribed():
+            async for chunk in self._stream(request):
+                yield chunk
+
+    async def _stream(self, request: StreamRequest) -> AsyncIterator[bytes]:
         self.connections += 1
         try:
             first = f"retry: {self.retry_ms}\n\n".encode()
@@ -258,10 +289,13 @@ class Hub:
     async def wait_visible(self, seq: int) -> None:
         """Return once `seq` is visible (durable, with a journal): nothing is shown that a crash
         could take back."""
+        if self.store.visible_seq >= seq:
+            return
         self._attach()
-        while self.store.visible_seq < seq and not self.stopping:
-            assert self._new_data is not None
-            await self._new_data.wait()
+        with self._subscribed():
+            while self.store.visible_seq < seq and not self.stopping:
+                assert self._new_data is not None
+                await self._new_data.wait()
 
     def stop_streams(self) -> None:
         """End every open stream now, as a complete response (the server is shutting down).
@@ -270,5 +304,4 @@ class Hub:
         if self._new_data is not None:
             self._new_data.set()
 
-    def close(self) -> None:
-        self._unsubscribe()
+

@@ -11,7 +11,7 @@ import contextvars
 import heapq
 import logging
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from typing import Any
 
@@ -19,10 +19,11 @@ from .model import LEVEL_RANK
 
 Record = dict[str, Any]
 
-# Set while a job's code runs: (store, job_id). Read by the `logging` bridge.
-current_job: contextvars.ContextVar[tuple[Any, str] | None] = contextvars.ContextVar(
-    "stepstream_current_job", default=None
-)
+LogSink = Callable[[str, str], object]  # (level, message): stores a line in one job's log
+
+# Set while a job's code runs: where its log lines go. Read by the `logging` bridge, which so
+# needs nothing of the store.
+current_job: contextvars.ContextVar[LogSink | None] = contextvars.ContextVar("stepstream_current_job", default=None)
 
 
 def _seq(record: Record) -> int:
@@ -119,12 +120,11 @@ class JobLogHandler(logging.Handler):
     """Stores records logged while a job runs in that job's log; ignores all others."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        current = current_job.get()
-        if current is None:
+        sink = current_job.get()
+        if sink is None:
             return
-        store, job_id = current
         try:
-            store.log(job_id, level_name(record.levelno), self.format(record))
+            sink(level_name(record.levelno), self.format(record))
         except Exception:  # a job evicted or finished mid-call must not break the caller
             self.handleError(record)
 

@@ -9,6 +9,7 @@ what to run next (a retry, the next step's handler).
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import logging
@@ -297,7 +298,7 @@ class Orchestrator:
         attempt = self._begin(job)
         if attempt is None:
             return  # cancelled before a worker took it
-        token = current_job.set((self.store, job.id))
+        token = current_job.set(functools.partial(self.store.log, job.id))
         try:
             args, kwargs = self._arguments(job)
             fn(JobContext(self, job, attempt), *args, **kwargs)
@@ -312,7 +313,7 @@ class Orchestrator:
         attempt = self._begin(job)
         if attempt is None:
             return
-        current_job.set((self.store, job.id))  # each task runs in its own copy of the context
+        current_job.set(functools.partial(self.store.log, job.id))  # each task has its own copy of the context
         try:
             args, kwargs = self._arguments(job)
             await fn(JobContext(self, job, attempt), *args, **kwargs)

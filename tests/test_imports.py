@@ -4,8 +4,10 @@ import json
 import subprocess
 import sys
 
-CORE = ["stepstream", "stepstream.model", "stepstream.state", "stepstream.orchestrator",
-        "stepstream.logs", "stepstream.demo"]
+CORE = ["stepstream", "stepstream.model", "stepstream.events", "stepstream.wire", "stepstream.state",
+        "stepstream.journal", "stepstream.journal.sqlite", "stepstream.orchestrator", "stepstream.logs",
+        "stepstream.workers", "stepstream.params", "stepstream.text", "stepstream.encoding",
+        "stepstream.loader", "stepstream.demo"]
 
 
 def test_core_modules_import_only_the_standard_library():

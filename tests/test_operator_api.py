@@ -65,7 +65,8 @@ def test_jobs_are_found_by_status_definition_and_id_prefix_and_paged(orch, clien
     assert [j["id"] for j in first["jobs"] + second["jobs"] + third["jobs"]] == ids[::-1]
     assert third["next"] is None
     unknown = client.get("/api/jobs", params={"sort": "name"})
-    assert unknown.status_code == 400 and "known: status, definition, q, limit, cursor" in unknown.json()["error"]["message"]
+    assert unknown.status_code == 400
+    assert "known: status, definition, q, limit, cursor" in unknown.json()["error"]["message"]
 
 
 def test_a_failure_carries_its_traceback_in_the_api_and_in_the_step_log(orch, client):
