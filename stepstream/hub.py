@@ -17,19 +17,13 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
-from .encoding import dumps
+from . import sse
 from .events import Event, EventSource, Gone
 from .model import NotFound
+from .sse import encode
 
 MERGEABLE = frozenset({"step_progress", "job_progress"})
 ENDING = frozenset({"end", "job_deleted"})  # after these a `?job=` stream has nothing more
-_MAX_SEQ_DIGITS = 18  # a seq that could ever be real; a longer one is not worth parsing
-
-
-def encode(event_id: str, type_: str, data: dict) -> bytes:
-    """One SSE event: `id:`, `event:` and a single `data:` line of JSON. Never raises: the
-    encoder repairs what strict JSON cannot carry, and JSON text holds no raw newline."""
-    return f"id: {event_id}\nevent: {type_}\ndata: {dumps(data)}\n\n".encode()
 
 
 @dataclass(frozen=True)
@@ -150,15 +144,10 @@ class Hub:
     def parse_last_event_id(self, value: str | None) -> int | None:
         """The seq of a Last-Event-ID from this run of the server, or None (fresh snapshot) for
         anything else: another run's id, garbage, a seq of absurd length or non-ASCII digits."""
-        if not value:
-            return None
-        run_id, _, seq = value.strip().rpartition("-")
-        if run_id != self.store.run_id or not (seq.isascii() and seq.isdigit()) or len(seq) > _MAX_SEQ_DIGITS:
-            return None
-        return int(seq)
+        return sse.parse_event_id(value, self.store.run_id)
 
     def event_id(self, seq: int) -> str:
-        return f"{self.store.run_id}-{seq}"
+        return sse.event_id(self.store.run_id, seq)
 
     def _encoding(self, event: Event) -> bytes:
         """The event's SSE bytes, made once and shared by every connection that sends it (the

@@ -1,4 +1,4 @@
-"""Log records, their bounded storage per step, and the bridge from standard `logging`.
+"""Log records and their bounded storage per step (the bridge from `logging` is `logbridge`).
 
 A log line is stored once, in the bucket of the step it belongs to (a manager has one bucket of
 its own for lines not inside any step). A step's query reads its bucket; a manager's query merges
@@ -7,23 +7,15 @@ its buckets by seq; a child's query filters its step's bucket by job id.
 
 from __future__ import annotations
 
-import contextvars
 import heapq
-import logging
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
 
 from .model import LEVEL_RANK
 
 Record = dict[str, Any]
-
-LogSink = Callable[[str, str], object]  # (level, message): stores a line in one job's log
-
-# Set while a job's code runs: where its log lines go. Read by the `logging` bridge, which so
-# needs nothing of the store.
-current_job: contextvars.ContextVar[LogSink | None] = contextvars.ContextVar("stepstream_current_job", default=None)
 
 
 def _seq(record: Record) -> int:
@@ -103,49 +95,3 @@ def query(
     if not more or not out:
         return out, None
     return out, out[0]["seq"] if backwards else out[-1]["seq"]
-
-
-_LEVEL_NAMES = ((logging.ERROR, "error"), (logging.WARNING, "warning"), (logging.INFO, "info"))
-
-
-def level_name(levelno: int) -> str:
-    """Map a `logging` level number onto stepstream's four levels."""
-    for threshold, name in _LEVEL_NAMES:
-        if levelno >= threshold:
-            return name
-    return "debug"
-
-
-class JobLogHandler(logging.Handler):
-    """Stores records logged while a job runs in that job's log; ignores all others."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        sink = current_job.get()
-        if sink is None:
-            return
-        try:
-            sink(level_name(record.levelno), self.format(record))
-        except Exception:  # a job evicted or finished mid-call must not break the caller
-            self.handleError(record)
-
-
-_handler_installed = False
-
-
-def install_logging_bridge(capture_level: int | None) -> None:
-    """Attach the bridge to the root logger once per process.
-
-    With `capture_level` set, the root logger's level is lowered to it if it is higher, so that
-    e.g. `logging.info` inside a job is not dropped before any handler sees it.
-    """
-    global _handler_installed
-    if capture_level is None:
-        return
-    root = logging.getLogger()
-    if not _handler_installed:
-        handler = JobLogHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        root.addHandler(handler)
-        _handler_installed = True
-    if root.level == logging.NOTSET or root.level > capture_level:
-        root.setLevel(capture_level)

@@ -22,7 +22,7 @@ from typing import Any
 from . import params as params_rules
 from .journal import Journal
 from .journal.sqlite import SqliteJournal
-from .logs import current_job, install_logging_bridge
+from .logbridge import current_job, install_logging_bridge
 from .model import InvalidParams, NotFound, StepstreamError
 from .state import Job, Store
 from .text import describe, safe_str

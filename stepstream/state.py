@@ -24,7 +24,8 @@ from typing import Any
 from . import model, wire
 from .events import Event, Gone
 from .journal import Batch, Journal, Unsettled
-from .logs import LogBucket, Record, current_job, query
+from .logbridge import current_job
+from .logs import LogBucket, Record, query
 from .model import (
     CANCELLED,
     CHILD,
@@ -883,9 +884,19 @@ class Store:
             else:
                 running = [m for m in self._managers.values() if not m.settled]
                 finished = list(itertools.islice(reversed(self._finished), recent))
-                jobs = sorted(running + finished, key=lambda m: m.ordinal, reverse=True)
-                summaries = [wire.manager_json(m, params=False) for m in jobs]
-                return {"seq": self._seq, "time": now, "jobs": summaries}, False
+                held = [(m.ordinal, wire.manager_json(m, params=False)) for m in running + finished]
+                seq = self._seq
+                if self._journal is None or len(finished) >= recent:
+                    return {"seq": seq, "time": now, "jobs": [job for _, job in sorted(held, reverse=True,
+                                                                                       key=lambda p: p[0])]}, False
+                held_ids = set(self._managers)
+        if manager_id is None:  # memory holds fewer finished jobs than asked (after a restart): the journal's
+            kept_rows = self._journal.list_managers(  # type: ignore[union-attr]
+                status=None, definition=None, q=None, before_ordinal=None, limit=recent + len(held))
+            older = [(o, {k: v for k, v in job.items() if k != "params"}) for o, job in kept_rows
+                     if job["id"] not in held_ids and model.is_terminal(job["status"])]
+            merged = sorted(held + older[: recent - len(finished)], key=lambda p: p[0], reverse=True)
+            return {"seq": seq, "time": now, "jobs": [job for _, job in merged]}, False
         kept = self._kept(manager_id)
         if kept["kind"] != MANAGER:
             raise InvalidRequest(f"job {manager_id} is a {kept['kind']} job; watch its manager {kept['manager_id']}")

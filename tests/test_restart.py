@@ -225,14 +225,14 @@ def test_kill_9_at_random_moments_never_loses_what_a_client_saw(project):
     rng = random.Random(8)
     db = project / "history.db"
     killed_mid_run = 0
-    for round_ in range(10):
+    for round_ in range(8):
         with serve(project) as server, httpx.Client(timeout=TIMEOUT) as client:
             base = base_of(server.url())
             job_id = client.post(f"{base}/api/jobs", json={"definition": "crawl",
-                                                           "params": {"n": 300, "pause": 0.002}}).json()["job"]["id"]
+                                                           "params": {"n": 400, "pause": 0.01}}).json()["job"]["id"]
             recorder = Recorder(job_id)
             recorder.follow(base)
-            wanted = rng.randint(1, 900)  # events seen before the kill: from the start to near the end
+            wanted = rng.randint(1, 700)  # events seen before the kill: from the start to well into the job
             while len(recorder.events) < wanted and not recorder.done.is_set():
                 recorder.moved.wait(TIMEOUT)
                 recorder.moved.clear()
@@ -248,7 +248,7 @@ def test_kill_9_at_random_moments_never_loses_what_a_client_saw(project):
             stored = kept.get(event["data"]["seq"])
             assert stored is not None, f"round {round_}: seq {event['data']['seq']} was seen, then lost"
             assert stored == {"type": event["event"], "data": event["data"]}
-    assert killed_mid_run >= 5, "the kills should land while jobs run"
+    assert killed_mid_run >= 6, f"the kills should land while jobs run ({killed_mid_run} of 8 did)"
 
 
 def test_a_database_of_the_first_schema_version_opens_and_keeps_its_jobs(tmp_path):

@@ -119,9 +119,12 @@ class StoreMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.store = Store(replay_size=1_000_000)
+        self.store = self.make_store()
         self.manager, self.first = self.store.create_manager("d", ["a", "b", "c"], {})
         self.snapshots = [self.store.snapshot(self.manager.id)]
+
+    def make_store(self) -> Store:
+        return Store(replay_size=1_000_000)
 
     def current(self):
         return self.manager.steps[self.manager.current]

@@ -1,0 +1,65 @@
+"""The bridge from standard `logging`: records logged while a job's code runs land in its log.
+
+The orchestrator sets `current_job` to a `LogSink` for the job whose code runs (a context
+variable, so threads and asyncio tasks each see their own); the handler writes through it and
+knows nothing of the store.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import Callable
+
+LogSink = Callable[[str, str], object]  # (level, message): stores a line in one job's log
+
+# Set while a job's code runs: where its log lines go. Read by the `logging` bridge, which so
+# needs nothing of the store.
+current_job: contextvars.ContextVar[LogSink | None] = contextvars.ContextVar("stepstream_current_job", default=None)
+
+
+
+_LEVEL_NAMES = ((logging.ERROR, "error"), (logging.WARNING, "warning"), (logging.INFO, "info"))
+
+
+def level_name(levelno: int) -> str:
+    """Map a `logging` level number onto stepstream's four levels."""
+    for threshold, name in _LEVEL_NAMES:
+        if levelno >= threshold:
+            return name
+    return "debug"
+
+
+class JobLogHandler(logging.Handler):
+    """Stores records logged while a job runs in that job's log; ignores all others."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sink = current_job.get()
+        if sink is None:
+            return
+        try:
+            sink(level_name(record.levelno), self.format(record))
+        except Exception:  # a job evicted or finished mid-call must not break the caller
+            self.handleError(record)
+
+
+_handler_installed = False
+
+
+def install_logging_bridge(capture_level: int | None) -> None:
+    """Attach the bridge to the root logger once per process.
+
+    With `capture_level` set, the root logger's level is lowered to it if it is higher, so that
+    e.g. `logging.info` inside a job is not dropped before any handler sees it.
+    """
+    global _handler_installed
+    if capture_level is None:
+        return
+    root = logging.getLogger()
+    if not _handler_installed:
+        handler = JobLogHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+        _handler_installed = True
+    if root.level == logging.NOTSET or root.level > capture_level:
+        root.setLevel(capture_level)

@@ -1,0 +1,147 @@
+"""The SQLite journal on its own: random schedules of every store operation reopen exactly,
+retention keeps what it should, and memory lets go of finished jobs only once they are durable."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+from hypothesis.stateful import invariant
+
+from stepstream import Orchestrator, Step
+from stepstream.journal import sqlite as journal_sqlite
+from stepstream.journal.sqlite import SqliteJournal
+from stepstream.state import Store
+from tests.folding import check_progress
+from tests.test_state import StoreMachine, check_history
+
+TIMEOUT = 20
+
+
+class JournaledStoreMachine(StoreMachine):
+    """The store's state machine with a SQLite journal: after any schedule, the store reopened
+    from the file holds the same jobs (an unfinished one settled as interrupted), the same
+    events, and the same logs."""
+
+    def make_store(self) -> Store:
+        self.dir = tempfile.TemporaryDirectory()
+        self.path = Path(self.dir.name) / "j.db"
+        return Store(replay_size=1_000_000, journal=SqliteJournal(self.path))
+
+    @invariant()
+    def nothing_unwritten_is_visible(self):
+        assert self.store.visible_seq <= self.store.seq
+
+    def teardown(self):
+        try:
+            assert self.store.wait_visible(self.store.seq, TIMEOUT)
+            check_history(self.store, self.manager.id, self.snapshots)
+            before = self.store.snapshot(self.manager.id)["job"]
+            logs = self.store.logs(self.manager.id, limit=100_000)["logs"]
+            events = [(e.seq, e.type, e.data) for e in self.store.events_after(0, 1_000_000)[0]]
+            settled = self.manager.settled
+            self.store.close()
+            with sqlite3.connect(self.path) as conn:
+                kept = [(s, t, json.loads(d)) for s, t, d in conn.execute("SELECT seq, type, data FROM events")]
+            assert kept == events  # every event, in order, as it was sent
+            reopened = Store(replay_size=1_000_000, journal=SqliteJournal(self.path))
+            after = reopened.snapshot(self.manager.id)["job"]
+            if settled:
+                assert after == before
+                assert reopened.logs(self.manager.id, limit=100_000)["logs"] == logs
+            else:
+                assert after["status"] in ("failed", "cancelled") and after["finished_at"]
+                assert all(s["status"] not in ("running", "pending") for s in after["steps"])
+                check_progress(after["progress"])
+                for key in after["progress"]:
+                    assert after["progress"][key] == sum(s["progress"][key] for s in after["steps"])
+                assert after["progress"]["total"] == before["progress"]["total"]
+            reopened.close()
+        finally:
+            self.dir.cleanup()
+
+
+TestJournaledStoreMachine = JournaledStoreMachine.TestCase
+TestJournaledStoreMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+def finish(orch: Orchestrator, n: int) -> list[str]:
+    """Run `n` jobs one after another to their durable end (so they are the oldest in order)."""
+    ids = []
+    for i in range(n):
+        ids.append(orch.start("d", {"n": i}))
+        orch.wait(ids[-1], TIMEOUT)
+    orch.store.wait_visible(orch.seq)
+    return ids
+
+
+def test_retention_keeps_the_newest_finished_jobs_and_never_a_running_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(journal_sqlite, "RETENTION_EVERY", 0.0)  # a pass with every batch
+    orch = Orchestrator(max_workers=2, max_finished=1, journal=SqliteJournal(tmp_path / "r.db", retain_jobs=2))
+    try:
+        orch.define("d", [Step("a", lambda ctx: ctx.spawn(lambda c: c.log("info", "x")))])
+        ids = finish(orch, 5)
+        finish(orch, 1)  # one more batch, one more retention pass
+        listed = [j["id"] for j in orch.jobs()["jobs"]]
+        assert ids[0] not in listed and ids[1] not in listed and ids[4] in listed
+        for gone in ids[:3]:
+            with pytest.raises(KeyError):
+                orch.snapshot(gone)
+        with sqlite3.connect(tmp_path / "r.db") as conn:
+            assert conn.execute("SELECT count(*) FROM managers").fetchone()[0] == 2
+            kept = {r[0] for r in conn.execute("SELECT DISTINCT manager_id FROM children")}
+            assert len(kept) == 2 and not {r[0] for r in conn.execute("SELECT manager_id FROM logs")} - kept
+    finally:
+        orch.shutdown()
+
+
+def test_retention_by_age_spares_unfinished_jobs(tmp_path, monkeypatch):
+    monkeypatch.setattr(journal_sqlite, "RETENTION_EVERY", 0.0)
+    journal = SqliteJournal(tmp_path / "a.db", retain_days=1e-9)  # every finished job is too old
+    orch = Orchestrator(max_workers=2, max_finished=1, journal=journal)
+    gate = threading.Event()
+    try:
+        orch.define("d", [Step("a", lambda ctx: None)])
+        orch.define("held", [Step("a", lambda ctx: gate.wait(TIMEOUT))])
+        held = orch.start("held")
+        finish(orch, 3)
+        finish(orch, 1)
+        assert [j["id"] for j in orch.jobs()["jobs"] if j["id"] == held] == [held]
+        with sqlite3.connect(tmp_path / "a.db") as conn:
+            statuses = [r[0] for r in conn.execute("SELECT status FROM managers")]
+        assert "running" in statuses and statuses.count("completed") <= 1
+    finally:
+        gate.set()
+        orch.shutdown()
+
+
+def test_finished_jobs_leave_memory_only_once_durable_and_are_then_read_from_the_journal(tmp_path):
+    orch = Orchestrator(max_workers=2, max_finished=2, db=tmp_path / "m.db")
+    try:
+        orch.define("d", [Step("a", lambda ctx: [ctx.spawn(lambda c, n: c.log("info", f"{n}"), n) for n in range(3)])])
+        ids = finish(orch, 6)
+        held = set(orch.store._managers)
+        assert len(held) <= 2 and ids[0] not in held
+        old = orch.snapshot(ids[0])
+        assert old["job"]["status"] == "completed" and old["job"]["progress"]["completed"] == 3
+        assert len(orch.children(ids[0])["children"]) == 3
+        step = old["job"]["steps"][0]
+        assert orch.snapshot(step["id"])["job"]["manager_id"] == ids[0]
+        assert [r["message"] for r in orch.logs(ids[0], step="a", level="info")["logs"]][1:4] == ["0", "1", "2"] \
+            or sorted(r["message"] for r in orch.logs(ids[0], step="a")["logs"] if r["message"].isdigit()) \
+            == ["0", "1", "2"]
+        assert [j["id"] for j in orch.jobs(limit=3)["jobs"]] == ids[::-1][:3]
+        page2 = orch.jobs(limit=3, cursor=orch.jobs(limit=3)["next"])
+        assert [j["id"] for j in page2["jobs"]] == ids[::-1][3:]
+        again = orch.rerun(ids[0])
+        assert orch.wait(again, TIMEOUT)["job"]["rerun_of"] == ids[0]
+        orch.delete(ids[0])
+        with pytest.raises(KeyError):
+            orch.snapshot(ids[0])
+    finally:
+        orch.shutdown()
