@@ -9,23 +9,15 @@ import threading
 import httpx
 import pytest
 
-from stepstream import Orchestrator, Step
-from stepstream.server import create_app
-from tests.live import LiveServer, sse_events
+from stepstream import Step
+from tests.live import sse_events
 
 TIMEOUT = 20
 
 
 @pytest.fixture
-def orch():
-    o = Orchestrator(max_workers=4)
-    yield o
-    o.shutdown(wait=False)
-
-
-@pytest.fixture
-def client(orch):
-    with LiveServer(create_app(orch)) as srv, httpx.Client(base_url=srv.url, timeout=TIMEOUT) as c:
+def client(server):  # `orch` and `server` come from conftest.py
+    with httpx.Client(base_url=server.url, timeout=TIMEOUT) as c:
         yield c
 
 

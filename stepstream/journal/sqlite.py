@@ -247,38 +247,21 @@ class SqliteJournal:
     def list_managers(
         self, *, status: str | None, definition: str | None, q: str | None, before_ordinal: int | None, limit: int
     ) -> list[tuple[int, dict]]:
-        where, args = ["1=1"], []
-        if status is not None:
-            where.append("status=?")
-            args.append(status)
-        if definition is not None:
-            where.append("definition=?")
-            args.append(definition)
-        if q is not None:
-            where.append("substr(id, 1, ?)=?")
-            args += [len(q), q]
-        if before_ordinal is not None:
-            where.append("ordinal<?")
-            args.append(before_ordinal)
+        where, args = _where(("status=?", status), ("definition=?", definition),
+                             ("substr(id, 1, ?)=?", None if q is None else (len(q), q)),
+                             ("ordinal<?", before_ordinal))
         rows = self._reader().execute(
-            f"SELECT ordinal, job FROM managers WHERE {' AND '.join(where)} ORDER BY ordinal DESC LIMIT ?",
-            (*args, limit),
+            f"SELECT ordinal, job FROM managers WHERE {where} ORDER BY ordinal DESC LIMIT ?", (*args, limit)
         ).fetchall()
         return [(ordinal, json.loads(text)) for ordinal, text in rows]
 
     def children(
         self, manager_id: str, *, step_id: str | None, status: str | None, cursor: int, limit: int
     ) -> tuple[list[dict], int | None]:
-        where, args = ["manager_id=?", "position>=?"], [manager_id, cursor]
-        if step_id is not None:
-            where.append("step_id=?")
-            args.append(step_id)
-        if status is not None:
-            where.append("status=?")
-            args.append(status)
+        where, args = _where(("manager_id=?", manager_id), ("position>=?", cursor), ("step_id=?", step_id),
+                             ("status=?", status))
         rows = self._reader().execute(
-            f"SELECT position, job FROM children WHERE {' AND '.join(where)} ORDER BY position LIMIT ?",
-            (*args, limit + 1),
+            f"SELECT position, job FROM children WHERE {where} ORDER BY position LIMIT ?", (*args, limit + 1)
         ).fetchall()
         more = len(rows) > limit
         return [json.loads(text) for _, text in rows[:limit]], (rows[limit][0] if more else None)
@@ -287,19 +270,11 @@ class SqliteJournal:
         self, manager_id: str, *, step_id: str | None, job_id: str | None, min_rank: int, after: int,
         before: int | None, limit: int,
     ) -> tuple[list[dict], int | None]:
-        where, args = ["manager_id=?", "rank>=?", "seq>?"], [manager_id, min_rank, after]
-        if step_id is not None:
-            where.append("step_id=?")
-            args.append(step_id)
-        if job_id is not None:
-            where.append("job_id=?")
-            args.append(job_id)
-        if before is not None:
-            where.append("seq<?")
-            args.append(before)
+        where, args = _where(("manager_id=?", manager_id), ("rank>=?", min_rank), ("seq>?", after),
+                             ("step_id=?", step_id), ("job_id=?", job_id), ("seq<?", before))
         order = "DESC" if before is not None else "ASC"
         rows = self._reader().execute(
-            f"SELECT record FROM logs WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT ?", (*args, limit + 1)
+            f"SELECT record FROM logs WHERE {where} ORDER BY seq {order} LIMIT ?", (*args, limit + 1)
         ).fetchall()
         records = [json.loads(text) for (text,) in rows[:limit]]
         more = len(rows) > limit
@@ -324,6 +299,16 @@ class SqliteJournal:
         except sqlite3.Error:
             pass
         self._writer.close()
+
+
+def _where(*clauses: tuple[str, object]) -> tuple[str, list]:
+    """The `WHERE` text and arguments of the clauses whose value is not None (a tuple value
+    fills several placeholders)."""
+    kept = [(sql, value) for sql, value in clauses if value is not None]
+    args: list = []
+    for _, value in kept:
+        args.extend(value if isinstance(value, tuple) else (value,))
+    return " AND ".join(sql for sql, _ in kept) or "1=1", args
 
 
 def _finished_at(job: dict) -> float | None:
