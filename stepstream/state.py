@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import collections
 import itertools
-import json
 import logging
 import secrets
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from datetime import datetime
 from typing import Any
 
 from . import model, wire
 from .events import Event, Gone
-from .journal import Batch, Journal, Unsettled
+from .history import History
+from .jobs import Job, rebuild
+from .journal import Batch, Journal
 from .logbridge import current_job
 from .logs import LogBucket, Record, query
 from .model import (
@@ -42,56 +42,12 @@ from .model import (
     InvalidTransition,
     NotFound,
     iso,
-    progress_dict,
 )
 from .text import MAX_LOG_CHARS, bounded, clean, safe_str
 
 logger = logging.getLogger("stepstream")
 
 INTERRUPTED_BY_STOP = "interrupted: the server stopped while this job ran"
-
-_ids = itertools.count(1)
-_run_prefix = secrets.token_hex(3)  # ids stay unique across processes that share a client
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{_run_prefix}{next(_ids):06x}"
-
-
-class Job:
-    """One manager, step or child job. Mutated only by `Store` under its lock."""
-
-    __slots__ = (
-        "id", "kind", "name", "status", "definition", "params", "created_at", "started_at",
-        "finished_at", "error", "traceback", "manager", "step", "parent_id", "index",
-        # steps and managers
-        "total", "counts", "log_count", "bucket",
-        # steps
-        "handler_returned", "handler_error", "handler_traceback",
-        # managers
-        "steps", "children", "cancelled", "settled", "current", "ordinal", "rerun_of", "end_seq",
-        "params_json",
-        # children
-        "fn", "args", "kwargs", "retries", "attempt", "depth", "position",
-    )  # fmt: skip
-
-    def __init__(self, kind: str, name: str, created_at: float) -> None:
-        self.id = new_id(kind[0])
-        self.kind = kind
-        self.name = name
-        self.status = PENDING
-        self.created_at = created_at
-        self.started_at: float | None = None
-        self.finished_at: float | None = None
-        self.error: str | None = None
-        self.traceback: str | None = None
-        self.parent_id: str | None = None
-        self.total = 0
-        self.counts = [0, 0, 0, 0, 0]
-        self.log_count = 0
-
-    def progress(self) -> dict[str, int]:
-        return progress_dict(self.total, self.counts)
 
 
 class _Guard:
@@ -136,27 +92,6 @@ class _Guard:
         self.local.deferred.append((job_id, level, message))
 
 
-def _job_from(kind: str, data: dict) -> Job:
-    """A Job with the fields every kind has, from its JSON (as the journal keeps it)."""
-    name = data["name"] if kind != MANAGER else data["definition"]
-    job = Job(kind, name, _epoch(data.get("created_at")) or time.time())
-    job.id, job.status = data["id"], data["status"]
-    job.started_at, job.finished_at = _epoch(data.get("started_at")), _epoch(data.get("finished_at"))
-    job.error, job.traceback = data.get("error"), data.get("traceback")
-    return job
-
-
-def _epoch(text: str | None) -> float | None:
-    return datetime.fromisoformat(text).timestamp() if text else None
-
-
-def _bucket(cap: int, records: list[dict]) -> LogBucket:
-    bucket = LogBucket(cap)
-    for record in records:
-        bucket.append(record)
-    return bucket
-
-
 def _with_traceback(line: str, traceback: str | None) -> str:
     return f"{line}\n{traceback}" if traceback else line
 
@@ -191,6 +126,7 @@ class Store:
         # Running totals for metrics: events by type, child transitions by status, log lines by level.
         self.counters: collections.Counter[str] = collections.Counter()
         self._journal = journal
+        self._history = History(journal)
         self._floor = 0  # events up to here were written by an earlier process: not in the ring
         self._durable = 0  # the last seq the journal committed
         self._durable_cond = threading.Condition(threading.Lock())
@@ -220,48 +156,12 @@ class Store:
         now = time.time()
         for kept in loaded.unsettled:
             with self._guard:
-                manager = self._rebuild(kept)
+                manager = rebuild(kept, self.max_logs_per_step)
+                self._jobs[manager.id] = self._managers[manager.id] = manager
+                for job in itertools.chain(manager.steps, manager.children):
+                    self._jobs[job.id] = job
                 self._interrupt(manager, INTERRUPTED_BY_STOP, now)
             self._notify()
-
-    def _rebuild(self, kept: Unsettled) -> Job:
-        """A manager job, its steps and children as the journal last wrote them; counts are
-        recounted from the children."""
-        data = kept.job
-        manager = _job_from(MANAGER, data)
-        manager.definition, manager.params = data["definition"], data.get("params", {})
-        manager.params_json = json.dumps(manager.params)
-        manager.rerun_of, manager.end_seq, manager.ordinal = data.get("rerun_of"), None, kept.ordinal
-        manager.manager, manager.step, manager.index = manager, None, None
-        manager.cancelled, manager.settled = data["status"] == CANCELLED, False
-        manager.log_count = data["log_count"]
-        manager.bucket = _bucket(self.max_logs_per_step, kept.logs.get(None, []))
-        manager.steps, manager.children, manager.current = [], [], 0
-        steps_by_id = {}
-        for index, step_data in enumerate(data["steps"]):
-            step = _job_from(STEP, step_data)
-            step.manager, step.step, step.parent_id, step.index = manager, step, manager.id, index
-            step.log_count = step_data["log_count"]
-            step.bucket = _bucket(self.max_logs_per_step, kept.logs.get(step.id, []))
-            step.handler_returned, step.handler_error, step.handler_traceback = False, None, None
-            manager.steps.append(step)
-            steps_by_id[step.id] = step
-            if step_data["name"] == data["current_step"]:
-                manager.current = index
-        for position, child_data in enumerate(kept.children):
-            child = _job_from(CHILD, child_data)
-            child.manager, child.step = manager, steps_by_id[child_data["step_id"]]
-            child.parent_id, child.depth, child.position = child_data["parent_id"], child_data["depth"], position
-            child.attempt, child.retries = child_data["attempt"], child_data["retries"]
-            child.fn, child.args, child.kwargs = None, (), {}
-            manager.children.append(child)
-            for counted in (child.step, manager):
-                counted.total += 1
-                counted.counts[SLOT[child.status]] += 1
-        self._jobs[manager.id] = self._managers[manager.id] = manager
-        for job in itertools.chain(manager.steps, manager.children):
-            self._jobs[job.id] = job
-        return manager
 
     def _interrupt(self, manager: Job, reason: str, now: float) -> None:
         """Settle a manager whose code is gone: running children fail, pending ones are
@@ -729,9 +629,8 @@ class Store:
         with self._guard:
             manager = self._held(job_id)
             if manager is None:
-                kept = self._kept(job_id)  # finished long ago: only the journal holds it
-                raise Conflict(f"job {job_id} is already {kept['status']}") if kept["kind"] == MANAGER else \
-                    InvalidRequest(f"job {job_id} is a {kept['kind']} job; cancel its manager {kept['manager_id']}")
+                kept = self._history.manager(job_id, "cancel")  # finished long ago: only the journal holds it
+                raise Conflict(f"job {job_id} is already {kept['status']}")
             if manager.kind != MANAGER:
                 raise InvalidRequest(f"job {job_id} is a {manager.kind} job; cancel its manager {manager.manager.id}")
             if model.is_terminal(manager.status):
@@ -812,9 +711,7 @@ class Store:
             if self._held(job_id) is not None:
                 manager = self._manager(job_id)
                 return manager.definition, manager.params
-        kept = self._kept(job_id)
-        if kept["kind"] != MANAGER:
-            raise InvalidRequest(f"job {job_id} is a {kept['kind']} job; use its manager {kept['manager_id']}")
+        kept = self._history.manager(job_id, "use")
         return kept["definition"], kept["params"]
 
     def delete(self, job_id: str) -> None:
@@ -849,7 +746,7 @@ class Store:
         with self._guard:
             job = self._held(job_id)
             if job is None:
-                return {"seq": self.visible_seq, "job": self._kept(job_id)}  # finished long ago
+                return {"seq": self.visible_seq, "job": self._history.job(job_id)}  # finished long ago
             done = (lambda: job.settled) if job.kind == MANAGER else (lambda: model.is_terminal(job.status))
             self._waiters += 1
             try:
@@ -866,7 +763,7 @@ class Store:
             if job is not None:
                 return {"seq": self._seq, "job": self._job_json(job)}
             seq = self.visible_seq
-        return {"seq": seq, "job": self._kept(job_id)}
+        return {"seq": seq, "job": self._history.job(job_id)}
 
     def stream_snapshot(self, manager_id: str | None, recent: int = 20) -> tuple[dict, bool]:
         """The first event of a stream: `{"seq", "jobs"}` for one manager, or for the running
@@ -897,9 +794,7 @@ class Store:
                      if job["id"] not in held_ids and model.is_terminal(job["status"])]
             merged = sorted(held + older[: recent - len(finished)], key=lambda p: p[0], reverse=True)
             return {"seq": seq, "time": now, "jobs": [job for _, job in merged]}, False
-        kept = self._kept(manager_id)
-        if kept["kind"] != MANAGER:
-            raise InvalidRequest(f"job {manager_id} is a {kept['kind']} job; watch its manager {kept['manager_id']}")
+        kept = self._history.manager(manager_id, "watch")
         return {"seq": seq, "time": now, "jobs": [kept]}, True
 
     def ended_by(self, manager_id: str, seq: int) -> bool:
@@ -980,7 +875,7 @@ class Store:
         with self._guard:
             job = self._held(job_id)
             if job is None:
-                return self._kept_children(job_id, step, status, limit, cursor)
+                return self._history.children(job_id, step, status, limit, cursor)
             if job.kind == CHILD:
                 raise InvalidRequest(f"job {job_id} is a child job; list children of its step or manager")
             step_job = job if job.kind == STEP else (self._step_named(job, step) if step else None)
@@ -1014,7 +909,7 @@ class Store:
         with self._guard:
             job = self._held(job_id)
             if job is None:
-                return self._kept_logs(job_id, step, rank, after, limit, before)
+                return self._history.logs(job_id, step, rank, after, limit, before)
             only_job = None
             if job.kind == MANAGER:
                 if step is not None:
@@ -1030,58 +925,8 @@ class Store:
                                          job_id=only_job, limit=limit)
             return {"logs": records, "next": next_cursor}
 
-    # ------------------------------------------------------------------ reads of finished jobs kept only in the journal
-
     def _held(self, job_id: object) -> Job | None:
         return self._jobs.get(job_id) if isinstance(job_id, str) else None
-
-    def _kept(self, job_id: str) -> dict:
-        """The JSON of a job that memory let go of (finished), from the journal; NotFound."""
-        manager_id = self._journal.manager_of(job_id) if self._journal is not None and isinstance(job_id, str) else None
-        manager = self._journal.manager(manager_id) if manager_id is not None else None  # type: ignore[union-attr]
-        if manager is None:
-            raise NotFound(f"no job with id {job_id!r}")
-        if manager_id == job_id:
-            return manager
-        for step in manager["steps"]:
-            if step["id"] == job_id:
-                return wire.step_as_job(step, manager)
-        child = self._journal.child(job_id)  # type: ignore[union-attr]
-        if child is None:
-            raise NotFound(f"no job with id {job_id!r}")
-        return child
-
-    def _kept_step(self, job_id: str, step: str | None) -> tuple[dict, str | None]:
-        """(the job's JSON, the id of the step it names or is in, or None for a whole manager)."""
-        job = self._kept(job_id)
-        if job["kind"] == MANAGER:
-            if step is None:
-                return job, None
-            for candidate in job["steps"]:
-                if candidate["name"] == step:
-                    return job, candidate["id"]
-            raise NotFound(f"job {job_id} has no step {step!r}")
-        if step is not None and step != job["step_name"]:
-            raise InvalidRequest(f"job {job_id} belongs to step {job['step_name']!r}, not {step!r}")
-        return job, job["step_id"]
-
-    def _kept_children(self, job_id: str, step: str | None, status: str | None, limit: int, cursor: int) -> dict:
-        job, step_id = self._kept_step(job_id, step)
-        if job["kind"] == CHILD:
-            raise InvalidRequest(f"job {job_id} is a child job; list children of its step or manager")
-        children, next_cursor = self._journal.children(  # type: ignore[union-attr]
-            job["manager_id"] if job["kind"] != MANAGER else job_id, step_id=step_id, status=status,
-            cursor=cursor, limit=limit)
-        return {"children": children, "next": next_cursor}
-
-    def _kept_logs(self, job_id: str, step: str | None, rank: int, after: int, limit: int,
-                   before: int | None) -> dict:
-        job, step_id = self._kept_step(job_id, step)
-        manager_id = job_id if job["kind"] == MANAGER else job["manager_id"]
-        records, next_cursor = self._journal.logs(  # type: ignore[union-attr]
-            manager_id, step_id=step_id, job_id=job_id if job["kind"] == CHILD else None, min_rank=rank,
-            after=after, before=before, limit=limit)
-        return {"logs": records, "next": next_cursor}
 
     def _step_named(self, manager: Job, name: str) -> Job:
         for step in manager.manager.steps:
