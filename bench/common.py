@@ -161,6 +161,10 @@ class ServerProcess:
         times = self.ps.cpu_times()
         return times.user + times.system
 
+    def written(self) -> int:
+        """Bytes the server process has sent to storage so far (its writes to files)."""
+        return self.ps.io_counters().write_bytes
+
     def close(self) -> None:
         try:
             self.send("quit")

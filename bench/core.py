@@ -53,10 +53,12 @@ def progress_cost(sizes=(1_000, 10_000, 100_000), window: int = 1_000, repeat: i
             **common.growth(rows, "us_per_transition", "baseline_us_per_transition")}
 
 
-def job_wall_time(children: int = 10_000, steps: int = 3, workers: int = 8, hub: bool = True) -> dict:
+def job_wall_time(children: int = 10_000, steps: int = 3, workers: int = 8, hub: bool = True,
+                  db: str | None = None) -> dict:
     """Wall time of a job of `steps` steps with `children` no-op children in all, through the
-    orchestrator's thread pool; with `hub`, a `Hub` is attached (subscribed) but has no clients."""
-    orch = Orchestrator(max_workers=workers, capture_level=None)
+    orchestrator's thread pool, until its final state is visible (with `db`, a SQLite journal:
+    durable); with `hub`, a `Hub` is made but has no clients (it listens only while it has some)."""
+    orch = Orchestrator(max_workers=workers, capture_level=None, db=db)
     if hub:
         Hub(orch.store)
     per_step = children // steps
@@ -69,12 +71,15 @@ def job_wall_time(children: int = 10_000, steps: int = 3, workers: int = 8, hub:
     start = time.perf_counter()
     job = orch.start("bench")
     final = orch.wait(job, timeout=600)
+    settled = time.perf_counter() - start
+    if not orch.store.wait_visible(orch.seq, timeout=600):  # without a journal: at once
+        raise TimeoutError("the job's final state did not become durable within 600 s")
     wall = time.perf_counter() - start
     orch.shutdown()
     assert final["job"]["progress"]["completed"] == per_step * steps
     transitions = per_step * steps * 3  # created, running, completed
-    return {"name": "job_wall_time", "hub": hub, "children": per_step * steps, "steps": steps, "wall_s": wall,
-            "children_per_s": per_step * steps / wall, "transitions_per_s": transitions / wall,
+    return {"name": "job_wall_time", "hub": hub, "db": db, "children": per_step * steps, "steps": steps, "wall_s": wall,
+            "settled_s": settled, "children_per_s": per_step * steps / wall, "transitions_per_s": transitions / wall,
             "events": orch.store.seq}
 
 

@@ -165,6 +165,7 @@ async def measure(app: str, clients: int, rates: list[float], seconds: float, lo
             for s in streams:
                 s.reset()
             cpu0, mine0, t0 = server.cpu(), sum(me.cpu_times()[:2]), time.perf_counter()
+            written0 = server.written()
             events0 = sum(s.events for s in streams)
             phase = await asyncio.to_thread(load_phase, server, rate, seconds)
             drained = await _wait_all([s.phase_done for s in streams], max(3.0, seconds))
@@ -183,6 +184,7 @@ async def measure(app: str, clients: int, rates: list[float], seconds: float, lo
                 "server_cpu_pct": 100 * (server.cpu() - cpu0) / wall,
                 "client_cpu_pct": 100 * (sum(me.cpu_times()[:2]) - mine0) / wall,
                 "server_rss_mb": server.rss() / 2**20,
+                "server_written_mb_per_s": (server.written() - written0) / wall / 2**20,
                 "events_per_s": (sum(s.events for s in streams) - events0) / wall,
                 "drained": drained,
             }

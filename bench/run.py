@@ -3,7 +3,7 @@ writes the results as JSON and (with matplotlib installed) docs/bench-delay.png.
 
     python bench/run.py [--quick] [--json PATH] [--plot PATH]
 
-`--quick` finishes within about a minute (fewer and shorter points); docs/benchmarks.md holds
+`--quick` finishes within about two minutes (fewer and shorter points); docs/benchmarks.md holds
 the table of a full run.
 """
 
@@ -18,6 +18,7 @@ import time
 import common
 import core
 import fanout
+import journal
 import memory
 import snapshot
 
@@ -36,11 +37,54 @@ def _growth_row(label: str, result: dict) -> tuple[str, str, str, str]:
             "target ≤ 1.5×")
 
 
+def _bytes(value: float) -> str:
+    return f"{value / 2**20:,.0f} MB" if value >= 2**20 else f"{value:,.0f} B"
+
+
+def _signed(value: float, unit: str = "") -> str:
+    return ("+" if value >= 0 else "") + _fmt(value, unit)
+
+
+def _journal_rows(r: dict) -> list[tuple[str, str, str, str]]:
+    """The rows of one of bench/journal.py's results: journaled vs in memory."""
+    if r["name"] == "journal_throughput":
+        return [(f"journal: transitions/s until durable, {r['steps']}-step job of {r['children']:,} children",
+                 _fmt(r["transitions_per_s"], "/s"), _fmt(r["baseline_transitions_per_s"], "/s") + " (memory)",
+                 f"{r['ratio']:.2f}× (target ≥ {r['target_ratio']:.2f}×)"),
+                ("journal: that job's wall: settled / durable",
+                 f"{_fmt(r['settled_s'], ' s')} / {_fmt(r['wall_s'], ' s')}",
+                 _fmt(r["baseline_wall_s"], " s") + " (memory)", "")]
+    if r["name"] == "journal_stream_delay":
+        ours, theirs = r["journal"], r["memory"]
+        return [(f"journal: stream {r['clients']} clients @ {r['rate']:,.0f}/s: p50/p99 delay, server cpu, disk writes",
+                 f"{_fmt(ours['p50_ms'])}/{_fmt(ours['p99_ms'])} ms, cpu {ours['server_cpu_pct']:.0f}%, "
+                 f"{_fmt(ours['server_written_mb_per_s'])} MB/s",
+                 f"{_fmt(theirs['p50_ms'])}/{_fmt(theirs['p99_ms'])} ms, cpu {theirs['server_cpu_pct']:.0f}%, "
+                 f"{_fmt(theirs['server_written_mb_per_s'])} MB/s (memory)",
+                 f"{_signed(r['added_p50_ms'])}/{_signed(r['added_p99_ms'])} ms"
+                 f" (target p50 ≤ +{r['target_added_p50_ms']:.0f})")]
+    if r["name"] == "journal_disk":
+        return [("journal: disk per child (no log lines; of which its events)",
+                 f"{_bytes(r['bytes_per_child'])} ({_bytes(r['bytes_per_child_events'])})", "", ""),
+                ("journal: disk per log line", _bytes(r["bytes_per_line"]), "", "")]
+    answered, memory = r["answered_s"], _fmt(r["baseline_answered_s"], " s") + " (--memory)"
+    if r["name"] == "journal_startup":
+        return [(f"journal: start-up on {r['children']:,} children + {r['lines']:,} log lines"
+                 f" ({_bytes(r['db_bytes'])}): first GET /api/jobs", _fmt(answered[0], " s"), memory,
+                 f"target < {r['target_s']:.0f} s"),
+                ("journal: start-up: then the oldest job, its children page, its logs page",
+                 " / ".join(_fmt(s, " s") for s in answered[1:4]), "", f"RSS {r['rss_mb']:.0f} MB")]
+    return [(f"journal: restart with {r['jobs']:,} finished jobs ({_bytes(r['db_bytes'])}): first GET /api/jobs",
+             _fmt(answered[0], " s"), memory, "")]
+
+
 def rows_of(results: list[dict]) -> list[tuple[str, str, str, str]]:
     """(benchmark, stepstream, baseline, ratio) rows for the table."""
     rows = []
     for r in results:
-        if r["name"] == "progress_cost":
+        if r["name"].startswith("journal_"):
+            rows += _journal_rows(r)
+        elif r["name"] == "progress_cost":
             for row in r["rows"]:
                 rows.append((f"progress cost per transition, {row['children']:,} children",
                              _fmt(row["us_per_transition"], " µs"), _fmt(row["baseline_us_per_transition"], " µs"),
@@ -147,6 +191,7 @@ def main() -> None:
         ("snapshot cost", lambda: snapshot.snapshot_cost(repeat=20 if q else 50)),
         ("memory", lambda: memory.retained_children(20_000 if q else 100_000)),
         ("stream fan-out", lambda: fanout.fanout(quick=q)),
+        *journal.benchmarks(q),
     ]
     results = []
     for label, run in steps:
@@ -154,10 +199,13 @@ def main() -> None:
         t0 = time.perf_counter()
         results.append(run())
         results[-1]["seconds"] = time.perf_counter() - t0
+        results[-1]["load_average"] = os.getloadavg()  # the machine is shared: how busy it was meanwhile
         gc.collect()
     print()
     print(table(rows_of(results)))
-    print(f"\n{'quick' if q else 'full'} run, {time.perf_counter() - started:.0f} s, {os.cpu_count()} cores")
+    loads = [r["load_average"][1] for r in results]
+    print(f"\n{'quick' if q else 'full'} run, {time.perf_counter() - started:.0f} s, {os.cpu_count()} cores, "
+          f"load average (5 min) {min(loads):.1f}–{max(loads):.1f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"quick": q, "cpus": os.cpu_count(), "results": results}, f, indent=1,

@@ -1,6 +1,6 @@
 """The server process of the stream benchmarks: an orchestrator plus stepstream's or the naive app.
 
-    python bench/serve.py --app stepstream|naive [--port N]
+    python bench/serve.py --app stepstream|naive [--port N] [--db PATH]
 
 Prints `READY <port>` once uvicorn listens, then reads commands from stdin, one per line:
 
@@ -57,8 +57,9 @@ def _done(ctx) -> None:  # pragma: no cover - runs in the server process
     ctx.log("info", "phase-done")
 
 
-def build(app_name: str) -> tuple[Orchestrator, object]:
-    orch = Orchestrator(max_workers=4, capture_level=None)
+def build(app_name: str, db: str | None = None) -> tuple[Orchestrator, object]:
+    """The orchestrator (with `db`: journaled to that SQLite file) and the app serving it."""
+    orch = Orchestrator(max_workers=4, capture_level=None, db=db)
     orch.define("load", [Step("load", _load), Step("done", _done)])
     if app_name == "naive":
         from naive import create_naive_app
@@ -73,11 +74,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--app", choices=("stepstream", "naive"), default="stepstream")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--db", help="keep the history in this SQLite file (default: memory only)")
     parser.add_argument("--profile", help="write a cProfile of the event-loop thread to this path")
     args = parser.parse_args()
     common.raise_open_files()
 
-    orch, app = build(args.app)
+    orch, app = build(args.app, args.db)
     profiler = cProfile.Profile() if args.profile else None
     common.start_server(app, args.port, runner=profiler.runcall if profiler else None, backlog=4096)
 
