@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+# Progress events carry absolute counts: a later one of the same `key` supersedes an earlier one,
+# so streams and the journal may leave the earlier one out (latest wins).
+MERGEABLE = frozenset({"step_progress", "job_progress"})
+
 
 class Event:
     """One change. `key` names what a progress event may be merged with (latest wins)."""

@@ -18,11 +18,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 from . import sse
-from .events import Event, EventSource, Gone
+from .events import MERGEABLE, Event, EventSource, Gone
 from .model import NotFound
 from .sse import encode
 
-MERGEABLE = frozenset({"step_progress", "job_progress"})
 ENDING = frozenset({"end", "job_deleted"})  # after these a `?job=` stream has nothing more
 
 

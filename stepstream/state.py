@@ -48,6 +48,7 @@ from .text import MAX_LOG_CHARS, bounded, clean, safe_str
 logger = logging.getLogger("stepstream")
 
 INTERRUPTED_BY_STOP = "interrupted: the server stopped while this job ran"
+COMMIT_INTERVAL = 0.005  # seconds between the starts of two journal commits, at least
 
 
 class _Guard:
@@ -192,10 +193,16 @@ class Store:
     def _write_loop(self) -> None:
         """The writer thread: hand each batch of changes to the journal (group commit: what
         piles up during one commit goes into the next), then make it visible."""
+        last_commit = 0.0
         while True:
             if not self._closing:
                 self._writer_wake.wait()
+                # Fewer, bigger commits under load: each one rewrites whole pages of the WAL.
+                pause = last_commit + COMMIT_INTERVAL - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
             self._writer_wake.clear()
+            last_commit = time.monotonic()
             with self._guard:
                 batch = self._take_batch()
             if batch is not None:
@@ -273,7 +280,8 @@ class Store:
 
     def _notify(self) -> None:
         if self._journal is not None:
-            self._writer_wake.set()  # listeners hear of it once it is durable (_write_loop)
+            if not self._writer_wake.is_set():  # set() takes a lock: skip it when already set
+                self._writer_wake.set()  # listeners hear of it once it is durable (_write_loop)
             return
         self._call_listeners()
 

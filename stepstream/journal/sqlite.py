@@ -19,7 +19,8 @@ from datetime import datetime
 from pathlib import Path
 
 from ..encoding import dumps
-from ..model import LEVEL_RANK
+from ..events import MERGEABLE
+from ..model import LEVEL_RANK, LEVELS
 from . import Batch, Loaded, Unsettled
 
 MIGRATIONS: list[str] = [
@@ -37,7 +38,7 @@ MIGRATIONS: list[str] = [
     CREATE INDEX children_by_manager ON children (manager_id, position);
     CREATE TABLE logs (
         seq INTEGER PRIMARY KEY, manager_id TEXT NOT NULL, step_id TEXT, job_id TEXT NOT NULL,
-        rank INTEGER NOT NULL, record TEXT NOT NULL);
+        rank INTEGER NOT NULL, ts TEXT NOT NULL, message TEXT NOT NULL, step_name TEXT);
     CREATE INDEX logs_by_manager ON logs (manager_id, seq);
     CREATE TABLE events (
         seq INTEGER PRIMARY KEY, type TEXT NOT NULL, manager_id TEXT NOT NULL, key TEXT, data TEXT NOT NULL);
@@ -47,6 +48,10 @@ MIGRATIONS: list[str] = [
     CREATE INDEX managers_by_status ON managers (status, ordinal);
     CREATE INDEX managers_by_definition ON managers (definition, ordinal);
     CREATE INDEX logs_by_step ON logs (step_id, seq);
+    """,
+    # 2 -> 3: the unfinished managers, found at start without scanning every finished one
+    """
+    CREATE INDEX managers_unsettled ON managers (ordinal) WHERE settled=0;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -149,10 +154,10 @@ class SqliteJournal:
                 where = "step_id IS NULL" if step_id is None else "step_id=?"
                 args = (manager_id,) if step_id is None else (manager_id, step_id)
                 newest = conn.execute(
-                    f"SELECT record FROM logs WHERE manager_id=? AND {where} ORDER BY seq DESC LIMIT ?",
+                    f"SELECT {RECORD} FROM logs WHERE manager_id=? AND {where} ORDER BY seq DESC LIMIT ?",
                     (*args, logs_per_step),
                 ).fetchall()
-                logs[step_id] = [json.loads(text) for (text,) in reversed(newest)]
+                logs[step_id] = [_record(row) for row in reversed(newest)]
             unsettled.append(Unsettled(job, manager_ordinal, children, logs))
         return Loaded(store_id, seq, ordinal, unsettled)
 
@@ -161,13 +166,17 @@ class SqliteJournal:
     def write(self, batch: Batch) -> None:
         """Commit one batch in one transaction."""
         events, logs = [], []
+        # A progress event superseded by a later one of the same key in this batch is not kept
+        # (latest wins, as in the streams): two thirds of the events, and of the writing.
+        latest = {(e.type, e.key): e.seq for e in batch.events if e.type in MERGEABLE}
         for event in batch.events:
+            if event.type in MERGEABLE and latest[(event.type, event.key)] != event.seq:
+                continue
             data = event.data
             events.append((event.seq, event.type, event.manager_id, event.key, dumps(data)))
             if event.type == "log":
-                record = {k: v for k, v in data.items() if k not in ("log_count", "manager_log_count")}
                 logs.append((event.seq, data["manager_id"], data["step_id"], data["job_id"],
-                             LEVEL_RANK[data["level"]], dumps(record)))
+                             LEVEL_RANK[data["level"]], data["ts"], data["message"], data["step_name"]))
         managers = [(mid, ordinal, definition, status, int(settled), end_seq,
                      _finished_at(job), dumps(job)) for mid, ordinal, definition, status, settled, end_seq, job, _
                     in batch.managers]
@@ -178,7 +187,7 @@ class SqliteJournal:
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany("INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?)", events)
-            conn.executemany("INSERT OR REPLACE INTO logs VALUES (?, ?, ?, ?, ?, ?)", logs)
+            conn.executemany("INSERT OR REPLACE INTO logs VALUES (?, ?, ?, ?, ?, ?, ?, ?)", logs)
             conn.executemany("INSERT OR REPLACE INTO managers VALUES (?, ?, ?, ?, ?, ?, ?, ?)", managers)
             conn.executemany("INSERT OR IGNORE INTO steps VALUES (?, ?)", steps)
             conn.executemany("INSERT OR REPLACE INTO children VALUES (?, ?, ?, ?, ?, ?)", children)
@@ -214,7 +223,10 @@ class SqliteJournal:
                 "SELECT id FROM managers WHERE settled=1 AND finished_at < ?", (cutoff,))]
         for manager_id in dict.fromkeys(doomed):
             self._delete(conn, manager_id)
-        conn.execute("DELETE FROM events WHERE seq <= (SELECT max(seq) FROM events) - ?", (self.retain_events,))
+        floor = conn.execute("SELECT max(seq) FROM events").fetchone()[0]
+        if floor is not None and floor > self.retain_events:
+            conn.execute("DELETE FROM events WHERE seq <= ?", (floor - self.retain_events,))
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('events_floor', ?)", (str(floor - self.retain_events),))
 
     # ------------------------------------------------------------------ reads
 
@@ -274,9 +286,9 @@ class SqliteJournal:
                              ("step_id=?", step_id), ("job_id=?", job_id), ("seq<?", before))
         order = "DESC" if before is not None else "ASC"
         rows = self._reader().execute(
-            f"SELECT record FROM logs WHERE {where} ORDER BY seq {order} LIMIT ?", (*args, limit + 1)
+            f"SELECT {RECORD} FROM logs WHERE {where} ORDER BY seq {order} LIMIT ?", (*args, limit + 1)
         ).fetchall()
-        records = [json.loads(text) for (text,) in rows[:limit]]
+        records = [_record(row) for row in rows[:limit]]
         more = len(rows) > limit
         if before is not None:
             records.reverse()
@@ -286,9 +298,9 @@ class SqliteJournal:
     def events_after(self, seq: int, limit: int) -> list[tuple[int, str, str, str | None, dict]] | None:
         """The events after `seq`, or None if some of them are no longer kept."""
         conn = self._reader()
-        first = conn.execute("SELECT min(seq) FROM events").fetchone()[0]
-        if first is None or first > seq + 1:
-            return None
+        floor = conn.execute("SELECT value FROM meta WHERE key='events_floor'").fetchone()
+        if floor is not None and seq < int(floor[0]):
+            return None  # some of the events after `seq` were let go by retention
         rows = conn.execute("SELECT seq, type, manager_id, key, data FROM events WHERE seq>? ORDER BY seq LIMIT ?",
                             (seq, limit)).fetchall()
         return [(s, t, m, k, json.loads(d)) for s, t, m, k, d in rows]
@@ -299,6 +311,16 @@ class SqliteJournal:
         except sqlite3.Error:
             pass
         self._writer.close()
+
+
+RECORD = "seq, ts, rank, message, job_id, step_id, step_name, manager_id"  # a log record's columns
+
+
+def _record(row: tuple) -> dict:
+    """A log record as the API shows it, from the columns `RECORD` names (no JSON to decode)."""
+    seq, ts, rank, message, job_id, step_id, step_name, manager_id = row
+    return {"seq": seq, "ts": ts, "level": LEVELS[rank], "message": message, "job_id": job_id,
+            "step_id": step_id, "step_name": step_name, "manager_id": manager_id}
 
 
 def _where(*clauses: tuple[str, object]) -> tuple[str, list]:
