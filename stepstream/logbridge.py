@@ -31,16 +31,31 @@ def level_name(levelno: int) -> str:
 
 
 class JobLogHandler(logging.Handler):
-    """Stores records logged while a job runs in that job's log; ignores all others."""
+    """Stores records logged while a job runs in that job's log. Others go where Python would
+    have sent them without this handler: when the application configured no handler of its own,
+    warnings and errors to stderr (`logging.lastResort`), so a server error is never silent."""
 
     def emit(self, record: logging.LogRecord) -> None:
         sink = current_job.get()
         if sink is None:
+            last_resort = logging.lastResort
+            if last_resort is not None and record.levelno >= last_resort.level and _only_us(record):
+                last_resort.handle(record)
             return
         try:
             sink(level_name(record.levelno), self.format(record))
         except Exception:  # a job evicted or finished mid-call must not break the caller
             self.handleError(record)
+
+
+def _only_us(record: logging.LogRecord) -> bool:
+    """True if no handler but this bridge would see `record` (Python's condition for lastResort)."""
+    logger: logging.Logger | None = logging.getLogger(record.name)
+    while logger is not None:
+        if any(not isinstance(h, JobLogHandler) for h in logger.handlers):
+            return False
+        logger = logger.parent if logger.propagate else None
+    return True
 
 
 _handler_installed = False

@@ -145,6 +145,11 @@ class Orchestrator:
         """Where the history is kept; None: in memory only."""
         return self.store.journal
 
+    @property
+    def journal_error(self) -> str | None:
+        """Why writing to the journal fails, while it does (changes then wait, unseen); None."""
+        return self.store.journal_error
+
     def use_journal(self, journal: Journal) -> None:
         """Keep history in `journal` (e.g. `SqliteJournal(path)`) from now on: for a command line
         that chooses the storage of an orchestrator made elsewhere. Only before any job ran."""

@@ -167,9 +167,11 @@ async def metrics(request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
-    hub = _hub(request)
-    return SafeJSONResponse({"status": "ok", "seq": _orch(request).seq, "time": iso_now(),
-                             "run_id": hub.store.run_id, "streams": hub.connections})
+    hub, orch = _hub(request), _orch(request)
+    failing = orch.journal_error
+    return SafeJSONResponse({"status": "degraded" if failing else "ok", "seq": orch.seq, "time": iso_now(),
+                             "run_id": hub.store.run_id, "streams": hub.connections, "journal_error": failing},
+                            status_code=503 if failing else 200)
 
 
 async def definitions(request: Request) -> Response:

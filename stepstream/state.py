@@ -43,7 +43,7 @@ from .model import (
     NotFound,
     iso,
 )
-from .text import MAX_LOG_CHARS, bounded, clean, safe_str
+from .text import MAX_LOG_CHARS, bounded, clean, describe, safe_str
 
 logger = logging.getLogger("stepstream")
 
@@ -137,6 +137,7 @@ class Store:
         self._dirty_children: dict[str, Job] = {}
         self._deleted: list[str] = []
         self._writer_wake = threading.Event()
+        self.journal_error: str | None = None  # why the last write failed, while it fails
         self._closing = False
         self._writer: threading.Thread | None = None
         if journal is not None:
@@ -208,13 +209,18 @@ class Store:
             if batch is not None:
                 try:
                     self._journal.write(batch)  # type: ignore[union-attr]
-                except Exception:  # the changes stay unwritten; they go with the next batch
-                    logger.exception("stepstream: writing to the journal failed; retrying")
+                except Exception as exc:  # the changes stay unwritten (and unseen); they go with the next batch
+                    if self.journal_error is None:
+                        logger.exception("stepstream: writing to the journal failed; retrying every second")
+                    self.journal_error = describe(exc)[0]
                     with self._guard:
                         self._requeue(batch)
-                    time.sleep(0.5)
+                    time.sleep(1.0)
                     self._writer_wake.set()
                     continue
+                if self.journal_error is not None:
+                    logger.warning("stepstream: writing to the journal works again")
+                    self.journal_error = None
                 with self._durable_cond:
                     self._durable = max(self._durable, batch.last_seq)
                     self._durable_cond.notify_all()

@@ -9,6 +9,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+import httpx
 import pytest
 from hypothesis import settings
 from hypothesis.stateful import invariant
@@ -158,3 +159,49 @@ def test_finished_jobs_leave_memory_only_once_durable_and_are_then_read_from_the
             orch.snapshot(ids[0])
     finally:
         orch.shutdown()
+
+
+class Flaky(SqliteJournal):
+    """A journal whose writes fail while `failing` is set (a full disk, say)."""
+
+    failing = False
+
+    def write(self, batch):
+        if self.failing:
+            raise OSError(28, "No space left on device")
+        super().write(batch)
+
+
+def test_a_failing_journal_is_reported_and_nothing_is_lost_or_shown_early(tmp_path, caplog):
+    from stepstream.server import create_app
+    from tests.live import LiveServer
+
+    journal = Flaky(tmp_path / "f.db")
+    orch = Orchestrator(max_workers=2, journal=journal)
+    gate = threading.Event()
+    try:
+        orch.define("d", [Step("a", lambda ctx: [ctx.spawn(lambda c: gate.wait(TIMEOUT)) for _ in range(3)])])
+        with LiveServer(create_app(orch)) as srv:
+            job_id = orch.start("d")
+            journal.failing = True
+            gate.set()
+            visible = orch.store.visible_seq
+            health = None
+            while health is None or health.status_code != 503:  # the writer notices on its next batch
+                health = httpx.get(f"{srv.url}/api/health", timeout=TIMEOUT)
+            assert "No space left" in health.json()["journal_error"] and health.json()["status"] == "degraded"
+            assert orch.store.visible_seq == visible  # nothing unwritten is shown
+            journal.failing = False
+            final = orch.wait(job_id, TIMEOUT)
+            assert orch.store.wait_visible(orch.seq, TIMEOUT)
+            assert httpx.get(f"{srv.url}/api/health", timeout=TIMEOUT).status_code == 200
+        assert final["job"]["status"] == "completed"
+        assert "writing to the journal failed" in caplog.text and "works again" in caplog.text
+    finally:
+        gate.set()
+        orch.shutdown()
+    reopened = Orchestrator(max_workers=1, db=tmp_path / "f.db")
+    try:
+        assert reopened.snapshot(job_id)["job"] == final["job"]
+    finally:
+        reopened.shutdown()

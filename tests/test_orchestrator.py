@@ -405,3 +405,15 @@ def test_logging_from_code_run_inside_a_store_change_does_not_deadlock(orch):
     lines = [line["message"] for line in orch.logs(job, step="a")["logs"]]
     assert "logged while the store was busy" in lines
     assert len(orch.logs(job, step="a")["logs"]) == steps_of(snap)["a"]["log_count"]
+
+
+def test_errors_outside_jobs_still_reach_stderr_when_the_app_configured_no_logging():
+    """The logging bridge sits on the root logger; without it Python prints warnings and errors
+    to stderr (lastResort). It must not silence them, e.g. a server's 500 traceback."""
+    import subprocess
+    import sys
+
+    code = ("import logging\nfrom stepstream import Orchestrator\nOrchestrator(max_workers=1)\n"
+            "logging.getLogger('stepstream.server').error('a traceback for the operator')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "a traceback for the operator" in done.stderr

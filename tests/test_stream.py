@@ -19,6 +19,7 @@ from stepstream.server import create_app
 from tests.conftest import mixed_definition
 from tests.folding import check_progress, fold
 from tests.live import LiveServer, free_port, sse_events
+from tests.processes import cli_env
 
 TIMEOUT = 30
 
@@ -213,10 +214,11 @@ def test_curl_n_on_a_job_stream_exits_when_the_job_ends(orch, server):
     assert "event: end" in done.stdout
 
 
-def test_serve_exits_promptly_on_sigint_with_streams_open():
+def test_serve_exits_promptly_on_sigint_with_streams_open(tmp_path):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "stepstream", "serve", "--demo", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+                            env=cli_env())
     streams = []
     try:
         deadline = time.monotonic() + TIMEOUT
