@@ -28,7 +28,7 @@ if ROOT not in sys.path:  # a script's own folder is on the path, the repo root 
 
 if TYPE_CHECKING:
     from stepstream import Orchestrator
-    from stepstream.state import Job, Store
+    from stepstream.store import Job, Store
 
 
 def arguments(doc: str | None) -> argparse.ArgumentParser:

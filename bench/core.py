@@ -13,7 +13,7 @@ import common
 
 from stepstream import Orchestrator, Step
 from stepstream.hub import Hub
-from stepstream.state import Store
+from stepstream.store import Store
 
 
 def _timed_transitions(store: Store, children: list, window: int) -> float:

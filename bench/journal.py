@@ -40,7 +40,7 @@ from stepstream.events import Event
 from stepstream.journal import Batch
 from stepstream.journal.sqlite import SqliteJournal
 from stepstream.model import COUNTED, SLOT, progress_dict
-from stepstream.state import Store
+from stepstream.store import Store
 from tests.processes import Served, base_of
 
 TARGET_RATIO = 0.70  # journaled throughput, share of in-memory

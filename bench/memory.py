@@ -20,7 +20,7 @@ import common
 import psutil
 
 from stepstream import wire
-from stepstream.state import Store
+from stepstream.store import Store
 
 
 def _rss() -> int:

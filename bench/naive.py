@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from stepstream import Orchestrator, wire
 from stepstream.model import COUNTED, progress_dict
-from stepstream.state import Gone, Store
+from stepstream.store import Gone, Store
 
 
 def scan_snapshot(store: Store, job_id: str) -> dict:

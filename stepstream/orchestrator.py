@@ -24,7 +24,7 @@ from .journal import Journal
 from .journal.sqlite import SqliteJournal
 from .logbridge import current_job, install_logging_bridge
 from .model import InvalidParams, NotFound, StepstreamError
-from .state import Job, Store
+from .store import Job, Store
 from .text import describe, safe_str
 from .workers import WorkerPool
 

@@ -4,10 +4,11 @@ import json
 import subprocess
 import sys
 
-CORE = ["stepstream", "stepstream.model", "stepstream.events", "stepstream.wire", "stepstream.state",
+CORE = ["stepstream", "stepstream.model", "stepstream.events", "stepstream.wire", "stepstream.store",
         "stepstream.journal", "stepstream.journal.sqlite", "stepstream.orchestrator", "stepstream.logs",
         "stepstream.workers", "stepstream.params", "stepstream.text", "stepstream.encoding",
-        "stepstream.loader", "stepstream.demo"]
+        "stepstream.loader", "stepstream.jobs", "stepstream.history", "stepstream.logbridge", "stepstream.sse",
+        "stepstream.demo"]
 
 
 def test_core_modules_import_only_the_standard_library():

@@ -18,9 +18,9 @@ from stepstream import Orchestrator, Step
 from stepstream.events import MERGEABLE
 from stepstream.journal import sqlite as journal_sqlite
 from stepstream.journal.sqlite import SqliteJournal
-from stepstream.state import Store
+from stepstream.store import Store
 from tests.folding import check_progress
-from tests.test_state import StoreMachine, check_history
+from tests.test_store import StoreMachine, check_history
 
 TIMEOUT = 20
 

@@ -12,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from stepstream import Orchestrator, Step
 from stepstream.model import TERMINAL
-from stepstream.state import Gone, Store
+from stepstream.store import Gone, Store
 from tests.folding import check_progress, fold
 
 TIMEOUT = 30
