@@ -213,6 +213,10 @@ class Store:
                     if self.journal_error is None:
                         logger.exception("stepstream: writing to the journal failed; retrying every second")
                     self.journal_error = describe(exc)[0]
+                    if self._closing:  # nobody saw these changes (never visible); say what is not kept
+                        logger.error("stepstream: closing with %d changes not written to the journal",
+                                     len(batch.events))
+                        return
                     with self._guard:
                         self._requeue(batch)
                     time.sleep(1.0)

@@ -7,6 +7,7 @@ import json
 import sqlite3
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -203,5 +204,24 @@ def test_a_failing_journal_is_reported_and_nothing_is_lost_or_shown_early(tmp_pa
     reopened = Orchestrator(max_workers=1, db=tmp_path / "f.db")
     try:
         assert reopened.snapshot(job_id)["job"] == final["job"]
+    finally:
+        reopened.shutdown()
+
+
+def test_closing_while_the_journal_fails_ends_promptly_and_says_what_was_not_kept(tmp_path, caplog):
+    journal = Flaky(tmp_path / "c.db")
+    orch = Orchestrator(max_workers=1, journal=journal)
+    orch.define("d", [Step("a", lambda ctx: ctx.log("info", "never written"))])
+    journal.failing = True
+    job_id = orch.store.create_manager("d", ["a"], {}, params_json="{}")[0].id  # no wait for durability
+    started = time.monotonic()
+    orch.shutdown()
+    assert time.monotonic() - started < 5
+    assert "not written to the journal" in caplog.text
+    assert orch.store.visible_seq < orch.seq  # what was never written was never shown
+    reopened = Orchestrator(max_workers=1, db=tmp_path / "c.db")
+    try:
+        with pytest.raises(KeyError):
+            reopened.snapshot(job_id)
     finally:
         reopened.shutdown()
