@@ -1,4 +1,4 @@
-"""Finding a Chromium for the browser tests, and the playwright fixtures that drive it.
+"""Finding a Chromium for the browser tests (the fixtures that drive it are in test_page.py).
 
 The browser is `$STEPSTREAM_CHROMIUM`, else the first of the usual Debian/Ubuntu/Chrome paths.
 Without one the browser tests skip, unless `$STEPSTREAM_REQUIRE_BROWSER` is set (as in CI):
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,32 +50,3 @@ def _unavailable(reason: str) -> None:
     if os.environ.get("STEPSTREAM_REQUIRE_BROWSER"):
         pytest.fail(f"browser tests required (STEPSTREAM_REQUIRE_BROWSER is set) but {reason}", pytrace=False)
     pytest.skip(reason)
-
-
-@pytest.fixture(scope="session", name="browser")
-def browser_fixture() -> Iterator[object]:
-    """One headless Chromium for the whole session."""
-    path, reason = find_chromium()
-    if path is None:
-        _unavailable(reason)
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("the playwright package is not installed (pip install -e '.[test]')")
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=path, headless=True, args=LAUNCH_ARGS)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture(name="page")
-def page_fixture(browser) -> Iterator[object]:
-    """A fresh page in its own context; the test fails if the page throws an uncaught error."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield page
-    context.close()
-    assert not errors, f"the page threw: {errors}"
