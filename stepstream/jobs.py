@@ -35,7 +35,7 @@ class Job:
         "steps", "children", "cancelled", "settled", "current", "ordinal", "rerun_of", "end_seq",
         "params_json",
         # children
-        "fn", "args", "kwargs", "retries", "attempt", "depth", "position",
+        "fn", "args", "kwargs", "retries", "attempt", "depth", "position", "lost",
     )  # fmt: skip
 
     def __init__(self, kind: str, name: str, created_at: float) -> None:
@@ -52,6 +52,7 @@ class Job:
         self.total = 0
         self.counts = [0, 0, 0, 0, 0]
         self.log_count = 0
+        self.lost = 0
 
     def progress(self) -> dict[str, int]:
         return progress_dict(self.total, self.counts)

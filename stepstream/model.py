@@ -113,6 +113,15 @@ def child_retry(failed: bool, attempt: int, retries: int, cancelled: bool) -> bo
     return failed and not cancelled and attempt <= retries
 
 
+MAX_LOST_ATTEMPTS = 3  # a child whose worker vanished this many times fails instead of running again
+
+
+def child_rerun_lost(lost: int, cancelled: bool) -> bool:
+    """A child whose worker vanished mid-attempt (a shared deployment) runs again as a new
+    attempt, not counted against its retries, up to `MAX_LOST_ATTEMPTS` losses."""
+    return not cancelled and lost < MAX_LOST_ATTEMPTS
+
+
 def progress_dict(total: int, counts: list[int]) -> dict[str, int]:
     """The JSON shape of progress; `total` always equals the sum of the other five."""
     return {

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import params as params_rules
+from .callables import resolve
 from .journal import Journal
 from .journal.sqlite import SqliteJournal
 from .logbridge import current_job, install_logging_bridge
@@ -29,6 +30,13 @@ from .text import describe, safe_str
 from .workers import WorkerPool
 
 INTERRUPTED = "interrupted: the orchestrator shut down while this ran"
+
+logger = logging.getLogger("stepstream")
+
+
+def _missing(reason: str, ctx: Any, *args: Any, **kwargs: Any) -> None:
+    """Stands in for code this worker cannot find: the attempt fails saying why."""
+    raise LookupError(reason)
 
 
 @dataclass(frozen=True)
@@ -75,7 +83,7 @@ class JobContext:
     @property
     def cancelled(self) -> bool:
         """True once the manager job was cancelled: stop cooperatively."""
-        return self._job.manager.cancelled
+        return self._orch.store.cancelled(self._job)
 
     def spawn(self, fn: Callable[..., Any], *args: Any, retries: int = 0, **kwargs: Any) -> str:
         """Run `fn(ctx, *args, **kwargs)` as a child of this job (linked by `parent_id`)."""
@@ -118,18 +126,21 @@ class Orchestrator:
         max_params_bytes: int = params_rules.DEFAULT_MAX_BYTES,
         db: str | os.PathLike | None = None,
         journal: Journal | None = None,
+        redis: str | None = None,
+        visibility_timeout: float = 30.0,
     ) -> None:
         for name, value in (("max_workers", max_workers), ("max_params_depth", max_params_depth),
                             ("max_params_bytes", max_params_bytes)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, not {value!r}")
-        if db is not None and journal is not None:
-            raise ValueError("give db= (a SQLite file) or journal=, not both")
+            least = 0 if name == "max_workers" and redis is not None else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"{name} must be an int of at least {least}, not {value!r}")
+        if sum(x is not None for x in (db, journal, redis)) > 1:
+            raise ValueError("give one of db= (a SQLite file), journal= or redis= (a Redis URL)")
         if db is not None:
             journal = SqliteJournal(db)
         self._store_settings = {"replay_size": replay_size, "max_finished": max_finished,
                                 "max_logs_per_step": max_logs_per_step}
-        self.store = Store(**self._store_settings, journal=journal)
+        self.store: Any = Store(**self._store_settings, journal=journal)
         self.max_workers = max_workers
         self.max_params_depth = max_params_depth
         self.max_params_bytes = max_params_bytes
@@ -138,7 +149,12 @@ class Orchestrator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_lock = threading.Lock()
         self.closed = threading.Event()  # set by shutdown()
+        self._consumer: threading.Thread | None = None
+        self._capacity = threading.Condition()
+        self._busy = 0  # queued work running here (Redis)
         install_logging_bridge(capture_level)
+        if redis is not None:
+            self.use_redis(redis, visibility_timeout=visibility_timeout)
 
     @property
     def journal(self) -> Journal | None:
@@ -158,6 +174,34 @@ class Orchestrator:
         old = self.store
         self.store = Store(**self._store_settings, journal=journal)
         old.close()
+
+    def use_redis(self, url: str, *, workers: int | None = None, visibility_timeout: float = 30.0,
+                  retain_jobs: int | None = None, retain_days: float | None = None,
+                  prefix: str = "stepstream:") -> None:
+        """Keep every job in the Redis at `url` (`redis://host:port/db`), shared by every process
+        that uses it, and run `workers` threads of queued work here (default `max_workers`; 0:
+        none). Only before any job ran here. Finished jobs beyond `retain_jobs` (default
+        `max_finished`) or older than `retain_days` are let go."""
+        from .redisbackend import RedisStore  # redis-py is needed only here
+
+        if self.store.seq or self.store.visible_seq or self.closed.is_set():
+            raise StepstreamError("the storage can only be chosen before any job runs")
+        if workers is not None:
+            if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+                raise ValueError(f"workers must be an int of at least 0, not {workers!r}")
+            self.max_workers = workers
+            self._pool = WorkerPool(max(workers, 1))
+        old = self.store
+        self.store = RedisStore(
+            url, prefix=prefix, replay_size=self._store_settings["replay_size"],
+            max_logs_per_step=self._store_settings["max_logs_per_step"],
+            retain_jobs=retain_jobs if retain_jobs is not None or retain_days is not None
+            else self._store_settings["max_finished"],
+            retain_days=retain_days, visibility_timeout=visibility_timeout, max_args_bytes=self.max_params_bytes)
+        old.close()
+        if self.max_workers > 0:
+            self._consumer = threading.Thread(target=self._consume, name="stepstream-redis-work", daemon=True)
+            self._consumer.start()
 
     # ------------------------------------------------------------------ definitions
 
@@ -239,7 +283,8 @@ class Orchestrator:
         if self.closed.is_set():
             raise StepstreamError("the orchestrator is shut down")
         child = self.store.add_child(fn, args, kwargs, retries, step_id=step_id, parent_id=parent_id)
-        self._submit(fn, child)
+        if not self.store.queued:
+            self._submit(fn, child)
         return child.id
 
     def cancel(self, job_id: str) -> dict:
@@ -351,6 +396,67 @@ class Orchestrator:
                 pass
         self._start_handler(next_step)
 
+    # ------------------------------------------------------------------ queued work (Redis)
+
+    def _consume(self) -> None:
+        """Take queued work while there is room on this process's workers, and run it."""
+        while not self.closed.is_set():
+            with self._capacity:
+                while self._busy >= self.max_workers and not self.closed.is_set():
+                    self._capacity.wait(0.5)
+                room = self.max_workers - self._busy
+            if self.closed.is_set():
+                return
+            try:
+                batch = self.store.take_work(room, block=0.5)
+            except Exception:  # noqa: BLE001 - Redis gone for long, or a bug: say it, keep serving
+                logger.exception("stepstream: taking queued work failed; trying again in 1 s")
+                self.closed.wait(1.0)
+                continue
+            for entry, job in batch:
+                with self._capacity:
+                    self._busy += 1
+                try:
+                    self._run_queued(entry, job)
+                except Exception:  # noqa: BLE001
+                    logger.exception("stepstream: could not run %s %s", job.kind, job.id)
+                    self._queued_done(entry)
+
+    def _run_queued(self, entry: Any, job: Job) -> None:
+        if job.kind == "child":
+            try:
+                fn = resolve(job.fn)
+            except LookupError as exc:
+                fn = functools.partial(_missing, str(exc))
+        else:
+            found = self._definitions.get(job.manager.definition)
+            if found is None:
+                fn = functools.partial(_missing, f"definition {job.manager.definition!r} is not defined in this "
+                                                 "worker's APP")
+            else:
+                fn = found.steps[job.index].handler
+        if inspect.iscoroutinefunction(fn):
+            future = asyncio.run_coroutine_threadsafe(self._run_async(job, fn), self._event_loop())
+            future.add_done_callback(lambda _: self._queued_done(entry))
+        else:
+            self._pool.submit(self._run_then_done, entry, job, fn)
+
+    def _run_then_done(self, entry: Any, job: Job, fn: Callable[..., Any]) -> None:
+        try:
+            self._run_sync(job, fn)
+        finally:
+            self._queued_done(entry)
+
+    def _queued_done(self, entry: Any) -> None:
+        try:
+            if entry.id in self.store.work.inflight:  # not handed back at shutdown
+                self.store.done_work(entry)
+        except Exception:  # noqa: BLE001 - not acknowledged: redelivered after the visibility timeout
+            logger.exception("stepstream: could not acknowledge finished work")
+        with self._capacity:
+            self._busy -= 1
+            self._capacity.notify_all()
+
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         with self._loop_lock:
             if self._loop is None:
@@ -367,6 +473,9 @@ class Orchestrator:
         if self.closed.is_set():
             return
         self.closed.set()
+        if self.store.queued:
+            self._shutdown_queued(wait)
+            return
         running = self.store.running_managers()
         for manager_id in running:
             try:
@@ -386,6 +495,24 @@ class Orchestrator:
             drained.add_done_callback(lambda _: loop.call_soon_threadsafe(loop.stop))
             if wait:
                 drained.result(timeout=10)
+
+    def _shutdown_queued(self, wait: bool) -> None:
+        """Stop taking work; jobs go on (other processes run them). With `wait`, let what runs
+        here end; without, hand it back at once (a child runs again elsewhere, a step handler's
+        step fails: see docs/architecture.md)."""
+        if self._consumer is not None:
+            self._consumer.join(5)
+        self._pool.shutdown(wait=wait)
+        if wait:
+            with self._capacity:
+                self._capacity.wait_for(lambda: self._busy == 0, 30)
+        else:
+            self.store.release_work("its worker process stopped")
+        self.store.close()
+        loop = self._loop
+        if loop is not None:
+            drained = asyncio.run_coroutine_threadsafe(_cancel_tasks(), loop)
+            drained.add_done_callback(lambda _: loop.call_soon_threadsafe(loop.stop))
 
     def __enter__(self) -> Orchestrator:
         return self

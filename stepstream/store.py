@@ -107,6 +107,7 @@ class Store:
         max_finished: int = 1000,
         max_logs_per_step: int = 20_000,
         journal: Journal | None = None,
+        recording: bool = False,
     ) -> None:
         if replay_size < 16 or max_finished < 1 or max_logs_per_step < 1:
             raise ValueError("replay_size >= 16, max_finished >= 1 and max_logs_per_step >= 1")
@@ -140,6 +141,8 @@ class Store:
         self.journal_error: str | None = None  # why the last write failed, while it fails
         self._closing = False
         self._writer: threading.Thread | None = None
+        # Keep every event and changed job for the caller to write (a journal, or `scratch`).
+        self._recording = recording or journal is not None
         if journal is not None:
             self._open_journal(journal)
 
@@ -274,6 +277,31 @@ class Store:
             self._durable_cond.notify_all()
         self._journal.close()
 
+    # ------------------------------------------------------------------ one change elsewhere
+
+    @classmethod
+    def scratch(cls, jobs: Iterable[Job], *, max_logs_per_step: int = 20_000, ordinal: int = 0) -> Store:
+        """A store for applying one change to jobs loaded from shared storage (the Redis
+        backend): it holds just `jobs` (a manager with its steps, and the children the change
+        needs), numbers its events 1, 2, … and keeps them for `take_events()`. The caller
+        writes the result where it belongs, atomically, with the seqs it really gets."""
+        store = cls(replay_size=16, max_finished=1, max_logs_per_step=max_logs_per_step, recording=True)
+        store._ordinals = itertools.count(ordinal)
+        for job in jobs:
+            store._jobs[job.id] = job
+            if job.kind == MANAGER:
+                store._managers[job.id] = job
+        return store
+
+    def take_events(self) -> list[Event]:
+        """The events recorded since the last call, in order (a `scratch` store)."""
+        events, self._unwritten = self._unwritten, []
+        return events
+
+    def held_jobs(self) -> list[Job]:
+        """Every job this store holds (a `scratch` store: what it loaded and what it created)."""
+        return list(self._jobs.values())
+
     # ------------------------------------------------------------------ events
 
     def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]:
@@ -333,7 +361,7 @@ class Store:
         data["seq"] = seq
         event = Event(seq, type_, manager.id if manager is not None else manager_id, key, data)
         self._ring[seq % self.replay_size] = event
-        if self._journal is not None:
+        if self._recording:
             self._unwritten.append(event)
             if manager is not None:
                 self._dirty_managers[manager.id] = manager
@@ -357,7 +385,7 @@ class Store:
 
     def _emit_status(self, job: Job) -> None:
         self._emit("job_status", job.manager, None, wire.status_event(job))
-        if job.kind == CHILD and self._journal is not None:
+        if job.kind == CHILD and self._recording:
             self._dirty_children[job.id] = job
 
     def _emit_progress(self, step: Job) -> None:
@@ -533,6 +561,43 @@ class Store:
         self._emit_status(child)
         self._emit_progress(child.step)
         return False, self._maybe_finish_step(child.step, now)
+
+    def lose_attempt(self, child: Job, attempt: int, reason: str) -> bool:
+        """The worker running `attempt` of `child` vanished (a shared deployment). The child runs
+        again as a new attempt (`model.child_rerun_lost`) or fails with `reason`. True if it runs
+        again; False if it failed, or if that attempt had ended anyway."""
+        now = time.time()
+        with self._guard:
+            if child.status != RUNNING or attempt != child.attempt:
+                return False
+            child.lost = (child.lost or 0) + 1
+            if model.child_rerun_lost(child.lost, child.manager.cancelled):
+                self._set_status(child, PENDING, now)
+                self._append_log(child, "warning", f"{child.name} attempt {child.attempt}: {reason}; "
+                                 "running it again", now)
+                child.attempt += 1
+                self._emit_status(child)
+                self._emit_progress(child.step)
+                again = True
+            else:
+                self._end_attempt(child, f"{reason} ({child.lost} times)", None, now)
+                again = False
+        self._notify()
+        return again
+
+    def finish_step_if_done(self, step: Job) -> Job | None:
+        """Finish a running step whose handler returned and whose children all ended (a change
+        that ended its last child elsewhere may not have seen the others end). Returns the step
+        to start next, if any."""
+        now = time.time()
+        with self._guard:
+            next_step = self._maybe_finish_step(step, now)
+        self._notify()
+        return next_step
+
+    def cancelled(self, job: Job) -> bool:
+        """True once `job`'s manager was cancelled (what `ctx.cancelled` says)."""
+        return job.manager.cancelled
 
     def handler_returned(self, step: Job, error: str | None, traceback: str | None = None) -> Job | None:
         """The step's handler returned or raised. Returns the step to start next, if any. A

@@ -1,0 +1,8 @@
+"""Storage in a shared Redis (or Valkey): many server and worker processes, one seq, one view.
+
+`RedisStore` stands in for the in-process `Store`; see its module for the keys and the commit.
+"""
+
+from .store import RedisStore, StorageUnavailable
+
+__all__ = ["RedisStore", "StorageUnavailable"]

@@ -1,0 +1,175 @@
+"""Jobs as Redis hash fields and events as Redis stream entries, both ways.
+
+Every hash field holds one JSON value (`null` for None), so a guard compares exact strings and
+counters (`total`, `c0`…`c4`, `log_count`) are plain integers that `HINCRBY` can change.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..callables import callable_name
+from ..encoding import dumps
+from ..events import Event
+from ..jobs import Job
+from ..logs import LogBucket
+from ..model import CHILD, MANAGER, STEP, progress_dict
+
+COUNTERS = ("total", "c0", "c1", "c2", "c3", "c4", "log_count")
+
+_COMMON = ("id", "kind", "name", "status", "created_at", "started_at", "finished_at", "error", "traceback",
+           "manager", "parent_id")
+_MANAGER = ("definition", "params", "rerun_of", "ordinal", "cancelled", "settled", "current", "steps", "end_seq")
+_STEP = ("index", "handler_returned", "handler_error", "handler_traceback")
+_CHILD = ("step", "depth", "position", "attempt", "retries", "fn", "call", "lost")
+
+
+def fields(job: Job) -> dict[str, str]:
+    """All stored fields of a job, each a JSON text."""
+    out = {name: getattr(job, name, None) for name in _COMMON if name not in ("manager",)}
+    out["manager"] = job.manager.id
+    if job.kind == MANAGER:
+        out.update(definition=job.definition, params=job.params_json, rerun_of=job.rerun_of, ordinal=job.ordinal,
+                   cancelled=job.cancelled, settled=job.settled, current=job.current,
+                   steps=[s.id for s in job.steps], end_seq=job.end_seq)
+    elif job.kind == STEP:
+        out.update(index=job.index, handler_returned=job.handler_returned, handler_error=job.handler_error,
+                   handler_traceback=job.handler_traceback)
+    else:
+        fn = job.fn if isinstance(job.fn, str) else callable_name(job.fn)
+        out.update(step=job.step.id, depth=job.depth, position=job.position, attempt=job.attempt,
+                   retries=job.retries, fn=fn, call=dumps({"args": list(job.args), "kwargs": job.kwargs}),
+                   lost=job.lost)
+    if job.kind != CHILD:
+        out.update(total=job.total, log_count=job.log_count)
+        out.update({f"c{i}": n for i, n in enumerate(job.counts)})
+    return {name: dumps(value) for name, value in out.items()}
+
+
+def _decode(raw: dict) -> dict[str, Any]:
+    return {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()}
+
+
+def pairs(flat: list) -> dict:
+    """A flat `HGETALL` reply (field, value, field, value…) as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def job_from(raw: dict, logs_per_step: int) -> Job:
+    """A Job from its hash (not yet linked to its manager and step)."""
+    data = _decode(raw)
+    job = Job(data["kind"], data["name"], data["created_at"])
+    for name in _COMMON:
+        if name not in ("kind", "name", "created_at", "manager"):  # the id too: Job() made a new one
+            setattr(job, name, data.get(name))
+    if job.kind != CHILD:
+        job.total, job.log_count = data["total"], data["log_count"]
+        job.counts = [data[f"c{i}"] for i in range(5)]
+        job.bucket = LogBucket(logs_per_step)
+    if job.kind == MANAGER:
+        job.definition, job.params_json, job.rerun_of = data["definition"], data["params"], data["rerun_of"]
+        job.params = json.loads(job.params_json)
+        job.ordinal, job.cancelled, job.settled = data["ordinal"], data["cancelled"], data["settled"]
+        job.current, job.end_seq = data["current"], data["end_seq"]
+        job.manager, job.step, job.index = job, None, None
+        job.steps, job.children = [], []
+    elif job.kind == STEP:
+        job.index, job.handler_returned = data["index"], data["handler_returned"]
+        job.handler_error, job.handler_traceback = data["handler_error"], data["handler_traceback"]
+        job.step = job
+    else:
+        call = json.loads(data["call"])
+        job.depth, job.position = data["depth"], data["position"]
+        job.attempt, job.retries = data["attempt"], data["retries"]
+        job.fn, job.args, job.kwargs, job.lost = data["fn"], tuple(call["args"]), call["kwargs"], data["lost"]
+    if job.kind == CHILD:
+        job.step = data["step"]  # its id, until `link_child` links the step itself
+    return job
+
+
+def manager_with_steps(manager_raw: dict, steps_raw: list[dict], logs_per_step: int) -> Job:
+    """A manager Job with its steps linked."""
+    manager = job_from(manager_raw, logs_per_step)
+    for raw in steps_raw:
+        step = job_from(raw, logs_per_step)
+        step.manager, step.parent_id = manager, manager.id
+        manager.steps.append(step)
+    return manager
+
+
+def link_child(child: Job, manager: Job) -> Job:
+    child.manager = manager
+    step_id = child.step
+    child.step = next(s for s in manager.steps if s.id == step_id)
+    return child
+
+
+# ---------------------------------------------------------------- events
+
+def fill_ids(event: Event, manager: Job) -> list[str]:
+    """The jobs whose counters the stored event carries as committed (not as this process saw
+    them): the step or manager of a progress event, the log's owner and manager, a manager's
+    status with its steps."""
+    if event.type == "step_progress":
+        return [event.key]  # type: ignore[list-item]
+    if event.type == "job_progress":
+        return [manager.id]
+    if event.type == "log":
+        return [event.data["step_id"] or manager.id, manager.id]
+    if event.type == "job_status" and event.data["kind"] == MANAGER:
+        return [manager.id, *(s.id for s in manager.steps)]
+    return []
+
+
+def local_counters(job_id: str, jobs: dict[str, Job]) -> list[int]:
+    job = jobs[job_id]
+    return [job.total, *job.counts, job.log_count]
+
+
+def event_counters(event: Event, ids: list[str]) -> list[list[int]]:
+    """The counters of `ids` as the event's data shows them (what this process computed)."""
+    data = event.data
+    if event.type in ("step_progress", "job_progress"):
+        return [_progress_list(data["progress"], data["log_count"])]
+    if event.type == "log":
+        return [[0] * 6 + [data["log_count"]], [0] * 6 + [data["manager_log_count"]]]
+    job = data["job"]
+    return [_progress_list(job["progress"], job["log_count"])] + [
+        _progress_list(s["progress"], s["log_count"]) for s in job["steps"]]
+
+
+def _progress_list(p: dict, log_count: int) -> list[int]:
+    return [p["total"], p["pending"], p["running"], p["completed"], p["failed"], p["cancelled"], log_count]
+
+
+def event_from(entry_id: bytes | str, entry: dict) -> Event:
+    """An Event from a stream entry: its seq is the entry id, committed counters are applied."""
+    seq = int((entry_id.decode() if isinstance(entry_id, bytes) else entry_id).partition("-")[0])
+    get = entry.get
+    type_ = _text(get(b"t", get("t")))
+    data = json.loads(get(b"d", get("d")))
+    data["seq"] = seq
+    fill = _text(get(b"f", get("f")) or b"")
+    if fill:
+        values = [int(v) for v in fill.split(",")]
+        groups = [values[i:i + 7] for i in range(0, len(values), 7)]
+        if type_ in ("step_progress", "job_progress"):
+            _apply(data, groups[0])
+        elif type_ == "log":
+            data["log_count"], data["manager_log_count"] = groups[0][6], groups[1][6]
+        else:
+            _apply(data["job"], groups[0])
+            for step, group in zip(data["job"]["steps"], groups[1:], strict=False):
+                _apply(step, group)
+    key = _text(get(b"k", get("k")) or b"") or None
+    return Event(seq, type_, _text(get(b"m", get("m"))), key, data)
+
+
+def _apply(target: dict, group: list[int]) -> None:
+    target["progress"] = progress_dict(group[0], group[1:6])
+    target["log_count"] = group[6]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else value

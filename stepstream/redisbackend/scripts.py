@@ -1,0 +1,113 @@
+"""The Lua scripts: one commit that applies a change with its events atomically, and the reads
+that must see one seq (a job with its manager and steps; the managers a stream starts with).
+
+Keys are built from a prefix inside the scripts, so this needs one Redis server (or Valkey), not
+a cluster.
+"""
+
+COMMIT = r"""
+-- ARGV[1]: key prefix; ARGV[2]: the change (JSON); ARGV[3..]: each event's data, stored as is.
+local p = ARGV[1]
+local c = cjson.decode(ARGV[2])
+-- 1. Guards: every field the change was computed from, as it was read. Any difference: nothing
+--    is written and the caller reads again.
+for _, g in ipairs(c.guards) do
+  if redis.call('HGET', p .. 'j:' .. g[1], g[2]) ~= g[3] then
+    return {'conflict', g[1] .. ' ' .. g[2]}
+  end
+end
+-- 2. Once: a change resent after a lost reply is not applied twice.
+if not redis.call('SET', p .. 'once:' .. c.once, '1', 'NX', 'EX', 600) then
+  return {'done'}
+end
+-- 3. The jobs: fields set, counters moved (commutative, so concurrent changes need no guard).
+for _, s in ipairs(c.set) do redis.call('HSET', p .. 'j:' .. s[1], unpack(s[2])) end
+for _, s in ipairs(c.incr) do redis.call('HINCRBY', p .. 'j:' .. s[1], s[2], s[3]) end
+for _, s in ipairs(c.kids) do
+  local n = redis.call('RPUSH', p .. 'kids:' .. s[1], s[2])
+  redis.call('HSET', p .. 'j:' .. s[2], 'position', n - 1)
+end
+for _, s in ipairs(c.zadd) do redis.call('ZADD', p .. s[1], s[2], s[3]) end
+for _, s in ipairs(c.zrem) do redis.call('ZREM', p .. s[1], s[2]) end
+for _, s in ipairs(c.del) do redis.call('DEL', p .. s) end
+for _, s in ipairs(c.counters) do redis.call('HINCRBY', p .. s[1], s[2], s[3]) end
+-- 4. The events, numbered by the one seq: seq order is commit order. Counters an event shows are
+--    read now (as committed) less what this change moved them after that event.
+local n = #c.events
+local base = redis.call('INCRBY', p .. 'seq', n) - n
+for i, e in ipairs(c.events) do
+  local fill = {}
+  for _, f in ipairs(e[4]) do
+    local v = redis.call('HMGET', p .. 'j:' .. f[1], 'total', 'c0', 'c1', 'c2', 'c3', 'c4', 'log_count')
+    for k = 1, 7 do fill[#fill + 1] = string.format('%d', (tonumber(v[k]) or 0) - f[k + 1]) end
+  end
+  local id = string.format('%d-0', base + i)
+  redis.call('XADD', p .. 'events', 'MAXLEN', '~', c.keep, id,
+             't', e[1], 'm', e[2], 'k', e[3], 'd', ARGV[2 + i], 'f', table.concat(fill, ','))
+  if e[5] then redis.call('XADD', p .. 'logs:' .. e[5], 'MAXLEN', '~', c.logs, id, 'd', ARGV[2 + i]) end
+end
+for _, s in ipairs(c.seqset) do redis.call('HSET', p .. 'j:' .. s[1], s[2], string.format('%d', base + s[3])) end
+-- 5. Work this change made runnable (a step's handler, a child's attempt), for any worker.
+for _, w in ipairs(c.work) do redis.call('XADD', p .. 'work', '*', unpack(w)) end
+local probe = {}
+if c.probe then
+  probe = redis.call('HMGET', p .. 'j:' .. c.probe, 'status', 'handler_returned', 'c0', 'c1')
+end
+return {'ok', string.format('%d', base + n), probe}
+"""
+
+LOAD = r"""
+-- ARGV[1]: key prefix; ARGV[2]: a job id; ARGV[3..]: ids of children of the same manager.
+-- Returns {seq, manager, step 1 … step N, then each child asked for (ARGV[2] too, if a child)}.
+local p = ARGV[1]
+local function field(flat, name)
+  for i = 1, #flat, 2 do if flat[i] == name then return flat[i + 1] end end
+end
+local out = {redis.call('GET', p .. 'seq') or '0'}
+local first = redis.call('HGETALL', p .. 'j:' .. ARGV[2])
+if #first == 0 then return out end
+local manager_id = cjson.decode(field(first, 'manager'))
+local manager = first
+if manager_id ~= ARGV[2] then manager = redis.call('HGETALL', p .. 'j:' .. manager_id) end
+if #manager == 0 then return out end
+out[2] = manager
+for _, step_id in ipairs(cjson.decode(field(manager, 'steps'))) do
+  out[#out + 1] = redis.call('HGETALL', p .. 'j:' .. step_id)
+end
+for i = 2, #ARGV do
+  local job = (i == 2) and first or redis.call('HGETALL', p .. 'j:' .. ARGV[i])
+  if #job > 0 and field(job, 'kind') == '"child"' then out[#out + 1] = job end
+end
+return out
+"""
+
+LOAD_MANAGERS = r"""
+-- ARGV[1]: key prefix; ARGV[2]: how many recently finished managers (-1: the ids ARGV[3..]).
+-- Returns {seq, {manager, its steps…}, …}: the running managers and the recent finished ones.
+local p = ARGV[1]
+local function field(flat, name)
+  for i = 1, #flat, 2 do if flat[i] == name then return flat[i + 1] end end
+end
+local out = {redis.call('GET', p .. 'seq') or '0'}
+local ids = {}
+local recent = tonumber(ARGV[2])
+if recent >= 0 then
+  for _, id in ipairs(redis.call('ZRANGE', p .. 'running', 0, -1)) do ids[#ids + 1] = id end
+  if recent > 0 then
+    for _, id in ipairs(redis.call('ZREVRANGE', p .. 'finished', 0, recent - 1)) do ids[#ids + 1] = id end
+  end
+else
+  for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
+end
+for _, id in ipairs(ids) do
+  local manager = redis.call('HGETALL', p .. 'j:' .. id)
+  if #manager > 0 then
+    local one = {manager}
+    for _, step_id in ipairs(cjson.decode(field(manager, 'steps'))) do
+      one[#one + 1] = redis.call('HGETALL', p .. 'j:' .. step_id)
+    end
+    out[#out + 1] = one
+  end
+end
+return out
+"""

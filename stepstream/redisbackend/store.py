@@ -1,0 +1,682 @@
+"""The Redis store: the state of every job of a deployment in one Redis, shared by any number of
+server and worker processes.
+
+A change (a child ending, a log line, a cancel) is computed in the process where it happens by
+the same `Store` code and `model` rules as in one process: the jobs it needs are loaded (one
+script, one seq), applied to a scratch `Store`, and the result is committed by one Lua script
+that first checks that nothing it was computed from has changed since (else it is computed again
+from a fresh read), then writes the jobs, moves the counters, takes one seq per event and appends
+the events, the log lines and the work it made runnable — all or nothing. So seq order is commit
+order for the whole deployment, and a snapshot read with its seq plus the events after it equals
+the state at any later seq, whichever process made each change.
+
+Keys (all under the prefix, `stepstream:` by default): `seq`, `id`, `ordinal`, `events` (stream,
+id = seq), `work` (stream + group), `j:<id>` (hash per job), `kids:<manager>` (list of child
+ids), `logs:<step or manager>` (stream, id = seq), `managers`/`running`/`finished` (sorted sets
+by ordinal), `ended` (finished managers by time), `statuses` and `counters` (hashes), `once:*`.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis
+
+from .. import model, wire
+from .. import params as params_rules
+from ..encoding import dumps
+from ..events import Event, Gone
+from ..jobs import Job
+from ..logs import LogBucket, Record, query
+from ..model import CHILD, MANAGER, PENDING, RUNNING, STEP, Conflict, InvalidRequest, NotFound, iso
+from ..store import Store
+from ..text import MAX_LOG_CHARS, bounded, safe_str
+from . import codec, scripts
+from .tail import Tail
+from .workqueue import Entry, WorkQueue
+
+logger = logging.getLogger("stepstream")
+
+LOST_HANDLER = "the worker running this step's handler stopped or vanished; the handler is not run again"
+LOST_CHILD = "its worker stopped or vanished"
+MAX_CONFLICTS = 200  # reads and tries of one change that others keep changing under it
+OUTAGE = 300.0  # seconds a call keeps retrying while Redis cannot be reached (a restart, say)
+
+
+class StorageUnavailable(Exception):
+    """Redis could not be reached for longer than the outage allowance."""
+
+
+class RedisStore:
+    """The `Store` interface (what the orchestrator and the hub use) over a shared Redis."""
+
+    queued = True  # work runs from the shared queue (`take_work`), not where it was made
+    journal = None
+    journal_error = None
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "stepstream:",
+        replay_size: int = 100_000,
+        max_logs_per_step: int = 20_000,
+        retain_jobs: int | None = 1000,
+        retain_days: float | None = None,
+        visibility_timeout: float = 30.0,
+        max_args_bytes: int = params_rules.DEFAULT_MAX_BYTES,
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.replay_size = replay_size
+        self.max_logs_per_step = max_logs_per_step
+        self.retain_jobs = retain_jobs
+        self.retain_days = retain_days
+        self.max_args_bytes = max_args_bytes
+        self.redis = redis.Redis.from_url(url, socket_timeout=15, socket_connect_timeout=5,
+                                          health_check_interval=10)
+        self._commit = self.redis.register_script(scripts.COMMIT)
+        self._load = self.redis.register_script(scripts.LOAD)
+        self._load_managers = self.redis.register_script(scripts.LOAD_MANAGERS)
+        token = secrets.token_hex(6)
+        self.run_id = self._retrying(lambda: self._deployment_id(token))
+        self.counters: collections.Counter[str] = collections.Counter()  # unused: stats() reads Redis
+        self._committed = 0  # the last seq this process committed
+        self._listeners: list[Callable[[], None]] = []
+        self._tail = Tail(self.redis, prefix + "events", prefix + "seq", codec.event_from, replay_size,
+                          self._call_listeners)
+        self.work = WorkQueue(self.redis, prefix + "work", visibility_timeout)
+        self._cancelled: dict[str, tuple[float, bool]] = {}
+
+    def _deployment_id(self, token: str) -> str:
+        self.redis.set(self.prefix + "id", token, nx=True)
+        return self.redis.get(self.prefix + "id").decode()
+
+    def _retrying(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """`call()`, again and again while Redis cannot be reached (up to `OUTAGE` seconds)."""
+        deadline = time.monotonic() + OUTAGE
+        delay = 0.05
+        while True:
+            try:
+                return call(*args, **kwargs)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if time.monotonic() > deadline:
+                    raise StorageUnavailable(f"Redis at {self.url} unreachable for {OUTAGE:.0f} s: {exc}") from None
+                if delay == 0.05:
+                    logger.warning("stepstream: Redis unreachable (%s); retrying", exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    # ------------------------------------------------------------------ loading
+
+    def _read(self, job_id: str, *children: str) -> tuple[int, dict[str, Job]]:
+        """The seq and, as of it, the manager of `job_id` with its steps, and `job_id` and
+        `children` if they are children (all linked). No jobs if it does not exist."""
+        if not isinstance(job_id, str):
+            return 0, {}
+        children = tuple(dict.fromkeys(c for c in children if c != job_id))
+        reply = self._retrying(lambda: self._load(args=[self.prefix, job_id, *children]))
+        seq = int(reply[0])
+        if len(reply) == 1:
+            return seq, {}
+        manager = self._manager_from(reply[1], reply[2:])
+        jobs = {manager.id: manager, **{s.id: s for s in manager.steps}}
+        for raw in reply[2 + len(manager.steps):]:
+            child = codec.link_child(codec.job_from(codec.pairs(raw), self.max_logs_per_step), manager)
+            jobs[child.id] = child
+            manager.children.append(child)
+        return seq, jobs
+
+    def _manager_from(self, manager_flat: list, rest: list) -> Job:
+        raw = codec.pairs(manager_flat)
+        count = len(json.loads(raw[b"steps"]))
+        return codec.manager_with_steps(raw, [codec.pairs(s) for s in rest[:count]], self.max_logs_per_step)
+
+    def _job(self, job_id: str, *children: str) -> tuple[int, dict[str, Job], Job]:
+        seq, jobs = self._read(job_id, *children)
+        job = jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no job with id {job_id!r}")
+        return seq, jobs, job
+
+    # ------------------------------------------------------------------ changes
+
+    def _change(self, job_id: str | None, apply: Callable[[Store, dict[str, Job]], Any], *,
+                children: Iterable[str] = (), ordinal: int = 0) -> Any:
+        """Load, apply with the store's own code, commit with guards; again on a conflict."""
+        children = list(children)
+        once = secrets.token_hex(8)
+        for tries in range(MAX_CONFLICTS):
+            jobs = self._job(job_id, *children)[1] if job_id is not None else {}
+            before = {i: codec.fields(j) for i, j in jobs.items()}
+            scratch = Store.scratch(list(jobs.values()), max_logs_per_step=self.max_logs_per_step, ordinal=ordinal)
+            result = apply(scratch, jobs)
+            events = scratch.take_events()
+            if not events and all(codec.fields(j) == before.get(i) for i, j in jobs.items()):
+                return result  # nothing changed (a late return, say)
+            change, payloads, probe, settled = self._compose(scratch, jobs, before, events, once)
+            reply = self._retrying(self._commit, args=[self.prefix, dumps(change), *payloads])
+            if reply[0] == b"conflict":
+                if tries > 5:
+                    time.sleep(min(0.05, 0.001 * tries))
+                continue
+            if reply[0] == b"ok":
+                self._committed = max(self._committed, int(reply[1]))
+                self._after_commit(reply[2], probe, settled)
+            return result
+        raise Conflict("the job kept changing while this change was computed; try again")
+
+    def _compose(self, scratch: Store, jobs: dict[str, Job], before: dict[str, dict[str, str]],
+                 events: list[Event], once: str) -> tuple[dict, list[str], str | None, list[Job]]:
+        after = {job.id: job for job in scratch.held_jobs()}
+        sets: list[list] = []
+        incrs: list[list] = []
+        guards: list[list] = []
+        kids: list[list] = []
+        zadd: list[list] = []
+        zrem: list[list] = []
+        delete: list[str] = []
+        counters: list[list] = [["counters", name, n] for name, n in scratch.counters.items()]
+        seqset: list[list] = []
+        work: list[list[str]] = []
+        settled: list[Job] = []
+        manager = next((j for j in jobs.values() if j.kind == MANAGER), None)
+        if manager is None:  # a new manager: it is among the created jobs
+            manager = next(j for j in after.values() if j.kind == MANAGER)
+        shaken = False  # did a step or the manager change status (a decision on the counters)?
+        for job_id, job in after.items():
+            now = codec.fields(job)
+            old = before.get(job_id)
+            if old is None:  # created by this change
+                sets.append([job_id, [x for pair in now.items() for x in pair]])
+                if job.kind == CHILD:
+                    kids.append([manager.id, job_id])
+                elif job.kind == MANAGER:
+                    zadd += [["managers", job.ordinal, job_id], ["running", job.ordinal, job_id]]
+            else:
+                changed = {k: v for k, v in now.items() if old.get(k) != v and k not in codec.COUNTERS}
+                changed.pop("position", None)  # only the commit knows a child's place
+                if job.kind != CHILD:
+                    for name in codec.COUNTERS:
+                        delta = int(now[name]) - int(old[name])
+                        if delta:
+                            incrs.append([job_id, name, delta])
+                if job.kind != CHILD and "status" in changed:
+                    shaken = True
+                if changed:
+                    sets.append([job_id, [x for pair in changed.items() for x in pair]])
+            status_changed = old is None or old["status"] != now["status"] or old.get("attempt") != now.get("attempt")
+            if job.kind == STEP and job.status == RUNNING and status_changed:
+                work.append(WorkQueue.fields("step", job_id, 1))
+            elif job.kind == CHILD and job.status == PENDING and status_changed:
+                work.append(WorkQueue.fields("child", job_id, job.attempt))
+            if job.kind == MANAGER and job.settled and (old is None or old["settled"] != now["settled"]):
+                settled.append(job)
+                ended = next(i for i, e in enumerate(events, 1) if e.type == "end")
+                seqset.append([job_id, "end_seq", ended])
+                zrem.append(["running", job_id])
+                zadd += [["finished", job.ordinal, job_id], ["ended", job.finished_at or time.time(), job_id]]
+                counters.append(["statuses", job.status, 1])
+        for job_id, old in before.items():
+            for name in ("status", "attempt", "cancelled", "handler_returned"):
+                if name in old:
+                    guards.append([job_id, name, old[name]])
+            if job_id not in after:  # deleted by this change
+                job = jobs[job_id]
+                if job.kind == MANAGER:
+                    delete.append(f"j:{job_id}")
+                    zrem += [["managers", job_id], ["finished", job_id], ["ended", job_id]]
+                    counters.append(["statuses", job.status, -1])
+        current = None  # the step that was running before this change
+        if manager.id in before and not json.loads(before[manager.id]["settled"]):
+            current = manager.steps[json.loads(before[manager.id]["current"])]
+        if shaken and current is not None:
+            guards += [[current.id, name, before[current.id][name]] for name in ("total", "c0", "c1")]
+        specs: list[list] = []
+        payloads: list[str] = []
+        for event in events:
+            fills = []
+            ids = codec.fill_ids(event, manager)
+            if ids:
+                shown = codec.event_counters(event, ids)
+                for job_id, seen in zip(ids, shown, strict=True):
+                    final = codec.local_counters(job_id, after)
+                    fills.append([job_id, *(f - s for f, s in zip(final, seen, strict=True))])
+            data = {k: v for k, v in event.data.items() if k != "seq"}
+            bucket = (data["step_id"] or manager.id) if event.type == "log" else False
+            specs.append([event.type, event.manager_id, event.key or "", fills, bucket])
+            payloads.append(dumps(data))
+        for job_id, _, _ in seqset:
+            for entry in sets:
+                if entry[0] == job_id and "end_seq" in entry[1][::2]:
+                    at = entry[1].index("end_seq")
+                    del entry[1][at:at + 2]
+        sets = [entry for entry in sets if entry[1]]
+        change = {
+            "once": once, "guards": guards, "set": sets, "incr": incrs, "kids": kids, "zadd": zadd, "zrem": zrem,
+            "del": delete, "counters": counters, "events": specs, "seqset": seqset, "work": work,
+            "keep": self.replay_size, "logs": self.max_logs_per_step,
+        }
+        probe = current.id if current is not None else None
+        if probe is not None:
+            change["probe"] = probe
+        return change, payloads, probe, settled
+
+    def _after_commit(self, probe_reply: list, probe: str | None, settled: list[Job]) -> None:
+        """Finish a step this change left done (its last children may have ended elsewhere at the
+        same time), and let go of finished jobs beyond the retention."""
+        if probe is not None and len(probe_reply) == 4:
+            status, returned, pending, running = (json.loads(v) if v is not None else None for v in probe_reply)
+            if status == RUNNING and model.step_is_done(bool(returned), [pending or 0, running or 0, 0, 0, 0]):
+                self._change(probe, lambda s, jobs: s.finish_step_if_done(jobs[probe]))
+        if settled:
+            self._prune()
+
+    # ------------------------------------------------------------------ commands
+
+    def create_manager(self, definition: str, step_names: list[str], params: dict, *,
+                       params_json: str | None = None, rerun_of: str | None = None) -> tuple[Job, None]:
+        ordinal = int(self._retrying(lambda: self.redis.incr(self.prefix + "ordinal")))
+        made = self._change(None, lambda s, jobs: s.create_manager(
+            definition, step_names, params, params_json=params_json, rerun_of=rerun_of), ordinal=ordinal)
+        return made[0], None  # the first step's handler is queued for a worker
+
+    def add_child(self, fn: Callable[..., Any], args: tuple, kwargs: dict, retries: int, *,
+                  step_id: str | None = None, parent_id: str | None = None) -> Job:
+        name = codec.callable_name(fn)
+        if name is None:
+            raise TypeError(f"{fn!r} cannot run on other workers: a child of a Redis deployment must be a "
+                            "module-level function of a module the workers import (not a lambda, a closure or "
+                            "something defined in __main__)")
+        params_rules.validate({"args": list(args), "kwargs": kwargs}, max_bytes=self.max_args_bytes)
+        link = step_id if step_id is not None else parent_id
+        if (step_id is None) == (parent_id is None):
+            raise ValueError("give exactly one of step_id= or parent_id=")
+
+        def apply(scratch: Store, jobs: dict[str, Job]) -> Job:
+            return scratch.add_child(fn, args, kwargs, retries, step_id=step_id, parent_id=parent_id)
+
+        return self._change(link, apply, children=() if link is None else (link,))
+
+    def begin_child(self, child: Job) -> bool:
+        return bool(self._change(child.id, lambda s, jobs: jobs[child.id].attempt == child.attempt
+                                 and s.begin_child(jobs[child.id]), children=[child.id]))
+
+    def end_child(self, child: Job, error: str | None, traceback: str | None = None,
+                  attempt: int | None = None) -> tuple[bool, None]:
+        self._change(child.id, lambda s, jobs: s.end_child(jobs[child.id], error, traceback, attempt))
+        return False, None  # a retry or the next step is queued by the commit itself
+
+    def handler_returned(self, step: Job, error: str | None, traceback: str | None = None) -> None:
+        self._change(step.id, lambda s, jobs: s.handler_returned(jobs[step.id], error, traceback))
+
+    def log(self, job_id: str, level: str, message: str) -> Record | None:
+        model.level_rank(level)
+        message = bounded(safe_str(message), MAX_LOG_CHARS)
+        return self._change(job_id, lambda s, jobs: s.log(job_id, level, message))
+
+    def cancel(self, job_id: str) -> Job:
+        seq, jobs, manager = self._job(job_id)
+        if manager.kind != MANAGER:
+            raise InvalidRequest(f"job {job_id} is a {manager.kind} job; cancel its manager {manager.manager.id}")
+        if model.is_terminal(manager.status):
+            raise Conflict(f"job {job_id} is already {manager.status}")
+        step_id = manager.steps[manager.current].id
+        pending = [child.id for child in self._children_of(job_id) if child.get(b"status") == b'"pending"'
+                   and child.get(b"step") == dumps(step_id).encode()]
+        return self._change(job_id, lambda s, jobs: s.cancel(job_id), children=pending)
+
+    def abandon(self, manager_id: str, reason: str) -> None:
+        """Nothing to do: with Redis, work of a process that stops is taken over by the others."""
+
+    def delete(self, job_id: str) -> None:
+        seq, jobs, job = self._job(job_id)
+        self._change(job_id, lambda s, jobs: s.delete(job_id))
+        self._drop(job_id, [s.id for s in job.manager.steps])
+
+    def lose_attempt(self, child: Job, attempt: int, reason: str) -> None:
+        self._change(child.id, lambda s, jobs: s.lose_attempt(jobs[child.id], attempt, reason), children=[child.id])
+
+    def cancelled(self, job: Job) -> bool:
+        """Whether the job's manager was cancelled, as read from Redis at most 0.2 s ago."""
+        manager_id = job.manager.id
+        now = time.monotonic()
+        known = self._cancelled.get(manager_id)
+        if known is None or now - known[0] > 0.2:
+            raw = self._retrying(lambda: self.redis.hget(f"{self.prefix}j:{manager_id}", "cancelled"))
+            known = self._cancelled[manager_id] = (now, raw == b"true")
+            if len(self._cancelled) > 10_000:
+                self._cancelled.clear()
+        return known[1]
+
+    # ------------------------------------------------------------------ work
+
+    def take_work(self, count: int, block: float) -> list[tuple[Entry, Job]]:
+        """Up to `count` runnable (entry, job) pairs for this process; entries of vanished workers
+        are settled on the way (a lost child attempt runs again; a lost handler fails its step)."""
+        runnable = []
+        for entry in self._retrying(lambda: self.work.take(count, block)):
+            try:
+                job = self._runnable(entry)
+            except NotFound:
+                job = None
+            if job is None:
+                self.done_work(entry)
+            else:
+                runnable.append((entry, job))
+        return runnable
+
+    def _runnable(self, entry: Entry) -> Job | None:
+        seq, jobs, job = self._job(entry.job_id)
+        if job.kind == STEP:
+            if job.status == RUNNING and not job.handler_returned:
+                if not entry.redelivered:
+                    return job
+                self.handler_returned(job, LOST_HANDLER)
+            elif job.status == RUNNING:
+                self._change(job.id, lambda s, jobs: s.finish_step_if_done(jobs[job.id]))
+            return None
+        if job.attempt != entry.attempt:
+            return None  # superseded by a later attempt's entry
+        if job.status == PENDING:
+            return job
+        if job.status == RUNNING and entry.redelivered:
+            self.lose_attempt(job, entry.attempt, LOST_CHILD)
+        elif model.is_terminal(job.status) and job.step.status == RUNNING:
+            self._change(job.step.id, lambda s, jobs: s.finish_step_if_done(jobs[job.step.id]))
+        return None
+
+    def done_work(self, entry: Entry) -> None:
+        self._retrying(lambda: self.work.ack(entry))
+
+    def release_work(self, reason: str) -> None:
+        """This process stops: what it runs is settled now as lost (a child runs again elsewhere),
+        instead of after the visibility timeout."""
+        for entry in list(self.work.inflight.values()):
+            try:
+                seq, jobs, job = self._job(entry.job_id)
+                if job.kind == STEP and job.status == RUNNING and not job.handler_returned:
+                    self.handler_returned(job, f"{LOST_HANDLER} ({reason})")
+                elif job.kind == CHILD and job.status == RUNNING and job.attempt == entry.attempt:
+                    self.lose_attempt(job, entry.attempt, reason)
+                self.done_work(entry)
+            except Exception:  # Redis gone: the entry is redelivered after the visibility timeout
+                logger.warning("stepstream: could not hand back %s %s", entry.kind, entry.job_id, exc_info=True)
+
+    # ------------------------------------------------------------------ retention
+
+    def _prune(self) -> None:
+        """Let go of the oldest finished managers beyond the retention (no event: as if never kept)."""
+        key = self.prefix
+        gone: list[bytes] = []
+        if self.retain_jobs is not None:
+            excess = self.redis.zcard(key + "finished") - self.retain_jobs
+            if excess > 0:
+                gone += self.redis.zrange(key + "finished", 0, excess - 1)
+        if self.retain_days is not None:
+            gone += self.redis.zrangebyscore(key + "ended", "-inf", time.time() - self.retain_days * 86400)
+        for manager_id in dict.fromkeys(gone):
+            mid = manager_id.decode()
+            raw = self.redis.hgetall(f"{key}j:{mid}")
+            if not raw:
+                continue
+            pipe = self.redis.pipeline()
+            pipe.zrem(key + "managers", mid).zrem(key + "finished", mid).zrem(key + "ended", mid)
+            pipe.hincrby(key + "statuses", json.loads(raw[b"status"]), -1)
+            pipe.delete(f"{key}j:{mid}")
+            pipe.execute()
+            self._drop(mid, json.loads(raw[b"steps"]))
+
+    def _drop(self, manager_id: str, step_ids: list[str]) -> None:
+        """Delete what a removed manager leaves: its steps, children, child list and logs."""
+        key = self.prefix
+        kids = self.redis.lrange(f"{key}kids:{manager_id}", 0, -1)
+        for start in range(0, len(kids), 1000):
+            self.redis.delete(*(f"{key}j:{k.decode()}" for k in kids[start:start + 1000]))
+        self.redis.delete(f"{key}kids:{manager_id}", f"{key}logs:{manager_id}",
+                          *(f"{key}j:{s}" for s in step_ids), *(f"{key}logs:{s}" for s in step_ids))
+
+    # ------------------------------------------------------------------ events
+
+    def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call `listener()` (from the tail thread) whenever new events were read."""
+        self._listeners = [*self._listeners, listener]
+        self._tail.start()
+
+        def unsubscribe() -> None:
+            self._listeners = [cb for cb in self._listeners if cb is not listener]
+
+        return unsubscribe
+
+    def _call_listeners(self) -> None:
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:
+                logger.exception("stepstream: a store listener raised; the others were still called")
+
+    @property
+    def seq(self) -> int:
+        return max(self._committed, self._tail.visible)
+
+    @property
+    def visible_seq(self) -> int:
+        """The last seq this process has read from the event stream."""
+        return self._tail.visible
+
+    def wait_visible(self, seq: int, timeout: float | None = 30) -> bool:
+        return True  # committed to Redis is as durable as Redis is configured to be
+
+    def events_after(self, after: int, limit: int = 10_000) -> tuple[list[Event], int]:
+        last = self._tail.visible
+        held = self._tail.held(after, limit)
+        if held is not None:
+            return held, last
+        if after > last:
+            if after <= int(self._retrying(lambda: self.redis.get(self.prefix + "seq")) or 0):
+                return [], last  # committed, not read here yet: it comes with the tail
+            raise Gone(after)
+        entries = self._retrying(lambda: self.redis.xrange(self.prefix + "events", min=f"{after + 1}-0",
+                                                          max=f"{last}-0", count=min(limit, last - after)))
+        events = [codec.event_from(i, e) for i, e in entries]
+        if not events or events[0].seq != after + 1:
+            raise Gone(after)
+        return events, last
+
+    def stream_snapshot(self, manager_id: str | None, recent: int = 20) -> tuple[dict, bool]:
+        now = iso(time.time())
+        if manager_id is not None:
+            seq, jobs, manager = self._job(manager_id)
+            if manager.kind != MANAGER:
+                raise InvalidRequest(f"job {manager_id} is a {manager.kind} job; use its manager {manager.manager.id}")
+            return {"seq": seq, "time": now, "jobs": [wire.manager_json(manager)]}, manager.settled
+        seq, managers = self._managers_read(recent, [])
+        managers.sort(key=lambda m: m.ordinal, reverse=True)
+        return {"seq": seq, "time": now, "jobs": [wire.manager_json(m, params=False) for m in managers]}, False
+
+    def _managers_read(self, recent: int, ids: list[str]) -> tuple[int, list[Job]]:
+        reply = self._retrying(lambda: self._load_managers(args=[self.prefix, recent, *ids]))
+        return int(reply[0]), [self._manager_from(one[0], one[1:]) for one in reply[1:]]
+
+    def ended_by(self, manager_id: str, seq: int) -> bool:
+        raw = self._retrying(lambda: self.redis.hmget(f"{self.prefix}j:{manager_id}", "kind", "end_seq"))
+        if raw[0] is None:
+            return True
+        end = json.loads(raw[1]) if raw[1] is not None else None
+        return raw[0] == b'"manager"' and end is not None and end <= seq
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, job_id: str) -> Job:
+        return self._job(job_id)[2]
+
+    def snapshot(self, job_id: str) -> dict:
+        seq, jobs, job = self._job(job_id)
+        return {"seq": seq, "job": wire.job_json(job)}
+
+    def wait(self, job_id: str, timeout: float | None) -> dict:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._tail.start()
+        while True:
+            seen = self._tail.visible
+            seq, jobs, job = self._job(job_id)
+            done = job.settled if job.kind == MANAGER else model.is_terminal(job.status)
+            if done:
+                return {"seq": seq, "job": wire.job_json(job)}
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"job {job_id} still {job.status} after {timeout} s")
+            with self._tail.cond:
+                if self._tail.visible == seen:
+                    self._tail.cond.wait(min(left or 1.0, 1.0))
+
+    def definition_and_params(self, job_id: str) -> tuple[str, dict]:
+        seq, jobs, job = self._job(job_id)
+        if job.kind != MANAGER:
+            raise InvalidRequest(f"job {job_id} is a {job.kind} job; use its manager {job.manager.id}")
+        return job.definition, job.params
+
+    def running_managers(self) -> list[str]:
+        return [m.decode() for m in self._retrying(lambda: self.redis.zrange(self.prefix + "running", 0, -1))]
+
+    def stats(self) -> dict:
+        def read() -> tuple:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.get(self.prefix + "seq").hgetall(self.prefix + "statuses").hgetall(self.prefix + "counters")
+            pipe.zrange(self.prefix + "running", 0, -1)
+            return pipe.execute()
+
+        seq, finished, counters, running = self._retrying(read)
+        managers = collections.Counter({k.decode(): int(v) for k, v in finished.items() if int(v)})
+        if running:
+            statuses = self._retrying(lambda: [self.redis.hget(f"{self.prefix}j:{m.decode()}", "status")
+                                               for m in running])
+            managers.update(json.loads(s) for s in statuses if s is not None)
+        return {"seq": int(seq or 0), "managers": dict(managers),
+                "counters": {k.decode(): int(v) for k, v in counters.items()}}
+
+    def list_managers(self, status: str | None = None, limit: int = 50, cursor: int | None = None, *,
+                      definition: str | None = None, q: str | None = None) -> dict:
+        top = f"({cursor}" if cursor is not None else "+inf"
+        page: list[str] = []
+        offset, chunk = 0, max(limit + 1, 200)
+        while len(page) <= limit:
+            ids = self._retrying(self.redis.zrevrangebyscore, self.prefix + "managers", top, "-inf",
+                                 start=offset, num=chunk)
+            if not ids:
+                break
+            offset += len(ids)
+            wanted = [i.decode() for i in ids if q is None or i.decode().startswith(q)]
+            if status is not None or definition is not None:
+                pipe = self.redis.pipeline(transaction=False)
+                for manager_id in wanted:
+                    pipe.hmget(f"{self.prefix}j:{manager_id}", "status", "definition")
+                rows = self._retrying(pipe.execute)
+                wanted = [m for m, (s, d) in zip(wanted, rows, strict=True) if s is not None
+                          and (status is None or json.loads(s) == status)
+                          and (definition is None or json.loads(d) == definition)]
+            page += wanted
+        more = len(page) > limit
+        seq, managers = self._managers_read(-1, page[:limit])
+        return {"seq": seq, "jobs": [wire.manager_json(m, params=False) for m in managers],
+                "next": managers[-1].ordinal if more and managers else None}
+
+    def _children_of(self, manager_id: str, start: int = 0, count: int = -1) -> list[dict]:
+        key = self.prefix
+        ids = self._retrying(lambda: self.redis.lrange(f"{key}kids:{manager_id}", start,
+                                                       -1 if count < 0 else start + count - 1))
+        pipe = self.redis.pipeline(transaction=False)
+        for child_id in ids:
+            pipe.hgetall(f"{key}j:{child_id.decode()}")
+        return self._retrying(pipe.execute) if ids else []
+
+    def children(self, job_id: str, step: str | None = None, status: str | None = None, limit: int = 100,
+                 cursor: int = 0) -> dict:
+        seq, jobs, job = self._job(job_id)
+        if job.kind == CHILD:
+            raise InvalidRequest(f"job {job_id} is a child job; list children of its step or manager")
+        if job.kind == STEP and step is not None and step != job.name:
+            raise InvalidRequest(f"step {step!r} is not job {job_id}'s step {job.name!r}")
+        step_job = job if job.kind == STEP else (self._step_named(job, step) if step else None)
+        manager = job.manager
+        out: list[dict] = []
+        position = cursor
+        while True:
+            rows = self._children_of(manager.id, position, 500)
+            if not rows:
+                return {"children": out, "next": None}
+            for raw in rows:
+                if raw:
+                    child = codec.link_child(codec.job_from(raw, self.max_logs_per_step), manager)
+                    if (step_job is None or child.step.id == step_job.id) and status in (None, child.status):
+                        if len(out) == limit:
+                            return {"children": out, "next": position}
+                        out.append(wire.child_json(child))
+                position += 1
+
+    @staticmethod
+    def _step_named(manager: Job, name: str) -> Job:
+        for step in manager.manager.steps:
+            if step.name == name:
+                return step
+        raise NotFound(f"job {manager.manager.id} has no step {name!r}")
+
+    def logs(self, job_id: str, step: str | None = None, level: str = "debug", after: int = 0, limit: int = 1000,
+             before: int | None = None) -> dict:
+        model.level_rank(level)
+        seq, jobs, job = self._job(job_id)
+        only_job = None
+        if job.kind == MANAGER:
+            owners = [self._step_named(job, step).id] if step is not None else [job.id] + [s.id for s in job.steps]
+        else:
+            if step is not None and step != job.step.name:
+                raise InvalidRequest(f"job {job_id} belongs to step {job.step.name!r}, not {step!r}")
+            owners = [job.step.id]
+            only_job = job.id if job.kind == CHILD else None
+        buckets = [self._bucket(owner, level, only_job, after, before, limit + 1) for owner in owners]
+        records, next_cursor = query(buckets, after=after, before=before, min_level=level, job_id=only_job,
+                                     limit=limit)
+        return {"logs": records, "next": next_cursor}
+
+    def _bucket(self, owner: str, level: str, only_job: str | None, after: int, before: int | None,
+                wanted: int) -> LogBucket:
+        """The first `wanted` matching lines of one owner's log after `after` (or the last ones
+        before `before`), as a bucket for `logs.query`."""
+        rank = model.LEVEL_RANK[level]
+        key = f"{self.prefix}logs:{owner}"
+        found: list[Record] = []
+        low, high = f"({after}-0" if after else "-", f"({before}-0" if before is not None else "+"
+        while len(found) < wanted:
+            if before is None:
+                entries = self._retrying(self.redis.xrange, key, min=low, max=high, count=1000)
+            else:
+                entries = self._retrying(self.redis.xrevrange, key, max=high, min=low, count=1000)
+            if not entries:
+                break
+            for entry_id, entry in entries:
+                record = json.loads(entry[b"d"])
+                record.pop("log_count", None)
+                record.pop("manager_log_count", None)
+                record["seq"] = int(entry_id.decode().partition("-")[0])
+                if model.LEVEL_RANK[record["level"]] >= rank and (only_job is None or record["job_id"] == only_job):
+                    found.append(record)
+            edge = entries[-1][0].decode()
+            if before is None:
+                low = f"({edge}"
+            else:
+                high = f"({edge}"
+        if before is not None:
+            found.reverse()
+        bucket = LogBucket(max(len(found), 1))
+        bucket.records = found
+        return bucket
+
+    def close(self) -> None:
+        self._tail.stop()
+        self.work.stop()

@@ -1,0 +1,99 @@
+"""One reader of the deployment's event stream per process: a thread that tails it with
+`XREAD BLOCK`, keeps the newest events in memory for this process's streams and wakes them.
+
+A server's clients never cost a Redis connection each: the hub reads this tail's memory. Events
+older than it holds are read from the Redis stream (`XRANGE`); older than the stream keeps, they
+are gone (the client gets a fresh snapshot).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+from ..events import Event
+
+logger = logging.getLogger("stepstream")
+
+
+class Tail:
+    """Follows `<prefix>events` from the seq Redis had when it started."""
+
+    def __init__(self, client: redis.Redis, key: str, seq_key: str, decode: Callable[[bytes, dict], Event],
+                 size: int, on_events: Callable[[], None]) -> None:
+        self.client = client
+        self.key = key
+        self.seq_key = seq_key
+        self.decode = decode
+        self.size = size
+        self.on_events = on_events
+        self.cond = threading.Condition()
+        self.visible = 0  # the last seq this process has read
+        self._base = 0  # seq of self._events[0] is _base + 1
+        self._events: list[Event] = []
+        self._started = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start following (once); return when the starting seq is known."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="stepstream-redis-tail", daemon=True)
+                self._thread.start()
+        self._started.wait(60)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def _run(self) -> None:
+        delay = 0.05
+        while not self._stopping:
+            try:
+                if not self._started.is_set():
+                    self.visible = self._base = int(self.client.get(self.seq_key) or 0)
+                    self._started.set()
+                reply = self.client.xread({self.key: f"{self.visible}-0"}, count=5000, block=1000)
+                delay = 0.05
+            except (redis.ConnectionError, redis.TimeoutError):
+                if delay == 0.05:
+                    logger.warning("stepstream: lost the connection to Redis; following the events once it is back")
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            except Exception:  # an entry this version cannot read: say so, keep following
+                logger.exception("stepstream: reading the event stream failed")
+                time.sleep(1.0)
+                continue
+            if not reply:
+                continue
+            fresh = [self.decode(entry_id, entry) for _, entries in reply for entry_id, entry in entries]
+            with self.cond:
+                if fresh[0].seq != self.visible + 1:  # trimmed past what we had: start over from here
+                    self._events, self._base = [], fresh[0].seq - 1
+                self._events.extend(fresh)
+                excess = len(self._events) - self.size
+                if excess > self.size // 4:
+                    del self._events[:excess]
+                    self._base += excess
+                self.visible = fresh[-1].seq
+                self.cond.notify_all()
+            self.on_events()
+
+    def held(self, after: int, limit: int) -> list[Event] | None:
+        """Events after `after` from memory (at most `limit`), or None if memory does not reach
+        back that far."""
+        with self.cond:
+            if after < self._base or after > self.visible:
+                return None
+            start = after - self._base
+            return self._events[start:start + limit]
