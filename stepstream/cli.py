@@ -15,6 +15,7 @@ import signal
 import socket
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ LOOPBACK_HOSTS = ["localhost", "127.0.0.1", "::1", "[::1]"]
 WILDCARD_HOSTS = {"", "0.0.0.0", "::"}
 TOKEN_ENV = "STEPSTREAM_TOKEN"
 DB_ENV = "STEPSTREAM_DB"
+REDIS_ENV = "STEPSTREAM_REDIS"
 DEFAULT_DB = "stepstream.db"
 WIDTH = 80  # columns of `run`'s step lines
 
@@ -60,6 +62,18 @@ def positive_int(text: str) -> int:
     if not text.strip().isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number 1 or more, not {text!r}")
     return int(text)
+
+
+def non_negative_int(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number 0 or more, not {text!r}")
+    return int(text)
+
+
+def redis_url(text: str) -> str:
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise argparse.ArgumentTypeError(f"must be a Redis URL such as redis://HOST:6379/0, not {text!r}")
+    return text
 
 
 def non_negative_number(text: str) -> float:
@@ -104,7 +118,7 @@ def token(text: str) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stepstream", description="Multi-step jobs with live per-step progress.")
     parser.add_argument("--version", action="version", version=f"stepstream {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{serve,run}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{serve,worker,run}")
 
     serve = sub.add_parser(
         "serve", help="serve the API, the event stream and the page",
@@ -122,9 +136,13 @@ def _parser() -> argparse.ArgumentParser:
                             "listening beyond loopback)")
     serve.add_argument("--allowed-host", action="append", default=[], metavar="HOST",
                        help="a Host name clients may use besides localhost and loopback addresses (repeatable)")
-    serve.add_argument("--workers", type=positive_int, metavar="N",
-                       help="worker threads of the built-in orchestrator, without APP (default 8)")
+    serve.add_argument("--workers", type=non_negative_int, metavar="N",
+                       help="worker threads: of the built-in orchestrator without APP (default 8); with --redis, "
+                            "threads running queued work in this process (default APP's max_workers; 0: none)")
     storage = serve.add_mutually_exclusive_group()
+    storage.add_argument("--redis", type=redis_url, metavar="URL",
+                         help=f"keep every job in this Redis, shared with other servers and workers (default: "
+                              f"${REDIS_ENV} if set)")
     storage.add_argument("--db", metavar="PATH",
                          help=f"the SQLite file that keeps the history (default: ${DB_ENV}, else ./{DEFAULT_DB})")
     storage.add_argument("--memory", action="store_true", help="keep nothing: history lives in memory only")
@@ -134,6 +152,21 @@ def _parser() -> argparse.ArgumentParser:
                        help="finished jobs kept in the database, those of the last D days (default: all)")
     serve.add_argument("--size", type=positive_int, metavar="N",
                        help="size of the demo jobs started with --demo (default 60)")
+    serve.add_argument("--visibility-timeout", type=positive_number, default=30.0, metavar="S",
+                       help="with --redis: seconds before work of a vanished worker is run elsewhere (default 30)")
+
+    worker = sub.add_parser(
+        "worker", help="run step handlers and children of a Redis deployment",
+        description="Take queued work (step handlers, children) of APP's jobs from Redis and run it here, "
+                    "until Ctrl+C or SIGTERM (then what runs here is handed back to other workers).")
+    worker.add_argument("app", metavar="APP",
+                        help="module:attribute naming an Orchestrator or a callable returning one")
+    worker.add_argument("--redis", type=redis_url, metavar="URL",
+                        help=f"the deployment's Redis (default: ${REDIS_ENV})")
+    worker.add_argument("--workers", type=positive_int, metavar="N",
+                        help="threads running work here (default APP's max_workers)")
+    worker.add_argument("--visibility-timeout", type=positive_number, default=30.0, metavar="S",
+                        help="seconds before work of a vanished worker is run elsewhere (default 30)")
 
     run = sub.add_parser(
         "run", help="run one job here and print each step's progress",
@@ -159,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return serve(args)
+        if args.command == "worker":
+            return work(args)
         return run(args)
     except CliError as exc:
         print(f"stepstream: error: {exc}", file=sys.stderr)
@@ -238,10 +273,13 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
 def _serve_orchestrator(args: argparse.Namespace) -> Orchestrator:
     if args.size is not None and not args.demo:
         raise CliError("--size applies only with --demo")
+    redis = args.redis or (os.environ.get(REDIS_ENV) if args.db is None and not args.memory else None)
+    if args.workers == 0 and not redis:
+        raise CliError("--workers 0 (run no work here) applies only with --redis")
     if args.app is None:
         orch = Orchestrator(max_workers=args.workers or 8)
     else:
-        if args.workers is not None:
+        if args.workers is not None and not redis:
             raise CliError(f"--workers applies only without APP: set max_workers in {args.app}")
         orch = _load(args.app)
     if args.demo:
@@ -262,6 +300,10 @@ def _choose_storage(orch: Orchestrator, args: argparse.Namespace) -> None:
     --memory. An APP's orchestrator that already has a journal keeps it unless told otherwise."""
     if (args.retain or args.retain_days) and args.memory:
         raise CliError("--retain and --retain-days keep jobs in a database; they do not go with --memory")
+    redis = args.redis or (os.environ.get(REDIS_ENV) if args.db is None and not args.memory else None)
+    if redis:
+        _use_redis(orch, redis, args.workers, args)
+        return
     if args.memory or (orch.journal is not None and args.db is None):
         return
     path = Path(args.db or os.environ.get(DB_ENV) or DEFAULT_DB)
@@ -276,6 +318,51 @@ def _choose_storage(orch: Orchestrator, args: argparse.Namespace) -> None:
         raise CliError(f"--db: {exc}") from None
     held = orch.jobs(limit=1)["jobs"]
     print(f"stepstream: history in {path.resolve()}" + ("" if held else " (new)"), file=sys.stderr)
+
+
+def _use_redis(orch: Orchestrator, url: str, workers: int | None, args: argparse.Namespace) -> None:
+    from .redisbackend import StorageUnavailable
+
+    try:
+        orch.use_redis(url, workers=workers, visibility_timeout=args.visibility_timeout,
+                       retain_jobs=getattr(args, "retain", None), retain_days=getattr(args, "retain_days", None))
+    except StorageUnavailable as exc:
+        raise CliError(str(exc), code=1) from None
+    except StepstreamError as exc:
+        raise CliError(f"--redis: {exc}") from None
+    print(f"stepstream: jobs in Redis at {url} (run here by {orch.max_workers} worker threads)", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- worker
+
+
+def work(args: argparse.Namespace) -> int:
+    """Run queued work until Ctrl+C (exit status 130) or SIGTERM (143)."""
+    url = args.redis or os.environ.get(REDIS_ENV)
+    if not url:
+        raise CliError(f"a worker needs the deployment's Redis: --redis URL (or ${REDIS_ENV})")
+    orch = _load(args.app)
+    if not orch.definitions():
+        raise CliError(f"{args.app} defines no job definitions: this worker would have nothing to run")
+    _use_redis(orch, url, args.workers or orch.max_workers, args)
+    stop = {"signal": 0}
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop["signal"] = signum
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    print(f"stepstream: worker running {', '.join(orch.definitions())} (Ctrl+C to stop)", file=sys.stderr, flush=True)
+    try:
+        while not stopping.wait(0.5):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        orch.shutdown(wait=False)  # what runs here is handed back to the other workers
+    print("stepstream: worker stopped", file=sys.stderr, flush=True)
+    return 128 + stop["signal"] if stop["signal"] else 0
 
 
 def _load(spec: str) -> Orchestrator:

@@ -84,6 +84,10 @@ class RedisStore:
         self._commit = self.redis.register_script(scripts.COMMIT)
         self._load = self.redis.register_script(scripts.LOAD)
         self._load_managers = self.redis.register_script(scripts.LOAD_MANAGERS)
+        try:
+            self.redis.ping()
+        except redis.RedisError as exc:
+            raise StorageUnavailable(f"cannot reach Redis at {url}: {exc}") from None
         token = secrets.token_hex(6)
         self.run_id = self._retrying(lambda: self._deployment_id(token))
         self.counters: collections.Counter[str] = collections.Counter()  # unused: stats() reads Redis
