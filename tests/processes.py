@@ -30,10 +30,11 @@ def stepstream_cli(*args: str, cwd: Path, timeout: float = 60, **env: str) -> su
 
 
 class Served:
-    """`stepstream serve ...` in a subprocess, its stderr read line by line as it comes."""
+    """`stepstream serve ...` (or another `command`) in a subprocess, its stderr read line by line
+    as it comes."""
 
-    def __init__(self, *args: str, cwd: Path, **env: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "stepstream", "serve", *args], cwd=cwd,
+    def __init__(self, *args: str, cwd: Path, command: str = "serve", **env: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "stepstream", command, *args], cwd=cwd,
                                      env=cli_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True)
         self.lines: list[str] = []

@@ -84,6 +84,7 @@ class RedisStore:
         self._commit = self.redis.register_script(scripts.COMMIT)
         self._load = self.redis.register_script(scripts.LOAD)
         self._load_managers = self.redis.register_script(scripts.LOAD_MANAGERS)
+        self._prune_script = self.redis.register_script(scripts.PRUNE)
         try:
             self.redis.ping()
         except redis.RedisError as exc:
@@ -417,25 +418,13 @@ class RedisStore:
 
     def _prune(self) -> None:
         """Let go of the oldest finished managers beyond the retention (no event: as if never kept)."""
-        key = self.prefix
-        gone: list[bytes] = []
-        if self.retain_jobs is not None:
-            excess = self.redis.zcard(key + "finished") - self.retain_jobs
-            if excess > 0:
-                gone += self.redis.zrange(key + "finished", 0, excess - 1)
-        if self.retain_days is not None:
-            gone += self.redis.zrangebyscore(key + "ended", "-inf", time.time() - self.retain_days * 86400)
-        for manager_id in dict.fromkeys(gone):
-            mid = manager_id.decode()
-            raw = self.redis.hgetall(f"{key}j:{mid}")
-            if not raw:
-                continue
-            pipe = self.redis.pipeline()
-            pipe.zrem(key + "managers", mid).zrem(key + "finished", mid).zrem(key + "ended", mid)
-            pipe.hincrby(key + "statuses", json.loads(raw[b"status"]), -1)
-            pipe.delete(f"{key}j:{mid}")
-            pipe.execute()
-            self._drop(mid, json.loads(raw[b"steps"]))
+        keep = -1 if self.retain_jobs is None else self.retain_jobs
+        before = -1 if self.retain_days is None else time.time() - self.retain_days * 86400
+        for manager_id in self._retrying(self._prune_script, args=[self.prefix, keep, before]):
+            key = f"{self.prefix}j:{manager_id.decode()}"
+            steps = self._retrying(self.redis.hget, key, "steps")
+            self._retrying(self.redis.delete, key)
+            self._drop(manager_id.decode(), json.loads(steps) if steps else [])
 
     def _drop(self, manager_id: str, step_ids: list[str]) -> None:
         """Delete what a removed manager leaves: its steps, children, child list and logs."""

@@ -1,0 +1,462 @@
+"""Redis storage (`stepstream serve|worker --redis`, `Orchestrator.use_redis`) side by side with
+one process in memory, in the same run.
+
+- throughput: one job whose step spawns N children (`ctx.spawn`), run by `python -m stepstream
+  worker APP --redis URL --workers 2` in 1 and in 2 processes, started and awaited by an
+  orchestrator in this process that runs no work (`use_redis(url, workers=0)`); children that
+  spin ~2 ms of pure Python (calibrated once here), then children that do nothing. Baseline:
+  the same job in one `Orchestrator` in memory (2 threads). Transitions as in bench/core.py's
+  throughput: 3 per child (created, running, completed);
+- stream delay: children on a worker process log `probe <time.time()>` at a moderate rate; an
+  SSE client of ANOTHER process (`serve APP --redis URL --workers 0`) measures receive time
+  minus that time. Baseline: the same job and client against `serve APP --memory` (one process);
+- Redis memory: INFO used_memory growth (a fresh redis-server each; a small job first, then the
+  baseline) for a job of N retained no-op children, and for N log lines, per 100,000.
+
+Every redis-server is tests/redisserver.py's (AOF on, `appendfsync always`). The APP is written
+to a temporary folder; workers and servers run with that folder as their current directory.
+
+Run alone: `python bench/redis.py [--quick]`; `bench/run.py` runs it with the others.
+
+This file's name is also redis-py's: a script in bench/ (which has bench/ first on `sys.path`)
+that imports `redis` would find this file. The first lines below make that harmless.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import os
+import sys
+
+
+def _redis_py():
+    """redis-py (the real package), imported once and registered as `redis`."""
+    here = os.path.dirname(os.path.realpath(__file__))
+    path = [p for p in sys.path if os.path.realpath(p or os.getcwd()) != here]
+    spec = importlib.machinery.PathFinder.find_spec("redis", path)
+    if spec is None:
+        raise ImportError("redis-py is not installed (pip install redis)")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["redis"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+if __name__ == "redis":  # imported as `redis` (found first on the path): hand over to redis-py
+    _redis_py()
+elif not getattr(sys.modules.get("redis"), "Redis", None):  # before stepstream or tests import it
+    _redis_py()
+
+if __name__ != "redis":
+    import contextlib
+    import json
+    import shutil
+    import statistics
+    import tempfile
+    import threading
+    import time
+    from collections.abc import Callable, Iterator
+
+    import common
+    import httpx
+    import psutil
+
+    from stepstream import Orchestrator
+    from tests.processes import Served, base_of
+    from tests.redisserver import RedisServer
+
+APP_MODULE = "ssbench_redis_app"
+APP = f"{APP_MODULE}:make"
+THREADS = 2  # worker threads per process: a worker process's, and the in-memory baseline's
+CHILD_MS = 2.0  # CPU of one spinning child
+
+APP_SOURCE = '''\
+"""The benchmark's APP (written by bench/redis.py): a fresh orchestrator per call of make()."""
+
+import time
+
+from stepstream import Orchestrator, Step
+
+
+def spin(ctx, loops):
+    n = 0
+    for i in range(loops):
+        n += i
+    return n
+
+
+def noop(ctx):
+    pass
+
+
+def fan_out(ctx):
+    p = ctx.params
+    if p["child"] == "spin":
+        for _ in range(p["children"]):
+            ctx.spawn(spin, p["loops"])
+    else:
+        for _ in range(p["children"]):
+            ctx.spawn(noop)
+
+
+def prober(ctx, start_at, lines, interval):
+    time.sleep(max(0.0, start_at - time.time()))
+    for n in range(lines):
+        ctx.log("info", f"probe {time.time():.6f}")
+        time.sleep(max(0.0, start_at + (n + 1) * interval - time.time()))
+
+
+def probes(ctx):
+    p = ctx.params
+    for _ in range(p["probers"]):
+        ctx.spawn(prober, p["start_at"], p["lines"], p["interval"])
+
+
+def writer(ctx, lines):
+    for n in range(lines):
+        ctx.log("info", f"fetched page {n}: 200 OK, 5,120 bytes in 0.042 s")
+
+
+def writers(ctx):
+    p = ctx.params
+    for _ in range(p["writers"]):
+        ctx.spawn(writer, p["lines"])
+
+
+def make():
+    orch = Orchestrator(max_workers=%(threads)d, capture_level=None, max_logs_per_step=1_000_000)
+    orch.define("fan", [Step("fan", fan_out)])
+    orch.define("probes", [Step("probes", probes)])
+    orch.define("lines", [Step("lines", writers)])
+    return orch
+''' % {"threads": THREADS}
+
+
+# ---------------------------------------------------------------- processes
+
+
+@contextlib.contextmanager
+def _app() -> Iterator[tuple[str, object]]:
+    """A temporary folder holding the APP module, imported here too: (folder, module)."""
+    folder = tempfile.mkdtemp(prefix="stepstream-bench-redis-")
+    try:
+        with open(os.path.join(folder, APP_MODULE + ".py"), "w") as f:
+            f.write(APP_SOURCE)
+        sys.path.insert(0, folder)
+        sys.modules.pop(APP_MODULE, None)
+        module = importlib.import_module(APP_MODULE)
+        yield folder, module
+    finally:
+        if folder in sys.path:
+            sys.path.remove(folder)
+        sys.modules.pop(APP_MODULE, None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+def _stop(served: Served) -> None:
+    """Ctrl+C, then kill if it does not exit."""
+    if served.proc.poll() is None:
+        try:
+            served.interrupt(timeout=15)
+        except Exception:  # noqa: BLE001 - it did not exit in time: kill it
+            served.proc.kill()
+            served.proc.wait(10)
+
+
+@contextlib.contextmanager
+def _processes(folder: str, *commands: tuple[str, ...], ready: str) -> Iterator[list[Served]]:
+    """`python -m stepstream <command...>` for each of `commands`, in `folder`, each until it
+    printed `ready` on stderr; all stopped afterwards."""
+    started: list[Served] = []
+    try:
+        for command in commands:
+            started.append(Served(*command[1:], cwd=folder, command=command[0]))
+            started[-1].wait_for(ready, timeout=60)
+        yield started
+    finally:
+        for served in started:
+            _stop(served)
+
+
+def _workers(folder: str, url: str, count: int) -> contextlib.AbstractContextManager[list[Served]]:
+    commands = [("worker", APP, "--redis", url, "--workers", str(THREADS)) for _ in range(count)]
+    return _processes(folder, *commands, ready="worker running")
+
+
+def _cpu(pid: int) -> float:
+    try:
+        t = psutil.Process(pid).cpu_times()
+        return t.user + t.system
+    except psutil.Error:
+        return float("nan")
+
+
+@contextlib.contextmanager
+def _redis_orchestrator(module: object, url: str) -> Iterator[Orchestrator]:
+    """The APP's orchestrator here, on Redis, running no work."""
+    orch = module.make()
+    try:
+        orch.use_redis(url, workers=0)
+        yield orch
+    finally:
+        orch.shutdown()
+
+
+# ---------------------------------------------------------------- 1. throughput
+
+
+def calibrate(ms: float = CHILD_MS) -> int:
+    """Loops of the APP's `spin` that take about `ms` of CPU here (best of a few)."""
+    with _app() as (_, module):
+        loops = 20_000
+        best = min(_timed(lambda: module.spin(None, loops)) for _ in range(5))
+        loops = int(loops * ms / 1000 / best)
+        best = min(_timed(lambda: module.spin(None, loops)) for _ in range(10))
+    return loops
+
+
+def _timed(call: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def _run_fan(orch: Orchestrator, params: dict, timeout: float = 600) -> float:
+    """Seconds from start to the final state of one `fan` job; checks every child completed."""
+    start = time.perf_counter()
+    job = orch.start("fan", params)
+    final = orch.wait(job, timeout=timeout)
+    wall = time.perf_counter() - start
+    progress = final["job"]["progress"]
+    if final["job"]["status"] != "completed" or progress["completed"] != params["children"]:
+        raise RuntimeError(f"fan job ended {final['job']['status']} with {progress}")
+    return wall
+
+
+def throughput(children: int = 2_000, loops: int | None = None, processes: tuple[int, ...] = (1, 2),
+               child: str = "spin", log: Callable[[str], None] = print) -> dict:
+    """The `fan` job of `children` children of kind `child` (spin: ~2 ms of CPU each; noop), in
+    memory (one process, `THREADS` threads) and through Redis with each count of worker processes."""
+    params = {"child": child, "children": children, "loops": loops or 0}
+    runs: dict[str, dict] = {}
+    with _app() as (folder, module):
+        orch = module.make()
+        try:
+            cpu0 = _cpu(os.getpid())
+            wall = _run_fan(orch, params)
+            runs["memory"] = {"wall_s": wall, "cpu_s": _cpu(os.getpid()) - cpu0}
+        finally:
+            orch.shutdown()
+        log(f"  {child} memory: {wall:.2f} s")
+        for count in processes:
+            with _redis_server() as server, _workers(folder, server.url, count) as workers, \
+                    _redis_orchestrator(module, server.url) as orch:
+                pids = {"workers": [w.proc.pid for w in workers], "redis": [server.proc.pid], "bench": [os.getpid()]}
+                before = {k: sum(_cpu(p) for p in v) for k, v in pids.items()}
+                wall = _run_fan(orch, params)
+                cpu = {k: sum(_cpu(p) for p in v) - before[k] for k, v in pids.items()}
+                runs[f"redis_{count}"] = {"processes": count, "wall_s": wall, "cpu_s": cpu,
+                                          "used_memory": server.memory_used()}
+            log(f"  {child} redis, {count} worker process(es): {wall:.2f} s, cpu {cpu}")
+    transitions = 3 * children  # created, running, completed (bench/core.py's job_wall_time)
+    for run in runs.values():
+        run["transitions_per_s"] = transitions / run["wall_s"]
+        run["children_per_s"] = children / run["wall_s"]
+    base = runs["memory"]["transitions_per_s"]
+    return {"name": f"redis_throughput_{child}", "child": child, "children": children, "loops": loops,
+            "child_ms": CHILD_MS if child == "spin" else 0.0, "threads_per_process": THREADS,
+            "transitions_per_child": 3, "runs": runs,
+            "baseline_transitions_per_s": base,
+            "ratios": {k: v["transitions_per_s"] / base for k, v in runs.items() if k != "memory"}}
+
+
+# ---------------------------------------------------------------- 2. stream delay
+
+
+class _Client:
+    """One `GET /api/events?job=ID` on httpx, in a thread: delays of `probe` log events."""
+
+    def __init__(self, base: str, job_id: str, timeout: float) -> None:
+        self.url = f"{base}/api/events?job={job_id}"
+        self.timeout = timeout
+        self.delays: list[float] = []
+        self.events = 0
+        self.ended = threading.Event()
+        self.snapshot = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        try:
+            with httpx.stream("GET", self.url, timeout=httpx.Timeout(30, read=30)) as answer:
+                answer.raise_for_status()
+                kind = None
+                for line in answer.iter_lines():
+                    now = time.time()
+                    if line.startswith("event: "):
+                        kind = line[7:]
+                    elif line.startswith("data: ") and kind is not None:
+                        self.events += 1
+                        if kind == "log":
+                            message = json.loads(line[6:])["message"]
+                            if message.startswith("probe "):
+                                self.delays.append(now - float(message[6:]))
+                        elif kind == "snapshot":
+                            self.snapshot.set()
+                        elif kind == "end":
+                            return
+                    elif not line:
+                        kind = None
+                    if time.monotonic() > deadline:
+                        return
+        except BaseException as exc:  # noqa: BLE001 - reported by the benchmark
+            self.error = exc
+        finally:
+            self.ended.set()
+
+
+def _start_job(base: str, definition: str, params: dict) -> str:
+    answer = httpx.post(f"{base}/api/jobs", json={"definition": definition, "params": params}, timeout=60)
+    answer.raise_for_status()
+    body = answer.json()
+    return body["job"]["id"] if "job" in body else body["id"]
+
+
+def _delays(base: str, rate: float, seconds: float, probers: int) -> dict:
+    """One `probes` job: `probers` children log `rate` probes/s in all for `seconds`."""
+    lines = int(rate * seconds / probers)
+    params = {"probers": probers, "lines": lines, "interval": probers / rate, "start_at": time.time() + 1.5}
+    job = _start_job(base, "probes", params)
+    client = _Client(base, job, timeout=seconds + 60)
+    if not client.snapshot.wait(10):
+        raise RuntimeError(f"no snapshot from {base} within 10 s ({client.error!r})")
+    if time.time() > params["start_at"]:
+        raise RuntimeError("the client connected after the probes started: raise start_at")
+    client.ended.wait(seconds + 60)
+    if client.error is not None:
+        raise RuntimeError(f"stream client failed: {client.error!r}")
+    expected = lines * probers
+    ms = [d * 1000 for d in client.delays]
+    return {"probes": expected, "received": len(ms), "events": client.events,
+            "p50_ms": common.percentile(ms, 0.50) if len(ms) == expected else float("inf"),
+            "p99_ms": common.percentile(ms, 0.99) if len(ms) == expected else float("inf"),
+            "max_ms": max(ms) if ms else float("inf"), "mean_ms": statistics.fmean(ms) if ms else float("inf")}
+
+
+def stream_delay(rate: float = 200, seconds: float = 10, probers: int = 2,
+                 log: Callable[[str], None] = print) -> dict:
+    """Probe delay (log on a worker process → SSE client of another server process) through
+    Redis; baseline: the same job and client on `serve APP --memory` (one process)."""
+    with _app() as (folder, _):
+        with _processes(folder, ("serve", APP, "--memory", "--port", "0"), ready="serving on ") as (served,):
+            memory = _delays(base_of(served.url()), rate, seconds, probers)
+            memory["server_cpu_s"] = _cpu(served.proc.pid)
+        log(f"  memory: {memory}")
+        with _redis_server() as server, _workers(folder, server.url, 1) as (worker,), \
+                _processes(folder, ("serve", APP, "--redis", server.url, "--workers", "0", "--port", "0"),
+                           ready="serving on ") as (served,):
+            base = base_of(served.url())
+            cpu0 = {"server": _cpu(served.proc.pid), "worker": _cpu(worker.proc.pid), "redis": _cpu(server.proc.pid)}
+            t0 = time.perf_counter()
+            redis_run = _delays(base, rate, seconds, probers)
+            elapsed = time.perf_counter() - t0
+            redis_run["cpu_pct"] = {k: 100 * (_cpu(p) - cpu0[k]) / elapsed for k, p in
+                                    (("server", served.proc.pid), ("worker", worker.proc.pid),
+                                     ("redis", server.proc.pid))}
+        log(f"  redis: {redis_run}")
+    return {"name": "redis_stream_delay", "rate": rate, "seconds": seconds, "probers": probers,
+            "redis": redis_run, "memory": memory,
+            "added_p50_ms": redis_run["p50_ms"] - memory["p50_ms"],
+            "added_p99_ms": redis_run["p99_ms"] - memory["p99_ms"]}
+
+
+# ---------------------------------------------------------------- 3. memory
+
+
+def _stream_bytes(client, key: str) -> int:
+    return int(client.memory_usage(key, samples=0) or 0)
+
+
+def redis_memory(children: int = 20_000, lines: int = 20_000, writers: int = 10, processes: int = 2,
+                 log: Callable[[str], None] = print) -> dict:
+    """used_memory growth for one finished job of `children` no-op children, and (another
+    fresh redis-server) for `lines` log lines written by `writers` children; per 100,000.
+    A small job runs first, so scripts and keys that exist once are in the baseline."""
+    out: dict = {}
+    with _app() as (folder, module):
+        for what, definition, params, count in (
+                ("children", "fan", {"child": "noop", "children": children, "loops": 0}, children),
+                ("lines", "lines", {"writers": writers, "lines": lines // writers}, lines // writers * writers)):
+            with _redis_server() as server, _workers(folder, server.url, processes), \
+                    _redis_orchestrator(module, server.url) as orch:
+                client = server.client()
+                warm = dict(params, **({"children": 10} if what == "children" else {"lines": 10}))
+                orch.wait(orch.start(definition, warm), timeout=120)
+                before = server.memory_used()
+                events_before = _stream_bytes(client, "stepstream:events")
+                t0 = time.perf_counter()
+                final = orch.wait(orch.start(definition, params), timeout=900)
+                wall = time.perf_counter() - t0
+                if final["job"]["status"] != "completed":
+                    raise RuntimeError(f"{what} job ended {final['job']['status']}")
+                time.sleep(0.5)  # let the last acknowledgements land
+                after = server.memory_used()
+                grown = after - before
+                events = _stream_bytes(client, "stepstream:events") - events_before
+                info = client.info("memory")
+                keys = client.dbsize()
+                client.close()
+            out[what] = {"count": count, "wall_s": wall, "per_s": count / wall, "used_memory_before": before,
+                         "used_memory_after": after, "bytes_per_100k": grown / count * 100_000,
+                         "events_stream_bytes_per_100k": events / count * 100_000,
+                         "bytes_per_100k_without_events": (grown - events) / count * 100_000,
+                         "keys": keys, "fragmentation_ratio": info.get("mem_fragmentation_ratio")}
+            if what == "lines":
+                logged = final["job"].get("log_count")
+                out[what]["log_count"] = logged
+            log(f"  {what}: {out[what]}")
+    return {"name": "redis_memory", "processes": processes, "threads_per_process": THREADS,
+            "children": out["children"], "lines": out["lines"]}
+
+
+# ---------------------------------------------------------------- all of it
+
+
+def benchmarks(quick: bool = False) -> list[tuple[str, Callable[[], dict]]]:
+    """(label, run) of each Redis benchmark, full or quick, for bench/run.py."""
+    loops: list[int] = []
+
+    def spin() -> dict:
+        loops.append(calibrate())
+        return throughput(1_000 if quick else 2_000, loops[0], child="spin")
+
+    return [
+        ("redis throughput, ~2 ms CPU children", spin),
+        ("redis throughput, no-op children", lambda: throughput(1_000 if quick else 5_000, child="noop")),
+        ("redis stream delay", lambda: stream_delay(seconds=4 if quick else 10)),
+        ("redis memory", lambda: redis_memory(*((5_000, 5_000) if quick else (20_000, 20_000)))),
+    ]
+
+
+def main() -> None:
+    args = common.arguments(__doc__).parse_args()
+    for label, run in benchmarks(args.quick):
+        print(f"{label} ...", flush=True)
+        print(json.dumps(run(), indent=1), flush=True)
+
+
+if __name__ == "__main__":
+    main()
