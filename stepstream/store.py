@@ -100,6 +100,8 @@ def _with_traceback(line: str, traceback: str | None) -> str:
 class Store:
     """Thread-safe state of all jobs, with a global seq and a bounded replay ring of events."""
 
+    queued = False  # work runs where it is made (the orchestrator's pool), not from a shared queue
+
     def __init__(
         self,
         *,
