@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import os
 import pty
+import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import stepstream
 from stepstream import demo
 from tests.live import sse_events
 from tests.processes import Served, base_of, cli_env, stepstream_cli
+from tests.redisserver import RedisServer, free_port
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -267,7 +270,14 @@ def test_a_missing_attribute_names_the_orchestrators_there_are(project: Path) ->
     (["serve", "--port", "70000"], "argument --port: must be a port number 0..65535"),
     (["serve", "--port", "http"], "argument --port: must be a port number 0..65535"),
     (["serve", "--port", "-1"], "argument --port: must be a port number 0..65535"),
-    (["serve", "--workers", "0"], "argument --workers: must be a whole number 1 or more, not '0'"),
+    (["serve", "--workers", "-1"], "argument --workers: must be a whole number 0 or more, not '-1'"),
+    (["worker", "myjobs:orch", "--workers", "0"], "argument --workers: must be a whole number 1 or more, not '0'"),
+    (["serve", "--redis", "notaurl"], "argument --redis: must be a Redis URL such as redis://HOST:6379/0, "
+                                      "not 'notaurl'"),
+    (["worker", "myjobs:orch", "--redis", "notaurl"], "argument --redis: must be a Redis URL such as "
+                                                      "redis://HOST:6379/0, not 'notaurl'"),
+    (["serve", "--redis", "redis://localhost:6379/0", "--memory"], "argument --memory: not allowed with argument "
+                                                                    "--redis"),
     (["serve", "--token", ""], "argument --token: must not be empty"),
     (["run", "myjobs:orch", "small", "--params", "[1, 2]"], "argument --params: must be a JSON object"),
     (["run", "myjobs:orch", "small", "--params", "{size: 1}"], "argument --params: must be a JSON object"),
@@ -289,12 +299,68 @@ def test_bad_arguments_are_refused_in_plain_words(project: Path, args: list[str]
     (["run", "nearby_restaurants"], "to run the demo: stepstream run --demo nearby_restaurants"),
     (["run", "myjobs:orch", "small", "--size", "3"], "--size applies only with --demo"),
     (["serve", "myjobs:orch", "--workers", "3"], "--workers applies only without APP"),
+    (["serve", "--workers", "0"], "--workers 0 (run no work here) applies only with --redis"),
+    (["serve", "myjobs:orch", "--workers", "0", "--memory"], "--workers 0 (run no work here) applies only with "
+                                                              "--redis"),
+    (["worker", "myjobs:orch"], "a worker needs the deployment's Redis: --redis URL (or $STEPSTREAM_REDIS)"),
+    (["worker", "myjobs:empty", "--redis", "redis://127.0.0.1:6379/0"],
+     "myjobs:empty defines no job definitions: this worker would have nothing to run"),
 ])
 def test_commands_that_cannot_work_say_why(project: Path, args: list[str], message: str) -> None:
-    done = stepstream_cli(*args, cwd=project)
+    done = stepstream_cli(*args, cwd=project, STEPSTREAM_REDIS="")  # no deployment's Redis from outside
     assert done.returncode == 2
     assert message in done.stderr
     assert done.stderr.count("\n") == 1
+
+
+# ---------------------------------------------------------------- Redis: serve --redis, worker
+
+
+class Worker(Served):
+    """`stepstream worker ...` in a subprocess, its stderr read line by line as `Served` reads it."""
+
+    def __init__(self, *args: str, cwd: Path, **env: str) -> None:  # not Served's: that one runs `serve`
+        self.proc = subprocess.Popen([sys.executable, "-m", "stepstream", "worker", *args], cwd=cwd,
+                                     env=cli_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True)
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._pump = threading.Thread(target=self._read, daemon=True)
+        self._pump.start()
+
+
+@pytest.mark.parametrize("command", [
+    ["worker", "myjobs:orch", "--redis", "{url}"],
+    ["serve", "myjobs:orch", "--redis", "{url}", "--port", "0"],
+    ["serve", "--redis", "{url}", "--workers", "0", "--port", "0"],
+    ["worker", "myjobs:orch"],  # the URL from $STEPSTREAM_REDIS
+    ["serve", "myjobs:orch", "--port", "0"],
+])
+def test_a_redis_where_nothing_listens_is_a_quick_one_line_error(project: Path, command: list[str]) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    sent = time.monotonic()
+    done = stepstream_cli(*(a.replace("{url}", url) for a in command), cwd=project, STEPSTREAM_REDIS=url,
+                          timeout=30)
+    took = time.monotonic() - sent
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith(f"stepstream: error: cannot reach Redis at {url}: "), done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "serving on" not in done.stderr and "Traceback" not in done.stderr
+    assert took < 10, f"took {took:.1f}s to give up"
+
+
+@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_worker_runs_until_a_signal_and_exits_128_plus_it(project: Path, sig: int, status: int) -> None:
+    with RedisServer() as redis_server, Worker("myjobs:orch", "--redis", redis_server.url, cwd=project) as worker:
+        worker.wait_for(f"jobs in Redis at {redis_server.url} (run here by 2 worker threads)")
+        worker.wait_for("worker running small (Ctrl+C to stop)")
+        assert worker.proc.poll() is None
+        sent = time.monotonic()
+        worker.proc.send_signal(sig)
+        assert worker.proc.wait(30) == status
+        assert time.monotonic() - sent < 10
+        assert worker.stderr().rstrip().endswith("stepstream: worker stopped")
+        assert "Traceback" not in worker.stderr()
 
 
 def test_version(project: Path) -> None:

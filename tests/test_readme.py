@@ -124,12 +124,12 @@ def test_every_curl_line_of_the_readme_works_against_a_demo_server(demo_server: 
 class Worker(Served):
     """`stepstream worker ...` in a subprocess, its stderr read line by line as `Served` reads it."""
 
-    def __init__(self, *args: str, cwd: Path, **env: str) -> None:  # noqa: super().__init__ runs `serve`
+    def __init__(self, *args: str, cwd: Path, **env: str) -> None:  # not Served's: that one runs `serve`
         self.proc = subprocess.Popen([sys.executable, "-m", "stepstream", "worker", *args], cwd=cwd,
                                      env=cli_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True)
-        self.lines = []
-        self._queue = queue.Queue()
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
         self._pump = threading.Thread(target=self._read, daemon=True)
         self._pump.start()
 

@@ -373,3 +373,32 @@ def test_a_stream_resumed_from_before_the_trimmed_events_starts_over_from_a_snap
 def test_the_page_and_api_report_the_same_deployment_id_on_every_server(deployment):
     a, b = deployment.server(), deployment.server()
     assert httpx.get(f"{a}/api/health").json()["run_id"] == httpx.get(f"{b}/api/health").json()["run_id"]
+
+
+def test_rerun_delete_and_metrics_through_the_api_of_a_redis_deployment(redis_server):
+    from stepstream.server import create_app
+    from tests.live import LiveServer
+
+    orch = Orchestrator(max_workers=4, redis=redis_server.url)
+    orch.define("many", [Step("many", many), Step("after", after)])
+    try:
+        with LiveServer(create_app(orch)) as server:
+            base = server.url.rstrip("/")
+            created = httpx.post(f"{base}/api/jobs", json={"definition": "many", "params": {"children": 5}})
+            assert created.status_code == 201, created.text
+            first = created.json()["job"]["id"]
+            orch.wait(first, timeout=30)
+            again = httpx.post(f"{base}/api/jobs/{first}/rerun", json={})
+            assert again.status_code == 201, again.text
+            second = again.json()["job"]["id"]
+            assert again.json()["job"]["rerun_of"] == first
+            assert orch.wait(second, timeout=30)["job"]["progress"]["completed"] == 5
+            assert httpx.delete(f"{base}/api/jobs/{second}").status_code in (200, 204)
+            assert httpx.get(f"{base}/api/jobs/{second}").status_code == 404
+            assert not redis_server.client().exists(f"stepstream:kids:{second}")
+            events = orch.store.events_after(0)[0]
+            assert events[-1].type == "job_deleted" and events[-1].manager_id == second
+            metrics = httpx.get(f"{base}/metrics").text
+            assert 'stepstream_jobs{status="completed"} 1.0' in metrics
+    finally:
+        orch.shutdown()
