@@ -92,12 +92,14 @@ def noop(ctx):
 
 def fan_out(ctx):
     p = ctx.params
+    start = time.perf_counter()
     if p["child"] == "spin":
         for _ in range(p["children"]):
             ctx.spawn(spin, p["loops"])
     else:
         for _ in range(p["children"]):
             ctx.spawn(noop)
+    ctx.log("info", f"spawned {p['children']} in {time.perf_counter() - start:.4f}")
 
 
 def prober(ctx, start_at, lines, interval):
@@ -155,10 +157,14 @@ def _app() -> Iterator[tuple[str, object]]:
 
 
 @contextlib.contextmanager
-def _redis_server() -> Iterator[RedisServer]:
+def _redis_server(fsync: str = "always") -> Iterator[RedisServer]:
+    """tests/redisserver.py's redis-server (AOF, `appendfsync always`); `fsync` another policy."""
     server = RedisServer()
     try:
         server.start()
+        if fsync != "always":
+            with contextlib.closing(server.client()) as client:
+                client.config_set("appendfsync", fsync)
         yield server
     finally:
         server.close()
@@ -232,8 +238,9 @@ def _timed(call: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def _run_fan(orch: Orchestrator, params: dict, timeout: float = 600) -> float:
-    """Seconds from start to the final state of one `fan` job; checks every child completed."""
+def _run_fan(orch: Orchestrator, params: dict, timeout: float = 600) -> tuple[float, float]:
+    """Seconds from start to the final state of one `fan` job (checks that every child
+    completed), and the seconds its step handler took to spawn them."""
     start = time.perf_counter()
     job = orch.start("fan", params)
     final = orch.wait(job, timeout=timeout)
@@ -241,34 +248,40 @@ def _run_fan(orch: Orchestrator, params: dict, timeout: float = 600) -> float:
     progress = final["job"]["progress"]
     if final["job"]["status"] != "completed" or progress["completed"] != params["children"]:
         raise RuntimeError(f"fan job ended {final['job']['status']} with {progress}")
-    return wall
+    spawned = [r["message"] for r in orch.logs(job, step="fan")["logs"] if r["message"].startswith("spawned ")]
+    return wall, float(spawned[0].split()[-1])
 
 
 def throughput(children: int = 2_000, loops: int | None = None, processes: tuple[int, ...] = (1, 2),
-               child: str = "spin", log: Callable[[str], None] = print) -> dict:
-    """The `fan` job of `children` children of kind `child` (spin: ~2 ms of CPU each; noop), in
-    memory (one process, `THREADS` threads) and through Redis with each count of worker processes."""
+               child: str = "spin", fsync: tuple[str, ...] = ("always",),
+               log: Callable[[str], None] = print) -> dict:
+    """The `fan` job of `children` children of kind `child` (spin: `loops` of the APP's loop,
+    ~2 ms of CPU; noop), in memory (one process, `THREADS` threads), then through Redis with each
+    count of worker processes (`THREADS` threads each) and each AOF fsync policy."""
     params = {"child": child, "children": children, "loops": loops or 0}
     runs: dict[str, dict] = {}
     with _app() as (folder, module):
         orch = module.make()
         try:
             cpu0 = _cpu(os.getpid())
-            wall = _run_fan(orch, params)
-            runs["memory"] = {"wall_s": wall, "cpu_s": _cpu(os.getpid()) - cpu0}
+            wall, spawn_s = _run_fan(orch, params)
+            runs["memory"] = {"wall_s": wall, "spawn_s": spawn_s, "cpu_s": {"process": _cpu(os.getpid()) - cpu0}}
         finally:
             orch.shutdown()
         log(f"  {child} memory: {wall:.2f} s")
-        for count in processes:
-            with _redis_server() as server, _workers(folder, server.url, count) as workers, \
-                    _redis_orchestrator(module, server.url) as orch:
-                pids = {"workers": [w.proc.pid for w in workers], "redis": [server.proc.pid], "bench": [os.getpid()]}
-                before = {k: sum(_cpu(p) for p in v) for k, v in pids.items()}
-                wall = _run_fan(orch, params)
-                cpu = {k: sum(_cpu(p) for p in v) - before[k] for k, v in pids.items()}
-                runs[f"redis_{count}"] = {"processes": count, "wall_s": wall, "cpu_s": cpu,
-                                          "used_memory": server.memory_used()}
-            log(f"  {child} redis, {count} worker process(es): {wall:.2f} s, cpu {cpu}")
+        for policy in fsync:
+            for count in processes:
+                with _redis_server(policy) as server, _workers(folder, server.url, count) as workers, \
+                        _redis_orchestrator(module, server.url) as orch:
+                    pids = {"workers": [w.proc.pid for w in workers], "redis": [server.proc.pid],
+                            "bench": [os.getpid()]}
+                    before = {k: sum(_cpu(p) for p in v) for k, v in pids.items()}
+                    wall, spawn_s = _run_fan(orch, params)
+                    cpu = {k: sum(_cpu(p) for p in v) - before[k] for k, v in pids.items()}
+                key = f"redis_{count}" + ("" if policy == "always" else f"_{policy}")
+                runs[key] = {"processes": count, "fsync": policy, "wall_s": wall, "spawn_s": spawn_s, "cpu_s": cpu}
+                log(f"  {child} {key}: {wall:.2f} s (spawned in {spawn_s:.2f} s), cpu "
+                    + ", ".join(f"{k} {v:.1f} s" for k, v in cpu.items()))
     transitions = 3 * children  # created, running, completed (bench/core.py's job_wall_time)
     for run in runs.values():
         run["transitions_per_s"] = transitions / run["wall_s"]
@@ -276,8 +289,7 @@ def throughput(children: int = 2_000, loops: int | None = None, processes: tuple
     base = runs["memory"]["transitions_per_s"]
     return {"name": f"redis_throughput_{child}", "child": child, "children": children, "loops": loops,
             "child_ms": CHILD_MS if child == "spin" else 0.0, "threads_per_process": THREADS,
-            "transitions_per_child": 3, "runs": runs,
-            "baseline_transitions_per_s": base,
+            "transitions_per_child": 3, "runs": runs, "baseline_transitions_per_s": base,
             "ratios": {k: v["transitions_per_s"] / base for k, v in runs.items() if k != "memory"}}
 
 

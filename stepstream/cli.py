@@ -321,7 +321,12 @@ def _choose_storage(orch: Orchestrator, args: argparse.Namespace) -> None:
 
 
 def _use_redis(orch: Orchestrator, url: str, workers: int | None, args: argparse.Namespace) -> None:
-    from .redisbackend import StorageUnavailable
+    from .redisbackend import StorageUnavailable, safe_url
+
+    try:
+        redis_url(url)
+    except argparse.ArgumentTypeError as exc:
+        raise CliError(f"${REDIS_ENV} {exc}") from None
 
     try:
         orch.use_redis(url, workers=workers, visibility_timeout=args.visibility_timeout,
@@ -330,7 +335,8 @@ def _use_redis(orch: Orchestrator, url: str, workers: int | None, args: argparse
         raise CliError(str(exc), code=1) from None
     except StepstreamError as exc:
         raise CliError(f"--redis: {exc}") from None
-    print(f"stepstream: jobs in Redis at {url} (run here by {orch.max_workers} worker threads)", file=sys.stderr)
+    print(f"stepstream: jobs in Redis at {safe_url(url)} (run here by {orch.max_workers} worker threads)",
+          file=sys.stderr)
 
 
 # ---------------------------------------------------------------- worker

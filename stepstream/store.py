@@ -543,11 +543,14 @@ class Store:
         self._notify()
         return retry, next_step
 
-    def _end_attempt(self, child: Job, error: str | None, traceback: str | None, now: float) -> tuple[bool, Job | None]:
+    def _end_attempt(self, child: Job, error: str | None, traceback: str | None, now: float,
+                     retry: bool = True) -> tuple[bool, Job | None]:
         manager = child.manager
         child.error = clean(error) if error is not None else None
         child.traceback = clean(traceback) if traceback is not None else None
-        if model.child_retry(error is not None, child.attempt, child.retries, manager.cancelled):
+        # Attempts lost with their worker do not count against the retries.
+        if retry and model.child_retry(error is not None, child.attempt - child.lost, child.retries,
+                                       manager.cancelled):
             self._set_status(child, PENDING, now)
             self._append_log(child, "warning", f"{child.name} attempt {child.attempt} of "
                              f"{child.retries + 1} failed, retrying: {child.error}", now)
@@ -582,7 +585,7 @@ class Store:
                 self._emit_progress(child.step)
                 again = True
             else:
-                self._end_attempt(child, f"{reason} ({child.lost} times)", None, now)
+                self._end_attempt(child, f"{reason} ({child.lost} times)", None, now, retry=False)
                 again = False
         self._notify()
         return again

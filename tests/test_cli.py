@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import os
 import pty
-import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -316,19 +314,6 @@ def test_commands_that_cannot_work_say_why(project: Path, args: list[str], messa
 # ---------------------------------------------------------------- Redis: serve --redis, worker
 
 
-class Worker(Served):
-    """`stepstream worker ...` in a subprocess, its stderr read line by line as `Served` reads it."""
-
-    def __init__(self, *args: str, cwd: Path, **env: str) -> None:  # not Served's: that one runs `serve`
-        self.proc = subprocess.Popen([sys.executable, "-m", "stepstream", "worker", *args], cwd=cwd,
-                                     env=cli_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True)
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._pump = threading.Thread(target=self._read, daemon=True)
-        self._pump.start()
-
-
 @pytest.mark.parametrize("command", [
     ["worker", "myjobs:orch", "--redis", "{url}"],
     ["serve", "myjobs:orch", "--redis", "{url}", "--port", "0"],
@@ -351,7 +336,8 @@ def test_a_redis_where_nothing_listens_is_a_quick_one_line_error(project: Path, 
 
 @pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_worker_runs_until_a_signal_and_exits_128_plus_it(project: Path, sig: int, status: int) -> None:
-    with RedisServer() as redis_server, Worker("myjobs:orch", "--redis", redis_server.url, cwd=project) as worker:
+    with RedisServer() as redis_server, \
+            Served("myjobs:orch", "--redis", redis_server.url, cwd=project, command="worker") as worker:
         worker.wait_for(f"jobs in Redis at {redis_server.url} (run here by 2 worker threads)")
         worker.wait_for("worker running small (Ctrl+C to stop)")
         assert worker.proc.poll() is None

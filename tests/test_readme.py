@@ -4,13 +4,11 @@ line, a server and a worker) on this machine."""
 
 from __future__ import annotations
 
-import queue
 import re
 import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -121,19 +119,6 @@ def test_every_curl_line_of_the_readme_works_against_a_demo_server(demo_server: 
 # ---------------------------------------------------------------- the Redis deployment
 
 
-class Worker(Served):
-    """`stepstream worker ...` in a subprocess, its stderr read line by line as `Served` reads it."""
-
-    def __init__(self, *args: str, cwd: Path, **env: str) -> None:  # not Served's: that one runs `serve`
-        self.proc = subprocess.Popen([sys.executable, "-m", "stepstream", "worker", *args], cwd=cwd,
-                                     env=cli_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True)
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._pump = threading.Thread(target=self._read, daemon=True)
-        self._pump.start()
-
-
 @pytest.fixture
 def readme_redis(tmp_path: Path):
     """Machine A: the README's redis-server line, run here on loopback, a free port and a temp dir
@@ -180,7 +165,7 @@ def test_the_redis_deployment_of_the_readme_runs_jobs_on_its_worker(tmp_path: Pa
     assert "--workers" in serve and serve[serve.index("--workers") + 1] == "0"
     token = "the-same-token-on-every-server"
     with Served(*serve[2:], "--port", "0", cwd=tmp_path, STEPSTREAM_TOKEN=token) as served, \
-            Worker(*worker[2:], cwd=tmp_path) as working:
+            Served(*worker[2:], cwd=tmp_path, command="worker") as working:
         base = base_of(served.url())
         assert "run here by 0 worker threads" in served.stderr()
         working.wait_for("worker running crawl")

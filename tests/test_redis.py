@@ -402,3 +402,41 @@ def test_rerun_delete_and_metrics_through_the_api_of_a_redis_deployment(redis_se
             assert 'stepstream_jobs{status="completed"} 1.0' in metrics
     finally:
         orch.shutdown()
+
+
+def test_a_lost_attempt_does_not_use_up_the_retries_and_a_resent_change_is_applied_once(redis_server):
+    from stepstream.redisbackend.workqueue import Entry
+
+    orch = Orchestrator(max_workers=0, redis=redis_server.url)
+    orch.define("many", [Step("many", many), Step("after", after)])
+    store = orch.store
+    try:
+        job_id = orch.start("many", {"children": 0})
+        step_id = orch.snapshot(job_id)["job"]["steps"][0]["id"]
+        child_id = orch.spawn(noop, 1, step_id=step_id, retries=1)
+        entry = Entry(b"0-1", "child", child_id, 1)
+        child = store._runnable(entry)  # taken: running, attempt 1
+        assert child is not None and child.status == "running"
+        store.lose_attempt(child, 1, "its worker vanished")  # attempt 2, retries untouched
+        again = store.get(child_id)
+        assert (again.status, again.attempt) == ("pending", 2)
+        running = store._runnable(Entry(b"0-2", "child", child_id, 2))
+        assert running is not None
+        store.end_child(running, "boom", None, 2)  # the first real failure: its one retry
+        third = store.get(child_id)
+        assert (third.status, third.attempt) == ("pending", 3)
+        # a commit whose reply was lost is sent again: applied once, not refused by its own guards
+        before = redis_server.client().get("stepstream:seq")
+        original = store._commit
+
+        def commit_twice(*args, **kwargs):
+            original(*args, **kwargs)
+            return original(*args, **kwargs)
+
+        store._commit = commit_twice
+        began = store._runnable(Entry(b"0-3", "child", child_id, 3))
+        store._commit = original
+        assert began is not None and began.status == "running"
+        assert int(redis_server.client().get("stepstream:seq")) - int(before) == 3  # status + 2 progress, once
+    finally:
+        orch.shutdown(wait=False)

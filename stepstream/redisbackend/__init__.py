@@ -3,6 +3,6 @@
 `RedisStore` stands in for the in-process `Store`; see its module for the keys and the commit.
 """
 
-from .store import RedisStore, StorageUnavailable
+from .store import RedisStore, StorageUnavailable, safe_url
 
-__all__ = ["RedisStore", "StorageUnavailable"]
+__all__ = ["RedisStore", "StorageUnavailable", "safe_url"]

@@ -25,30 +25,59 @@ _STEP = ("index", "handler_returned", "handler_error", "handler_traceback")
 _CHILD = ("step", "depth", "position", "attempt", "retries", "fn", "call", "lost")
 
 
-def fields(job: Job) -> dict[str, str]:
-    """All stored fields of a job, each a JSON text."""
-    out = {name: getattr(job, name, None) for name in _COMMON if name not in ("manager",)}
+def values(job: Job, *, new: bool = False) -> dict[str, Any]:
+    """The stored fields of a job as Python values. What never changes once a job exists (its
+    function, arguments, params, steps) only with `new`."""
+    out = {name: getattr(job, name, None) for name in _COMMON if name != "manager"}
     out["manager"] = job.manager.id
     if job.kind == MANAGER:
-        out.update(definition=job.definition, params=job.params_json, rerun_of=job.rerun_of, ordinal=job.ordinal,
-                   cancelled=job.cancelled, settled=job.settled, current=job.current,
-                   steps=[s.id for s in job.steps], end_seq=job.end_seq)
+        out.update(rerun_of=job.rerun_of, ordinal=job.ordinal, cancelled=job.cancelled, settled=job.settled,
+                   current=job.current, end_seq=job.end_seq)
+        if new:
+            out.update(definition=job.definition, params=job.params_json, steps=[s.id for s in job.steps])
     elif job.kind == STEP:
         out.update(index=job.index, handler_returned=job.handler_returned, handler_error=job.handler_error,
                    handler_traceback=job.handler_traceback)
     else:
-        fn = job.fn if isinstance(job.fn, str) else callable_name(job.fn)
         out.update(step=job.step.id, depth=job.depth, position=job.position, attempt=job.attempt,
-                   retries=job.retries, fn=fn, call=dumps({"args": list(job.args), "kwargs": job.kwargs}),
-                   lost=job.lost)
+                   retries=job.retries, lost=job.lost)
+        if new:
+            out.update(fn=job.fn if isinstance(job.fn, str) else callable_name(job.fn),
+                       call=dumps({"args": list(job.args), "kwargs": job.kwargs}))
     if job.kind != CHILD:
-        out.update(total=job.total, log_count=job.log_count)
-        out.update({f"c{i}": n for i, n in enumerate(job.counts)})
-    return {name: dumps(value) for name, value in out.items()}
+        out.update(total=job.total, log_count=job.log_count, c0=job.counts[0], c1=job.counts[1],
+                   c2=job.counts[2], c3=job.counts[3], c4=job.counts[4])
+    return out
+
+
+def fields(job: Job) -> dict[str, str]:
+    """All stored fields of a new job, each a JSON text."""
+    out = {name: dumps(value) for name, value in values(job, new=True).items()}
+    if job.kind == MANAGER:
+        out["params"] = job.params_json  # JSON already: kept as is, read only when shown
+    return out
+
+
+_CONSTANTS = {b"null": None, b"true": True, b"false": False}
+
+
+def _value(raw: bytes) -> Any:
+    """One field's JSON, with the common shapes (null, booleans, integers, plain strings) read
+    without the JSON parser."""
+    if raw in _CONSTANTS:
+        return _CONSTANTS[raw]
+    if raw[:1] == b'"' and b"\\" not in raw:
+        return raw[1:-1].decode()
+    if raw.isdigit():
+        return int(raw)
+    return json.loads(raw)
 
 
 def _decode(raw: dict) -> dict[str, Any]:
-    return {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()}
+    out = {(k.decode() if isinstance(k, bytes) else k): _value(v) for k, v in raw.items() if k != b"params"}
+    if b"params" in raw:
+        out["params"] = raw[b"params"].decode()
+    return out
 
 
 def pairs(flat: list) -> dict:
@@ -69,7 +98,7 @@ def job_from(raw: dict, logs_per_step: int) -> Job:
         job.bucket = LogBucket(logs_per_step)
     if job.kind == MANAGER:
         job.definition, job.params_json, job.rerun_of = data["definition"], data["params"], data["rerun_of"]
-        job.params = json.loads(job.params_json)
+        job.params = None  # decoded by `with_params` where it is shown
         job.ordinal, job.cancelled, job.settled = data["ordinal"], data["cancelled"], data["settled"]
         job.current, job.end_seq = data["current"], data["end_seq"]
         job.manager, job.step, job.index = job, None, None
@@ -86,6 +115,13 @@ def job_from(raw: dict, logs_per_step: int) -> Job:
     if job.kind == CHILD:
         job.step = data["step"]  # its id, until `link_child` links the step itself
     return job
+
+
+def with_params(manager: Job) -> Job:
+    """The manager with its params decoded (what a snapshot of it shows)."""
+    if manager.params is None:
+        manager.params = json.loads(manager.params_json)
+    return manager
 
 
 def manager_with_steps(manager_raw: dict, steps_raw: list[dict], logs_per_step: int) -> Job:

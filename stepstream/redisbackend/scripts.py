@@ -9,6 +9,9 @@ COMMIT = r"""
 -- ARGV[1]: key prefix; ARGV[2]: the change (JSON); ARGV[3..]: each event's data, stored as is.
 local p = ARGV[1]
 local c = cjson.decode(ARGV[2])
+-- 0. Once: a change resent after a lost reply is not applied twice (and not refused by guards
+--    that its own first commit moved).
+if redis.call('EXISTS', p .. 'once:' .. c.once) == 1 then return {'done'} end
 -- 1. Guards: every field the change was computed from, as it was read. Any difference: nothing
 --    is written and the caller reads again.
 for _, g in ipairs(c.guards) do
@@ -16,10 +19,8 @@ for _, g in ipairs(c.guards) do
     return {'conflict', g[1] .. ' ' .. g[2]}
   end
 end
--- 2. Once: a change resent after a lost reply is not applied twice.
-if not redis.call('SET', p .. 'once:' .. c.once, '1', 'NX', 'EX', 600) then
-  return {'done'}
-end
+-- 2. Once: remembered for ten minutes.
+redis.call('SET', p .. 'once:' .. c.once, '1', 'EX', 600)
 -- 3. The jobs: fields set, counters moved (commutative, so concurrent changes need no guard).
 for _, s in ipairs(c.set) do redis.call('HSET', p .. 'j:' .. s[1], unpack(s[2])) end
 for _, s in ipairs(c.incr) do redis.call('HINCRBY', p .. 'j:' .. s[1], s[2], s[3]) end

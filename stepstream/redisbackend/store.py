@@ -23,6 +23,7 @@ import json
 import logging
 import secrets
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -47,6 +48,16 @@ LOST_HANDLER = "the worker running this step's handler stopped or vanished; the 
 LOST_CHILD = "its worker stopped or vanished"
 MAX_CONFLICTS = 200  # reads and tries of one change that others keep changing under it
 OUTAGE = 300.0  # seconds a call keeps retrying while Redis cannot be reached (a restart, say)
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, to print."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 class StorageUnavailable(Exception):
@@ -88,7 +99,7 @@ class RedisStore:
         try:
             self.redis.ping()
         except redis.RedisError as exc:
-            raise StorageUnavailable(f"cannot reach Redis at {url}: {exc}") from None
+            raise StorageUnavailable(f"cannot reach Redis at {safe_url(url)}: {exc}") from None
         token = secrets.token_hex(6)
         self.run_id = self._retrying(lambda: self._deployment_id(token))
         self.counters: collections.Counter[str] = collections.Counter()  # unused: stats() reads Redis
@@ -112,7 +123,8 @@ class RedisStore:
                 return call(*args, **kwargs)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if time.monotonic() > deadline:
-                    raise StorageUnavailable(f"Redis at {self.url} unreachable for {OUTAGE:.0f} s: {exc}") from None
+                    raise StorageUnavailable(f"Redis at {safe_url(self.url)} unreachable for {OUTAGE:.0f} s: "
+                                             f"{exc}") from None
                 if delay == 0.05:
                     logger.warning("stepstream: Redis unreachable (%s); retrying", exc)
                 time.sleep(delay)
@@ -159,11 +171,11 @@ class RedisStore:
         once = secrets.token_hex(8)
         for tries in range(MAX_CONFLICTS):
             jobs = self._job(job_id, *children)[1] if job_id is not None else {}
-            before = {i: codec.fields(j) for i, j in jobs.items()}
+            before = {i: codec.values(j) for i, j in jobs.items()}
             scratch = Store.scratch(list(jobs.values()), max_logs_per_step=self.max_logs_per_step, ordinal=ordinal)
             result = apply(scratch, jobs)
             events = scratch.take_events()
-            if not events and all(codec.fields(j) == before.get(i) for i, j in jobs.items()):
+            if not events and all(codec.values(j) == before.get(i) for i, j in jobs.items()):
                 return result  # nothing changed (a late return, say)
             change, payloads, probe, settled = self._compose(scratch, jobs, before, events, once)
             reply = self._retrying(self._commit, args=[self.prefix, dumps(change), *payloads])
@@ -174,10 +186,12 @@ class RedisStore:
             if reply[0] == b"ok":
                 self._committed = max(self._committed, int(reply[1]))
                 self._after_commit(reply[2], probe, settled)
+            else:  # applied already, its reply lost: the step's read-back is done by the next change
+                self._after_commit([], None, settled)
             return result
         raise Conflict("the job kept changing while this change was computed; try again")
 
-    def _compose(self, scratch: Store, jobs: dict[str, Job], before: dict[str, dict[str, str]],
+    def _compose(self, scratch: Store, jobs: dict[str, Job], before: dict[str, dict[str, Any]],
                  events: list[Event], once: str) -> tuple[dict, list[str], str | None, list[Job]]:
         after = {job.id: job for job in scratch.held_jobs()}
         sets: list[list] = []
@@ -196,10 +210,10 @@ class RedisStore:
             manager = next(j for j in after.values() if j.kind == MANAGER)
         shaken = False  # did a step or the manager change status (a decision on the counters)?
         for job_id, job in after.items():
-            now = codec.fields(job)
             old = before.get(job_id)
+            now = codec.values(job, new=old is None)
             if old is None:  # created by this change
-                sets.append([job_id, [x for pair in now.items() for x in pair]])
+                sets.append([job_id, [x for pair in codec.fields(job).items() for x in pair]])
                 if job.kind == CHILD:
                     kids.append([manager.id, job_id])
                 elif job.kind == MANAGER:
@@ -209,13 +223,13 @@ class RedisStore:
                 changed.pop("position", None)  # only the commit knows a child's place
                 if job.kind != CHILD:
                     for name in codec.COUNTERS:
-                        delta = int(now[name]) - int(old[name])
+                        delta = now[name] - old[name]
                         if delta:
                             incrs.append([job_id, name, delta])
                 if job.kind != CHILD and "status" in changed:
                     shaken = True
                 if changed:
-                    sets.append([job_id, [x for pair in changed.items() for x in pair]])
+                    sets.append([job_id, [x for name, value in changed.items() for x in (name, dumps(value))]])
             status_changed = old is None or old["status"] != now["status"] or old.get("attempt") != now.get("attempt")
             if job.kind == STEP and job.status == RUNNING and status_changed:
                 work.append(WorkQueue.fields("step", job_id, 1))
@@ -231,7 +245,7 @@ class RedisStore:
         for job_id, old in before.items():
             for name in ("status", "attempt", "cancelled", "handler_returned"):
                 if name in old:
-                    guards.append([job_id, name, old[name]])
+                    guards.append([job_id, name, dumps(old[name])])
             if job_id not in after:  # deleted by this change
                 job = jobs[job_id]
                 if job.kind == MANAGER:
@@ -239,10 +253,10 @@ class RedisStore:
                     zrem += [["managers", job_id], ["finished", job_id], ["ended", job_id]]
                     counters.append(["statuses", job.status, -1])
         current = None  # the step that was running before this change
-        if manager.id in before and not json.loads(before[manager.id]["settled"]):
-            current = manager.steps[json.loads(before[manager.id]["current"])]
+        if manager.id in before and not before[manager.id]["settled"]:
+            current = manager.steps[before[manager.id]["current"]]
         if shaken and current is not None:
-            guards += [[current.id, name, before[current.id][name]] for name in ("total", "c0", "c1")]
+            guards += [[current.id, name, dumps(before[current.id][name])] for name in ("total", "c0", "c1")]
         specs: list[list] = []
         payloads: list[str] = []
         for event in events:
@@ -310,8 +324,8 @@ class RedisStore:
         return self._change(link, apply, children=() if link is None else (link,))
 
     def begin_child(self, child: Job) -> bool:
-        return bool(self._change(child.id, lambda s, jobs: jobs[child.id].attempt == child.attempt
-                                 and s.begin_child(jobs[child.id]), children=[child.id]))
+        """With a shared queue, a child begins when a worker takes it (`take_work`): one change."""
+        return child.status == RUNNING
 
     def end_child(self, child: Job, error: str | None, traceback: str | None = None,
                   attempt: int | None = None) -> tuple[bool, None]:
@@ -378,6 +392,25 @@ class RedisStore:
         return runnable
 
     def _runnable(self, entry: Entry) -> Job | None:
+        """The job to run for `entry`, begun (a child is running from here on); None if there is
+        nothing to run: the entry is stale, or its worker vanished (then its work is settled)."""
+        if entry.kind == "child":
+            def begin(scratch: Store, jobs: dict[str, Job]) -> tuple[Job, bool]:
+                child = jobs[entry.job_id]
+                if child.kind != CHILD or child.attempt != entry.attempt:
+                    return child, False  # superseded by a later attempt's entry
+                if child.status == PENDING:
+                    return child, scratch.begin_child(child)
+                if child.status == RUNNING and entry.redelivered:
+                    scratch.lose_attempt(child, entry.attempt, LOST_CHILD)
+                return child, False
+
+            child, began = self._change(entry.job_id, begin, children=[entry.job_id])
+            if began:
+                return child
+            if model.is_terminal(child.status) and child.step.status == RUNNING:  # its last change may not
+                self._change(child.step.id, lambda s, jobs: s.finish_step_if_done(jobs[child.step.id]))  # have ended
+            return None  # the step (its worker vanished in between)
         seq, jobs, job = self._job(entry.job_id)
         if job.kind == STEP:
             if job.status == RUNNING and not job.handler_returned:
@@ -386,15 +419,6 @@ class RedisStore:
                 self.handler_returned(job, LOST_HANDLER)
             elif job.status == RUNNING:
                 self._change(job.id, lambda s, jobs: s.finish_step_if_done(jobs[job.id]))
-            return None
-        if job.attempt != entry.attempt:
-            return None  # superseded by a later attempt's entry
-        if job.status == PENDING:
-            return job
-        if job.status == RUNNING and entry.redelivered:
-            self.lose_attempt(job, entry.attempt, LOST_CHILD)
-        elif model.is_terminal(job.status) and job.step.status == RUNNING:
-            self._change(job.step.id, lambda s, jobs: s.finish_step_if_done(jobs[job.step.id]))
         return None
 
     def done_work(self, entry: Entry) -> None:
@@ -488,7 +512,7 @@ class RedisStore:
             seq, jobs, manager = self._job(manager_id)
             if manager.kind != MANAGER:
                 raise InvalidRequest(f"job {manager_id} is a {manager.kind} job; use its manager {manager.manager.id}")
-            return {"seq": seq, "time": now, "jobs": [wire.manager_json(manager)]}, manager.settled
+            return {"seq": seq, "time": now, "jobs": [wire.manager_json(codec.with_params(manager))]}, manager.settled
         seq, managers = self._managers_read(recent, [])
         managers.sort(key=lambda m: m.ordinal, reverse=True)
         return {"seq": seq, "time": now, "jobs": [wire.manager_json(m, params=False) for m in managers]}, False
@@ -511,7 +535,7 @@ class RedisStore:
 
     def snapshot(self, job_id: str) -> dict:
         seq, jobs, job = self._job(job_id)
-        return {"seq": seq, "job": wire.job_json(job)}
+        return {"seq": seq, "job": wire.job_json(codec.with_params(job) if job.kind == MANAGER else job)}
 
     def wait(self, job_id: str, timeout: float | None) -> dict:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -521,7 +545,7 @@ class RedisStore:
             seq, jobs, job = self._job(job_id)
             done = job.settled if job.kind == MANAGER else model.is_terminal(job.status)
             if done:
-                return {"seq": seq, "job": wire.job_json(job)}
+                return {"seq": seq, "job": wire.job_json(codec.with_params(job) if job.kind == MANAGER else job)}
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise TimeoutError(f"job {job_id} still {job.status} after {timeout} s")
@@ -533,7 +557,7 @@ class RedisStore:
         seq, jobs, job = self._job(job_id)
         if job.kind != MANAGER:
             raise InvalidRequest(f"job {job_id} is a {job.kind} job; use its manager {job.manager.id}")
-        return job.definition, job.params
+        return job.definition, codec.with_params(job).params
 
     def running_managers(self) -> list[str]:
         return [m.decode() for m in self._retrying(lambda: self.redis.zrange(self.prefix + "running", 0, -1))]
