@@ -48,16 +48,18 @@ if __name__ == "redis":  # imported as `redis` (found first on the path): hand o
 elif not getattr(sys.modules.get("redis"), "Redis", None):  # before stepstream or tests import it
     _redis_py()
 
-if __name__ != "redis":
-    import contextlib
-    import json
-    import shutil
-    import statistics
-    import tempfile
-    import threading
-    import time
-    from collections.abc import Callable, Iterator
+import contextlib  # noqa: E402 - after the hand-over above
+import json  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 
+if __name__ != "redis":  # the benchmark itself (imported as `redis`, the rest only defines functions)
     import common
     import httpx
     import psutil
@@ -90,15 +92,22 @@ def noop(ctx):
     pass
 
 
+def spawner(ctx, child, count, loops):
+    for _ in range(count):
+        if child == "spin":
+            ctx.spawn(spin, loops)
+        else:
+            ctx.spawn(noop)
+
+
 def fan_out(ctx):
     p = ctx.params
     start = time.perf_counter()
-    if p["child"] == "spin":
-        for _ in range(p["children"]):
-            ctx.spawn(spin, p["loops"])
+    if p.get("spawners"):  # a tree: the step spawns spawners, each spawns its share
+        for _ in range(p["spawners"]):
+            ctx.spawn(spawner, p["child"], p["children"] // p["spawners"], p["loops"])
     else:
-        for _ in range(p["children"]):
-            ctx.spawn(noop)
+        spawner(ctx, p["child"], p["children"], p["loops"])
     ctx.log("info", f"spawned {p['children']} in {time.perf_counter() - start:.4f}")
 
 
@@ -127,12 +136,12 @@ def writers(ctx):
 
 
 def make():
-    orch = Orchestrator(max_workers=%(threads)d, capture_level=None, max_logs_per_step=1_000_000)
+    orch = Orchestrator(max_workers=THREADS, capture_level=None, max_logs_per_step=1_000_000)
     orch.define("fan", [Step("fan", fan_out)])
     orch.define("probes", [Step("probes", probes)])
     orch.define("lines", [Step("lines", writers)])
     return orch
-''' % {"threads": THREADS}
+'''.replace("THREADS", str(THREADS))
 
 
 # ---------------------------------------------------------------- processes
@@ -188,11 +197,16 @@ def _processes(folder: str, *commands: tuple[str, ...], ready: str) -> Iterator[
     try:
         for command in commands:
             started.append(Served(*command[1:], cwd=folder, command=command[0]))
-            started[-1].wait_for(ready, timeout=60)
+            started[-1].ready = started[-1].wait_for(ready, timeout=60)  # type: ignore[attr-defined]
         yield started
     finally:
         for served in started:
             _stop(served)
+
+
+def _base(served: Served) -> str:
+    """http://127.0.0.1:PORT of a server, from its `serving on` line."""
+    return base_of(re.search(r"serving on (http://\S+)", served.ready).group(1))  # type: ignore[attr-defined]
 
 
 def _workers(folder: str, url: str, count: int) -> contextlib.AbstractContextManager[list[Served]]:
@@ -223,12 +237,12 @@ def _redis_orchestrator(module: object, url: str) -> Iterator[Orchestrator]:
 
 
 def calibrate(ms: float = CHILD_MS) -> int:
-    """Loops of the APP's `spin` that take about `ms` of CPU here (best of a few)."""
+    """Loops of the APP's `spin` that take about `ms` here (median of a few: the machine is shared)."""
     with _app() as (_, module):
         loops = 20_000
-        best = min(_timed(lambda: module.spin(None, loops)) for _ in range(5))
-        loops = int(loops * ms / 1000 / best)
-        best = min(_timed(lambda: module.spin(None, loops)) for _ in range(10))
+        for _ in range(2):
+            took = statistics.median(_timed(lambda n=loops: module.spin(None, n)) for _ in range(11))
+            loops = int(loops * ms / 1000 / took)
     return loops
 
 
@@ -246,19 +260,20 @@ def _run_fan(orch: Orchestrator, params: dict, timeout: float = 600) -> tuple[fl
     final = orch.wait(job, timeout=timeout)
     wall = time.perf_counter() - start
     progress = final["job"]["progress"]
-    if final["job"]["status"] != "completed" or progress["completed"] != params["children"]:
+    if final["job"]["status"] != "completed" or progress["completed"] != params["children"] + params["spawners"]:
         raise RuntimeError(f"fan job ended {final['job']['status']} with {progress}")
     spawned = [r["message"] for r in orch.logs(job, step="fan")["logs"] if r["message"].startswith("spawned ")]
     return wall, float(spawned[0].split()[-1])
 
 
 def throughput(children: int = 2_000, loops: int | None = None, processes: tuple[int, ...] = (1, 2),
-               child: str = "spin", fsync: tuple[str, ...] = ("always",),
-               log: Callable[[str], None] = print) -> dict:
+               child: str = "spin", fsync: tuple[str, ...] = ("always",), spawners: int = 0,
+               log: Callable[[str], None] = print, child_ms: float = CHILD_MS) -> dict:
     """The `fan` job of `children` children of kind `child` (spin: `loops` of the APP's loop,
     ~2 ms of CPU; noop), in memory (one process, `THREADS` threads), then through Redis with each
-    count of worker processes (`THREADS` threads each) and each AOF fsync policy."""
-    params = {"child": child, "children": children, "loops": loops or 0}
+    count of worker processes (`THREADS` threads each) and each AOF fsync policy. With
+    `spawners`, the step spawns that many children that spawn the others (they count too)."""
+    params = {"child": child, "children": children, "loops": loops or 0, "spawners": spawners}
     runs: dict[str, dict] = {}
     with _app() as (folder, module):
         orch = module.make()
@@ -282,13 +297,15 @@ def throughput(children: int = 2_000, loops: int | None = None, processes: tuple
                 runs[key] = {"processes": count, "fsync": policy, "wall_s": wall, "spawn_s": spawn_s, "cpu_s": cpu}
                 log(f"  {child} {key}: {wall:.2f} s (spawned in {spawn_s:.2f} s), cpu "
                     + ", ".join(f"{k} {v:.1f} s" for k, v in cpu.items()))
-    transitions = 3 * children  # created, running, completed (bench/core.py's job_wall_time)
+    transitions = 3 * (children + spawners)  # created, running, completed (bench/core.py's job_wall_time)
     for run in runs.values():
         run["transitions_per_s"] = transitions / run["wall_s"]
-        run["children_per_s"] = children / run["wall_s"]
+        run["children_per_s"] = (children + spawners) / run["wall_s"]
     base = runs["memory"]["transitions_per_s"]
-    return {"name": f"redis_throughput_{child}", "child": child, "children": children, "loops": loops,
-            "child_ms": CHILD_MS if child == "spin" else 0.0, "threads_per_process": THREADS,
+    name = f"redis_throughput_{child}" + ("" if child_ms == CHILD_MS else f"_{child_ms:g}ms")
+    return {"name": name + (f"_tree{spawners}" if spawners else ""), "child": child,
+            "children": children, "spawners": spawners, "loops": loops,
+            "child_ms": child_ms if child == "spin" else 0.0, "threads_per_process": THREADS,
             "transitions_per_child": 3, "runs": runs, "baseline_transitions_per_s": base,
             "ratios": {k: v["transitions_per_s"] / base for k, v in runs.items() if k != "memory"}}
 
@@ -374,13 +391,14 @@ def stream_delay(rate: float = 200, seconds: float = 10, probers: int = 2,
     Redis; baseline: the same job and client on `serve APP --memory` (one process)."""
     with _app() as (folder, _):
         with _processes(folder, ("serve", APP, "--memory", "--port", "0"), ready="serving on ") as (served,):
-            memory = _delays(base_of(served.url()), rate, seconds, probers)
-            memory["server_cpu_s"] = _cpu(served.proc.pid)
+            cpu0, t0 = _cpu(served.proc.pid), time.perf_counter()
+            memory = _delays(_base(served), rate, seconds, probers)
+            memory["cpu_pct"] = {"server": 100 * (_cpu(served.proc.pid) - cpu0) / (time.perf_counter() - t0)}
         log(f"  memory: {memory}")
         with _redis_server() as server, _workers(folder, server.url, 1) as (worker,), \
                 _processes(folder, ("serve", APP, "--redis", server.url, "--workers", "0", "--port", "0"),
                            ready="serving on ") as (served,):
-            base = base_of(served.url())
+            base = _base(served)
             cpu0 = {"server": _cpu(served.proc.pid), "worker": _cpu(worker.proc.pid), "redis": _cpu(server.proc.pid)}
             t0 = time.perf_counter()
             redis_run = _delays(base, rate, seconds, probers)
@@ -398,48 +416,59 @@ def stream_delay(rate: float = 200, seconds: float = 10, probers: int = 2,
 # ---------------------------------------------------------------- 3. memory
 
 
-def _stream_bytes(client, key: str) -> int:
-    return int(client.memory_usage(key, samples=0) or 0)
+def _unlink_once_keys(client) -> int:
+    """Delete the `once:*` keys (a change's idempotency marks, which expire by themselves after
+    some minutes); how many there were."""
+    keys = list(client.scan_iter("stepstream:once:*", count=5000))
+    for start in range(0, len(keys), 5000):
+        client.unlink(*keys[start:start + 5000])
+    return len(keys)
 
 
-def redis_memory(children: int = 20_000, lines: int = 20_000, writers: int = 10, processes: int = 2,
+def redis_memory(children: int = 10_000, lines: int = 10_000, writers: int = 10, processes: int = 2,
                  log: Callable[[str], None] = print) -> dict:
-    """used_memory growth for one finished job of `children` no-op children, and (another
-    fresh redis-server) for `lines` log lines written by `writers` children; per 100,000.
-    A small job runs first, so scripts and keys that exist once are in the baseline."""
+    """used_memory growth for one finished job of `children` no-op children, and (another fresh
+    redis-server) for `lines` log lines written by `writers` children; per 100,000. A small job
+    of the same kind runs first, so scripts and what exists once are in the baseline. Split:
+    the event stream (MEMORY USAGE), the `once:*` keys (deleted at the end to see them), the rest."""
     out: dict = {}
     with _app() as (folder, module):
         for what, definition, params, count in (
                 ("children", "fan", {"child": "noop", "children": children, "loops": 0}, children),
                 ("lines", "lines", {"writers": writers, "lines": lines // writers}, lines // writers * writers)):
             with _redis_server() as server, _workers(folder, server.url, processes), \
-                    _redis_orchestrator(module, server.url) as orch:
-                client = server.client()
+                    _redis_orchestrator(module, server.url) as orch, contextlib.closing(server.client()) as client:
                 warm = dict(params, **({"children": 10} if what == "children" else {"lines": 10}))
                 orch.wait(orch.start(definition, warm), timeout=120)
+                time.sleep(0.5)  # the last acknowledgements
+                _unlink_once_keys(client)
                 before = server.memory_used()
-                events_before = _stream_bytes(client, "stepstream:events")
+                events_before = int(client.memory_usage("stepstream:events", samples=0))
+                xlen_before = client.xlen("stepstream:events")
                 t0 = time.perf_counter()
-                final = orch.wait(orch.start(definition, params), timeout=900)
+                job = orch.start(definition, params)
+                final = orch.wait(job, timeout=900)
                 wall = time.perf_counter() - t0
                 if final["job"]["status"] != "completed":
                     raise RuntimeError(f"{what} job ended {final['job']['status']}")
-                time.sleep(0.5)  # let the last acknowledgements land
+                time.sleep(0.5)
                 after = server.memory_used()
-                grown = after - before
-                events = _stream_bytes(client, "stepstream:events") - events_before
+                events = int(client.memory_usage("stepstream:events", samples=0)) - events_before
+                event_count = client.xlen("stepstream:events") - xlen_before
+                once_keys = _unlink_once_keys(client)
+                time.sleep(0.2)
+                without_once = server.memory_used()
                 info = client.info("memory")
-                keys = client.dbsize()
-                client.close()
+                logged = len(orch.logs(job, limit=1_000_000)["logs"]) if what == "lines" else None
+            per = 100_000 / count
             out[what] = {"count": count, "wall_s": wall, "per_s": count / wall, "used_memory_before": before,
-                         "used_memory_after": after, "bytes_per_100k": grown / count * 100_000,
-                         "events_stream_bytes_per_100k": events / count * 100_000,
-                         "bytes_per_100k_without_events": (grown - events) / count * 100_000,
-                         "keys": keys, "fragmentation_ratio": info.get("mem_fragmentation_ratio")}
-            if what == "lines":
-                logged = final["job"].get("log_count")
-                out[what]["log_count"] = logged
-            log(f"  {what}: {out[what]}")
+                         "used_memory_after": after, "bytes_per_100k": (after - before) * per,
+                         "events": event_count, "events_bytes_per_100k": events * per,
+                         "once_keys": once_keys, "once_bytes_per_100k": (after - without_once) * per,
+                         "rest_bytes_per_100k": (without_once - before - events) * per,
+                         "fragmentation_ratio": info.get("mem_fragmentation_ratio"), "lines_read_back": logged}
+            log(f"  {what}: {count:,} in {wall:.1f} s, {(after - before) * per / 2**20:.1f} MB per 100k "
+                f"(events {events * per / 2**20:.1f} MB, once keys {(after - without_once) * per / 2**20:.1f} MB)")
     return {"name": "redis_memory", "processes": processes, "threads_per_process": THREADS,
             "children": out["children"], "lines": out["lines"]}
 
@@ -447,20 +476,39 @@ def redis_memory(children: int = 20_000, lines: int = 20_000, writers: int = 10,
 # ---------------------------------------------------------------- all of it
 
 
+def _source() -> dict:
+    """The commit, and the files under stepstream/ changed since (being edited meanwhile)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=common.ROOT, capture_output=True, text=True).stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD"), "modified": git("status", "--porcelain", "stepstream").splitlines()}
+
+
 def benchmarks(quick: bool = False) -> list[tuple[str, Callable[[], dict]]]:
     """(label, run) of each Redis benchmark, full or quick, for bench/run.py."""
+
     loops: list[int] = []
 
-    def spin() -> dict:
-        loops.append(calibrate())
-        return throughput(1_000 if quick else 2_000, loops[0], child="spin")
+    def spin(spawners: int = 0) -> dict:
+        if not loops:
+            loops.append(calibrate())
+        return throughput(1_000 if quick else 2_000, loops[0], child="spin", spawners=spawners)
 
-    return [
+    def spin10() -> dict:
+        return throughput(300 if quick else 600, calibrate(10.0), child="spin", child_ms=10.0)
+
+    def stamped(run: Callable[[], dict]) -> Callable[[], dict]:
+        return lambda: {**run(), "source": _source()}
+
+    return [(label, stamped(run)) for label, run in [
         ("redis throughput, ~2 ms CPU children", spin),
-        ("redis throughput, no-op children", lambda: throughput(1_000 if quick else 5_000, child="noop")),
+        ("redis throughput, ~2 ms CPU children spawned by 20 children", lambda: spin(20)),
+        ("redis throughput, ~10 ms CPU children", spin10),
+        ("redis throughput, no-op children",
+         lambda: throughput(1_000 if quick else 2_000, child="noop", fsync=("always", "everysec"))),
         ("redis stream delay", lambda: stream_delay(seconds=4 if quick else 10)),
-        ("redis memory", lambda: redis_memory(*((5_000, 5_000) if quick else (20_000, 20_000)))),
-    ]
+        ("redis memory", lambda: redis_memory(*((2_000, 2_000) if quick else (10_000, 10_000)))),
+    ]]
 
 
 def main() -> None:

@@ -1,15 +1,17 @@
 """The benchmark suite's entry point: runs every benchmark with its baseline, prints a table,
 writes the results as JSON and (with matplotlib installed) docs/bench-delay.png.
 
-    python bench/run.py [--quick] [--json PATH] [--plot PATH]
+    python bench/run.py [--quick] [--json PATH] [--plot PATH] [--only PREFIX]
 
 `--quick` finishes within about two minutes (fewer and shorter points); docs/benchmarks.md holds
-the table of a full run.
+the table of a full run. `--only redis` runs only the benchmarks whose label starts with `redis`;
+with `--json`, their results replace those of the same name in that file and the others stay.
 """
 
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import math
 import os
@@ -21,6 +23,18 @@ import fanout
 import journal
 import memory
 import snapshot
+
+
+def _load_bench(name: str):
+    """bench/<name>.py as module `bench_<name>`: bench/redis.py cannot be imported as `redis`,
+    which is redis-py's name."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(common.BENCH, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+redisbench = _load_bench("redis")
 
 
 def _fmt(value: float, unit: str = "") -> str:
@@ -78,12 +92,50 @@ def _journal_rows(r: dict) -> list[tuple[str, str, str, str]]:
              _fmt(answered[0], " s"), memory, "")]
 
 
+def _redis_rows(r: dict) -> list[tuple[str, str, str, str]]:
+    """The rows of one of bench/redis.py's results: through Redis vs one process in memory."""
+    if r["name"].startswith("redis_throughput_"):
+        what = (f"{r['children']:,} children of ~{r['child_ms']:.0f} ms CPU" if r["child"] == "spin"
+                else f"{r['children']:,} no-op children")
+        if r.get("spawners"):
+            what += f" spawned by {r['spawners']} children"
+        base = _fmt(r["baseline_transitions_per_s"], "/s") + f" (memory, 1 process × {r['threads_per_process']})"
+        rows = []
+        for key, run in r["runs"].items():
+            if key == "memory":
+                continue
+            fsync = "" if run["fsync"] == "always" else f", appendfsync {run['fsync']}"
+            rows.append((f"redis: transitions/s, {what}, {run['processes']} worker process"
+                         f"{'es' if run['processes'] > 1 else ''} × {r['threads_per_process']}{fsync}",
+                         _fmt(run["transitions_per_s"], "/s"), base, _fmt(r["ratios"][key], "×")))
+        if "redis_1" in r["runs"] and "redis_2" in r["runs"]:
+            rows.append((f"redis: {what}: 2 vs 1 worker processes", "", "",
+                         _fmt(r["runs"]["redis_2"]["transitions_per_s"] / r["runs"]["redis_1"]["transitions_per_s"],
+                              "×")))
+        return rows
+    if r["name"] == "redis_stream_delay":
+        ours, theirs = r["redis"], r["memory"]
+        return [(f"redis: stream delay, log on a worker → SSE client of another server, {r['rate']:,.0f} lines/s:"
+                 " p50/p99", f"{_fmt(ours['p50_ms'])}/{_fmt(ours['p99_ms'])} ms",
+                 f"{_fmt(theirs['p50_ms'])}/{_fmt(theirs['p99_ms'])} ms (memory, 1 process)",
+                 f"{_signed(r['added_p50_ms'])}/{_signed(r['added_p99_ms'])} ms")]
+    rows = []
+    for key, label in (("children", "retained no-op children"), ("lines", "log lines")):
+        m = r[key]
+        rows.append((f"redis: used_memory per 100,000 {label} (from {m['count']:,}; of which event stream"
+                     " / once keys)", f"{_bytes(m['bytes_per_100k'])} ({_bytes(m['events_bytes_per_100k'])}"
+                     f" / {_bytes(m['once_bytes_per_100k'])})", "", f"{_fmt(m['per_s'])}/s written"))
+    return rows
+
+
 def rows_of(results: list[dict]) -> list[tuple[str, str, str, str]]:
     """(benchmark, stepstream, baseline, ratio) rows for the table."""
     rows = []
     for r in results:
         if r["name"].startswith("journal_"):
             rows += _journal_rows(r)
+        elif r["name"].startswith("redis_"):
+            rows += _redis_rows(r)
         elif r["name"] == "progress_cost":
             for row in r["rows"]:
                 rows.append((f"progress cost per transition, {row['children']:,} children",
@@ -181,6 +233,7 @@ def main() -> None:
     parser = common.arguments(__doc__)
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--plot", default=os.path.join(common.ROOT, "docs", "bench-delay.png"))
+    parser.add_argument("--only", metavar="PREFIX", help="run only the benchmarks whose label starts with this")
     args = parser.parse_args()
     q = args.quick
     started = time.perf_counter()
@@ -192,7 +245,10 @@ def main() -> None:
         ("memory", lambda: memory.retained_children(20_000 if q else 100_000)),
         ("stream fan-out", lambda: fanout.fanout(quick=q)),
         *journal.benchmarks(q),
+        *redisbench.benchmarks(q),
     ]
+    if args.only:
+        steps = [(label, run) for label, run in steps if label.startswith(args.only)]
     results = []
     for label, run in steps:
         print(f"{label} ...", flush=True)
@@ -207,11 +263,17 @@ def main() -> None:
     print(f"\n{'quick' if q else 'full'} run, {time.perf_counter() - started:.0f} s, {os.cpu_count()} cores, "
           f"load average (5 min) {min(loads):.1f}–{max(loads):.1f}")
     if args.json:
+        kept = []
+        if args.only and os.path.exists(args.json):  # a partial run: the file's other results stay
+            with open(args.json) as f:
+                kept = json.load(f)["results"]
+            names = [r["name"] for r in results]
+            kept = [r for r in kept if r["name"] not in names]
         with open(args.json, "w") as f:
-            json.dump({"quick": q, "cpus": os.cpu_count(), "results": results}, f, indent=1,
+            json.dump({"quick": q, "cpus": os.cpu_count(), "results": kept + results}, f, indent=1,
                       default=lambda v: None)
-    fan = next(r for r in results if r["name"] == "fanout")
-    if not q and plot(fan, args.plot):
+    fan = next((r for r in results if r["name"] == "fanout"), None)
+    if fan is not None and not q and plot(fan, args.plot):
         print(f"plot: {args.plot}")
 
 

@@ -60,6 +60,13 @@ def safe_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
+def _ends(event: Event, job: Job) -> bool:
+    """Whether `event` may be the end of `job` (what `wait` reads the job again for)."""
+    if event.manager_id != job.manager.id:
+        return False
+    return event.type in ("end", "job_deleted") or (event.type == "job_status" and event.data["job_id"] == job.id)
+
+
 class StorageUnavailable(Exception):
     """Redis could not be reached for longer than the outage allowance."""
 
@@ -538,20 +545,26 @@ class RedisStore:
         return {"seq": seq, "job": wire.job_json(codec.with_params(job) if job.kind == MANAGER else job)}
 
     def wait(self, job_id: str, timeout: float | None) -> dict:
+        """Block until the job is finished; its snapshot. Reads it again only when the event
+        stream says it may have ended (its `end`, or its own status), not on every change."""
         deadline = None if timeout is None else time.monotonic() + timeout
         self._tail.start()
         while True:
             seen = self._tail.visible
             seq, jobs, job = self._job(job_id)
-            done = job.settled if job.kind == MANAGER else model.is_terminal(job.status)
-            if done:
+            if job.settled if job.kind == MANAGER else model.is_terminal(job.status):
                 return {"seq": seq, "job": wire.job_json(codec.with_params(job) if job.kind == MANAGER else job)}
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise TimeoutError(f"job {job_id} still {job.status} after {timeout} s")
-            with self._tail.cond:
-                if self._tail.visible == seen:
-                    self._tail.cond.wait(min(left or 1.0, 1.0))
+            while True:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"job {job_id} still {job.status} after {timeout} s")
+                with self._tail.cond:
+                    if self._tail.visible == seen:
+                        self._tail.cond.wait(min(left or 1.0, 1.0))
+                fresh = self._tail.held(seen, 1_000_000)
+                if fresh is None or any(_ends(event, job) for event in fresh):
+                    break
+                seen = fresh[-1].seq if fresh else seen
 
     def definition_and_params(self, job_id: str) -> tuple[str, dict]:
         seq, jobs, job = self._job(job_id)
