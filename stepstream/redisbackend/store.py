@@ -22,6 +22,7 @@ import collections
 import json
 import logging
 import secrets
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
@@ -58,6 +59,11 @@ def safe_url(url: str) -> str:
     netloc = parts.netloc.rpartition("@")[2]
     user = parts.username or ""
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def _graph(manager: Job) -> dict[str, Job]:
+    """A manager's loaded jobs by id: it, its steps and the children loaded with it."""
+    return {manager.id: manager, **{s.id: s for s in manager.steps}, **{c.id: c for c in manager.children}}
 
 
 def _ends(event: Event, job: Job) -> bool:
@@ -116,6 +122,7 @@ class RedisStore:
                           self._call_listeners)
         self.work = WorkQueue(self.redis, prefix + "work", visibility_timeout)
         self._cancelled: dict[str, tuple[float, bool]] = {}
+        self._local = threading.local()  # per thread: the jobs of its last spawn
 
     def _deployment_id(self, token: str) -> str:
         self.redis.set(self.prefix + "id", token, nx=True)
@@ -172,12 +179,20 @@ class RedisStore:
     # ------------------------------------------------------------------ changes
 
     def _change(self, job_id: str | None, apply: Callable[[Store, dict[str, Job]], Any], *,
-                children: Iterable[str] = (), ordinal: int = 0) -> Any:
-        """Load, apply with the store's own code, commit with guards; again on a conflict."""
+                children: Iterable[str] = (), ordinal: int = 0, known: dict[str, Job] | None = None,
+                ack: Entry | None = None) -> Any:
+        """Load, apply with the store's own code, commit with guards; again on a conflict.
+
+        `known`: jobs as this process last committed them, tried first instead of a read (the
+        guards refuse them if anything they decide on changed since; counters may be behind, as
+        events carry the committed ones). `ack`: the work entry this change ends."""
         children = list(children)
         once = secrets.token_hex(8)
         for tries in range(MAX_CONFLICTS):
-            jobs = self._job(job_id, *children)[1] if job_id is not None else {}
+            if known is not None and tries == 0:
+                jobs = known
+            else:
+                jobs = self._job(job_id, *children)[1] if job_id is not None else {}
             before = {i: codec.values(j) for i, j in jobs.items()}
             scratch = Store.scratch(list(jobs.values()), max_logs_per_step=self.max_logs_per_step, ordinal=ordinal)
             result = apply(scratch, jobs)
@@ -185,11 +200,15 @@ class RedisStore:
             if not events and all(codec.values(j) == before.get(i) for i, j in jobs.items()):
                 return result  # nothing changed (a late return, say)
             change, payloads, probe, settled = self._compose(scratch, jobs, before, events, once)
+            if ack is not None:
+                change["ack"] = ack.id.decode()
             reply = self._retrying(self._commit, args=[self.prefix, dumps(change), *payloads])
             if reply[0] == b"conflict":
                 if tries > 5:
                     time.sleep(min(0.05, 0.001 * tries))
                 continue
+            if ack is not None:
+                self.work.drop(ack)  # acknowledged with the change
             if reply[0] == b"ok":
                 self._committed = max(self._committed, int(reply[1]))
                 self._after_commit(reply[2], probe, settled)
@@ -328,7 +347,16 @@ class RedisStore:
         def apply(scratch: Store, jobs: dict[str, Job]) -> Job:
             return scratch.add_child(fn, args, kwargs, retries, step_id=step_id, parent_id=parent_id)
 
-        return self._change(link, apply, children=() if link is None else (link,))
+        # A loop of spawns on one link starts each from what the one before committed.
+        recent = getattr(self._local, "spawned", None)
+        known = recent[1] if recent is not None and recent[0] == link else None
+        child = self._change(link, apply, children=() if link is None else (link,), known=known)
+        jobs = _graph(child.manager)
+        if link in jobs:
+            child.manager.children.remove(child)
+            del jobs[child.id]
+            self._local.spawned = (link, jobs)
+        return child
 
     def begin_child(self, child: Job) -> bool:
         """With a shared queue, a child begins when a worker takes it (`take_work`): one change."""
@@ -336,11 +364,14 @@ class RedisStore:
 
     def end_child(self, child: Job, error: str | None, traceback: str | None = None,
                   attempt: int | None = None) -> tuple[bool, None]:
-        self._change(child.id, lambda s, jobs: s.end_child(jobs[child.id], error, traceback, attempt))
+        self._change(child.id, lambda s, jobs: s.end_child(jobs[child.id], error, traceback, attempt),
+                     known=_graph(child.manager) if child.manager.children else None,
+                     ack=self.work.entry_of(child.id))
         return False, None  # a retry or the next step is queued by the commit itself
 
     def handler_returned(self, step: Job, error: str | None, traceback: str | None = None) -> None:
-        self._change(step.id, lambda s, jobs: s.handler_returned(jobs[step.id], error, traceback))
+        self._change(step.id, lambda s, jobs: s.handler_returned(jobs[step.id], error, traceback),
+                     ack=self.work.entry_of(step.id))
 
     def log(self, job_id: str, level: str, message: str) -> Record | None:
         model.level_rank(level)

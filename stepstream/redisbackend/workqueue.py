@@ -47,6 +47,7 @@ class WorkQueue:
         self.visibility_ms = max(1, int(visibility_timeout * 1000))
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.inflight: dict[bytes, Entry] = {}
+        self._by_job: dict[str, Entry] = {}
         self._lock = threading.Lock()
         self._next_reclaim = 0.0
         self._group_ready = False
@@ -101,6 +102,7 @@ class WorkQueue:
             return []
         with self._lock:
             self.inflight[entry_id] = entry
+            self._by_job[entry.job_id] = entry
         return [entry]
 
     def _reclaim(self, count: int) -> list[Entry]:
@@ -121,13 +123,19 @@ class WorkQueue:
         pipe.xack(self.key, GROUP, entry.id)
         pipe.xdel(self.key, entry.id)
         pipe.execute()
-        with self._lock:
-            self.inflight.pop(entry.id, None)
+        self.drop(entry)
 
     def drop(self, entry: Entry) -> None:
-        """Forget an entry without acknowledging it (it will be redelivered)."""
+        """Forget an entry here (acknowledged by a commit, or to be redelivered)."""
         with self._lock:
             self.inflight.pop(entry.id, None)
+            if self._by_job.get(entry.job_id) is entry:
+                del self._by_job[entry.job_id]
+
+    def entry_of(self, job_id: str) -> Entry | None:
+        """The entry this process runs for `job_id`, if any."""
+        with self._lock:
+            return self._by_job.get(job_id)
 
     def _beat(self) -> None:
         """Keep what this process runs claimed, so no one takes it over while it runs."""
