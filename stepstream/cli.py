@@ -58,16 +58,18 @@ def port(text: str) -> int:
     return int(text)
 
 
-def positive_int(text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number 1 or more, not {text!r}")
+def _whole(text: str, least: int) -> int:
+    if not text.strip().isdigit() or int(text) < least:
+        raise argparse.ArgumentTypeError(f"must be a whole number {least} or more, not {text!r}")
     return int(text)
+
+
+def positive_int(text: str) -> int:
+    return _whole(text, 1)
 
 
 def non_negative_int(text: str) -> int:
-    if not text.strip().isdigit():
-        raise argparse.ArgumentTypeError(f"must be a whole number 0 or more, not {text!r}")
-    return int(text)
+    return _whole(text, 0)
 
 
 def redis_url(text: str) -> str:
@@ -76,14 +78,18 @@ def redis_url(text: str) -> str:
     return text
 
 
-def non_negative_number(text: str) -> float:
+def _number(text: str, *, above_zero: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number 0 or more, not {text!r}")
+    if not math.isfinite(value) or value < 0 or (above_zero and value == 0):
+        raise argparse.ArgumentTypeError(f"must be a number {'above 0' if above_zero else '0 or more'}, not {text!r}")
     return value
+
+
+def non_negative_number(text: str) -> float:
+    return _number(text, above_zero=False)
 
 
 def json_object(text: str) -> dict:
@@ -100,13 +106,7 @@ def json_object(text: str) -> dict:
 
 
 def positive_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number above 0, not {text!r}")
-    return value
+    return _number(text, above_zero=True)
 
 
 def token(text: str) -> str:

@@ -61,6 +61,11 @@ def safe_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
+def _job_json(job: Job) -> dict:
+    """`GET /api/jobs/{id}`'s JSON of a loaded job (a manager's with its params)."""
+    return wire.job_json(codec.with_params(job) if job.kind == MANAGER else job)
+
+
 def _graph(manager: Job) -> dict[str, Job]:
     """A manager's loaded jobs by id: it, its steps and the children loaded with it."""
     return {manager.id: manager, **{s.id: s for s in manager.steps}, **{c.id: c for c in manager.children}}
@@ -313,13 +318,17 @@ class RedisStore:
             change["probe"] = probe
         return change, payloads, probe, settled
 
+    def _finish_step(self, step_id: str) -> None:
+        """Finish the step if its handler returned and its children all ended."""
+        self._change(step_id, lambda s, jobs: s.finish_step_if_done(jobs[step_id]))
+
     def _after_commit(self, probe_reply: list, probe: str | None, settled: list[Job]) -> None:
         """Finish a step this change left done (its last children may have ended elsewhere at the
         same time), and let go of finished jobs beyond the retention."""
         if probe is not None and len(probe_reply) == 4:
             status, returned, pending, running = (json.loads(v) if v is not None else None for v in probe_reply)
             if status == RUNNING and model.step_is_done(bool(returned), [pending or 0, running or 0, 0, 0, 0]):
-                self._change(probe, lambda s, jobs: s.finish_step_if_done(jobs[probe]))
+                self._finish_step(probe)
         if settled:
             self._prune()
 
@@ -345,7 +354,9 @@ class RedisStore:
             raise ValueError("give exactly one of step_id= or parent_id=")
 
         def apply(scratch: Store, jobs: dict[str, Job]) -> Job:
-            return scratch.add_child(fn, args, kwargs, retries, step_id=step_id, parent_id=parent_id)
+            child = scratch.add_child(fn, args, kwargs, retries, step_id=step_id, parent_id=parent_id)
+            child.fn = name  # stored by name: found once, above
+            return child
 
         # A loop of spawns on one link starts each from what the one before committed.
         recent = getattr(self._local, "spawned", None)
@@ -446,9 +457,9 @@ class RedisStore:
             child, began = self._change(entry.job_id, begin, children=[entry.job_id])
             if began:
                 return child
-            if model.is_terminal(child.status) and child.step.status == RUNNING:  # its last change may not
-                self._change(child.step.id, lambda s, jobs: s.finish_step_if_done(jobs[child.step.id]))  # have ended
-            return None  # the step (its worker vanished in between)
+            if model.is_terminal(child.status) and child.step.status == RUNNING:
+                self._finish_step(child.step.id)  # its ending change may not have (its worker vanished)
+            return None
         seq, jobs, job = self._job(entry.job_id)
         if job.kind == STEP:
             if job.status == RUNNING and not job.handler_returned:
@@ -456,7 +467,7 @@ class RedisStore:
                     return job
                 self.handler_returned(job, LOST_HANDLER)
             elif job.status == RUNNING:
-                self._change(job.id, lambda s, jobs: s.finish_step_if_done(jobs[job.id]))
+                self._finish_step(job.id)
         return None
 
     def done_work(self, entry: Entry) -> None:
@@ -573,7 +584,7 @@ class RedisStore:
 
     def snapshot(self, job_id: str) -> dict:
         seq, jobs, job = self._job(job_id)
-        return {"seq": seq, "job": wire.job_json(codec.with_params(job) if job.kind == MANAGER else job)}
+        return {"seq": seq, "job": _job_json(job)}
 
     def wait(self, job_id: str, timeout: float | None) -> dict:
         """Block until the job is finished; its snapshot. Reads it again only when the event
@@ -584,7 +595,7 @@ class RedisStore:
             seen = self._tail.visible
             seq, jobs, job = self._job(job_id)
             if job.settled if job.kind == MANAGER else model.is_terminal(job.status):
-                return {"seq": seq, "job": wire.job_json(codec.with_params(job) if job.kind == MANAGER else job)}
+                return {"seq": seq, "job": _job_json(job)}
             while True:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -616,9 +627,10 @@ class RedisStore:
         seq, finished, counters, running = self._retrying(read)
         managers = collections.Counter({k.decode(): int(v) for k, v in finished.items() if int(v)})
         if running:
-            statuses = self._retrying(lambda: [self.redis.hget(f"{self.prefix}j:{m.decode()}", "status")
-                                               for m in running])
-            managers.update(json.loads(s) for s in statuses if s is not None)
+            pipe = self.redis.pipeline(transaction=False)
+            for manager_id in running:
+                pipe.hget(f"{self.prefix}j:{manager_id.decode()}", "status")
+            managers.update(json.loads(s) for s in self._retrying(pipe.execute) if s is not None)
         return {"seq": int(seq or 0), "managers": dict(managers),
                 "counters": {k.decode(): int(v) for k, v in counters.items()}}
 
