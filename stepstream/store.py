@@ -483,9 +483,11 @@ class Store:
         *,
         step_id: str | None = None,
         parent_id: str | None = None,
+        child_id: str | None = None,
     ) -> Job:
         """A new pending child inside a running step, found by `step_id` or by `parent_id`
-        (the step itself or any job already inside it)."""
+        (the step itself or any job already inside it). `child_id`: its id, made beforehand
+        (by default a new one)."""
         if (step_id is None) == (parent_id is None):
             raise ValueError("give exactly one of step_id= or parent_id=")
         if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
@@ -502,6 +504,8 @@ class Store:
                 state = "cancelled" if manager.cancelled else step.status
                 raise Conflict(f"step {step.name!r} of job {manager.id} is {state}; it takes no new children")
             child = Job(CHILD, bounded(safe_str(getattr(fn, "__name__", None), "child"), 200), now)
+            if child_id is not None:
+                child.id = child_id
             child.manager, child.step = manager, step
             child.parent_id = parent_id if parent_id is not None else step.id
             child.depth = link.depth + 1 if link.kind == CHILD else 1

@@ -22,7 +22,6 @@ import collections
 import json
 import logging
 import secrets
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
@@ -34,12 +33,13 @@ from .. import model, wire
 from .. import params as params_rules
 from ..encoding import dumps
 from ..events import Event, Gone
-from ..jobs import Job
+from ..jobs import Job, new_id
 from ..logs import LogBucket, Record, query
 from ..model import CHILD, MANAGER, PENDING, RUNNING, STEP, Conflict, InvalidRequest, NotFound, iso
 from ..store import Store
 from ..text import MAX_LOG_CHARS, bounded, safe_str
 from . import codec, scripts
+from .spawns import Batch, Spawn, Spawner
 from .tail import Tail
 from .workqueue import Entry, WorkQueue
 
@@ -76,6 +76,19 @@ def _ends(event: Event, job: Job) -> bool:
     if event.manager_id != job.manager.id:
         return False
     return event.type in ("end", "job_deleted") or (event.type == "job_status" and event.data["job_id"] == job.id)
+
+
+def _last_progress(events: list[Event]) -> list[Event]:
+    """A change's events with only the last progress event of each step and manager: those
+    carry absolute counts, so the earlier ones of the same commit say nothing the last does not
+    (a batch of 200 spawns stores 200 statuses and 2 progress events, not 600 events)."""
+    last = {(e.type, e.key): i for i, e in enumerate(events) if e.type in _PROGRESS}
+    if len(last) == sum(1 for e in events if e.type in _PROGRESS):
+        return events
+    return [e for i, e in enumerate(events) if e.type not in _PROGRESS or last[(e.type, e.key)] == i]
+
+
+_PROGRESS = ("step_progress", "job_progress")
 
 
 class StorageUnavailable(Exception):
@@ -127,7 +140,7 @@ class RedisStore:
                           self._call_listeners)
         self.work = WorkQueue(self.redis, prefix + "work", visibility_timeout)
         self._cancelled: dict[str, tuple[float, bool]] = {}
-        self._local = threading.local()  # per thread: the jobs of its last spawn
+        self._spawner = Spawner(self._commit_spawns)
 
     def _deployment_id(self, token: str) -> str:
         self.redis.set(self.prefix + "id", token, nx=True)
@@ -224,6 +237,7 @@ class RedisStore:
 
     def _compose(self, scratch: Store, jobs: dict[str, Job], before: dict[str, dict[str, Any]],
                  events: list[Event], once: str) -> tuple[dict, list[str], str | None, list[Job]]:
+        events = _last_progress(events)
         after = {job.id: job for job in scratch.held_jobs()}
         sets: list[list] = []
         incrs: list[list] = []
@@ -343,31 +357,56 @@ class RedisStore:
 
     def add_child(self, fn: Callable[..., Any], args: tuple, kwargs: dict, retries: int, *,
                   step_id: str | None = None, parent_id: str | None = None) -> Job:
+        """A new pending child. A thread's first spawn on a link is committed at once; its next
+        ones are queued and committed in batches (`spawns`): their child is returned at once."""
         name = codec.callable_name(fn)
         if name is None:
             raise TypeError(f"{fn!r} cannot run on other workers: a child of a Redis deployment must be a "
                             "module-level function of a module the workers import (not a lambda, a closure or "
                             "something defined in __main__)")
         params_rules.validate({"args": list(args), "kwargs": kwargs}, max_bytes=self.max_args_bytes)
-        link = step_id if step_id is not None else parent_id
         if (step_id is None) == (parent_id is None):
             raise ValueError("give exactly one of step_id= or parent_id=")
-
-        def apply(scratch: Store, jobs: dict[str, Job]) -> Job:
-            child = scratch.add_child(fn, args, kwargs, retries, step_id=step_id, parent_id=parent_id)
-            child.fn = name  # stored by name: found once, above
-            return child
-
-        # A loop of spawns on one link starts each from what the one before committed.
-        recent = getattr(self._local, "spawned", None)
-        known = recent[1] if recent is not None and recent[0] == link else None
-        child = self._change(link, apply, children=() if link is None else (link,), known=known)
-        jobs = _graph(child.manager)
-        if link in jobs:
-            child.manager.children.remove(child)
-            del jobs[child.id]
-            self._local.spawned = (link, jobs)
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise ValueError(f"retries must be a non-negative int, not {retries!r}")
+        link: str = step_id if step_id is not None else parent_id  # type: ignore[assignment]
+        spawn = Spawn(new_id("c"), name, fn, args, kwargs, retries, step_id, parent_id)
+        batch = self._spawner.batch(link)
+        if batch is None:
+            created = self._change(link, lambda s, jobs: self._create(s, [spawn]), children=(link,))
+            self._spawner.begin(link, self._known_after(link, created))
+            return created[0]
+        manager = batch.known[link].manager
+        if self.cancelled(manager):
+            raise Conflict(f"job {manager.id} is cancelled; it takes no new children")
+        self._spawner.add(batch, spawn)
+        child = Job(CHILD, "", time.time())
+        child.id = child.name = spawn.child_id  # all a spawner needs of it: its id
         return child
+
+    @staticmethod
+    def _create(scratch: Store, spawns: list[Spawn]) -> list[Job]:
+        created = []
+        for spawn in spawns:
+            child = scratch.add_child(spawn.fn, spawn.args, spawn.kwargs, spawn.retries, step_id=spawn.step_id,
+                                      parent_id=spawn.parent_id, child_id=spawn.child_id)
+            child.fn = spawn.name  # stored by name: found once, in add_child
+            created.append(child)
+        return created
+
+    @staticmethod
+    def _known_after(link: str, created: list[Job]) -> dict[str, Job]:
+        """The jobs a spawn on `link` needs (its manager, steps and the link), as just committed."""
+        manager = created[0].manager
+        for child in created:
+            manager.children.remove(child)
+        return _graph(manager)
+
+    def _commit_spawns(self, batch: Batch, spawns: list[Spawn]) -> None:
+        """Commit a batch of queued spawns (the spawner's thread)."""
+        created = self._change(batch.link, lambda s, jobs: self._create(s, spawns), children=(batch.link,),
+                               known=batch.known)
+        batch.known = self._known_after(batch.link, created)
 
     def begin_child(self, child: Job) -> bool:
         """With a shared queue, a child begins when a worker takes it (`take_work`): one change."""
@@ -375,19 +414,30 @@ class RedisStore:
 
     def end_child(self, child: Job, error: str | None, traceback: str | None = None,
                   attempt: int | None = None) -> tuple[bool, None]:
+        error = self._settle_spawns(error)
         self._change(child.id, lambda s, jobs: s.end_child(jobs[child.id], error, traceback, attempt),
                      known=_graph(child.manager) if child.manager.children else None,
                      ack=self.work.entry_of(child.id))
         return False, None  # a retry or the next step is queued by the commit itself
 
     def handler_returned(self, step: Job, error: str | None, traceback: str | None = None) -> None:
+        error = self._settle_spawns(error)
         self._change(step.id, lambda s, jobs: s.handler_returned(jobs[step.id], error, traceback),
                      ack=self.work.entry_of(step.id))
 
     def log(self, job_id: str, level: str, message: str) -> Record | None:
         model.level_rank(level)
         message = bounded(safe_str(message), MAX_LOG_CHARS)
+        self._spawner.settle()
         return self._change(job_id, lambda s, jobs: s.log(job_id, level, message))
+
+    def _settle_spawns(self, error: str | None) -> str | None:
+        """Wait for the spawns of the code that returned (see `spawns`): the attempt's error, or
+        that its spawns failed if it had none."""
+        failed = self._spawner.settle(raise_error=False)
+        if failed is None or error is not None:
+            return error
+        return f"spawning children failed: {type(failed).__name__}: {safe_str(failed)}"
 
     def cancel(self, job_id: str) -> Job:
         seq, jobs, manager = self._job(job_id)
@@ -751,5 +801,7 @@ class RedisStore:
         return bucket
 
     def close(self) -> None:
+        if not self._spawner.wait_idle(OUTAGE):
+            logger.warning("stepstream: spawns still queued at close were not committed")
         self._tail.stop()
         self.work.stop()
