@@ -344,10 +344,12 @@ class Orchestrator:
             except RuntimeError as exc:  # pool shut down: the step cannot run
                 step = self.store.handler_returned(step, *describe(exc))
 
-    def _run_sync(self, job: Job, fn: Callable[..., Any]) -> None:
+    def _run_sync(self, job: Job, fn: Callable[..., Any], take_next: bool = False) -> Any:
+        """Run a step's handler or a child's attempt here; with `take_next` (queued work), the
+        next work for this thread, as the store's `end_and_take` gave it (or None)."""
         attempt = self._begin(job)
         if attempt is None:
-            return  # cancelled before a worker took it
+            return None  # cancelled before a worker took it
         token = current_job.set(functools.partial(self.store.log, job.id))
         try:
             args, kwargs = self._arguments(job)
@@ -357,7 +359,10 @@ class Orchestrator:
             error, traceback = describe(exc)
         finally:
             current_job.reset(token)
+        if take_next and job.kind == "child":
+            return self.store.end_and_take(job, error, traceback, attempt)
         self._finished(job, attempt, error, traceback)
+        return None
 
     async def _run_async(self, job: Job, fn: Callable[..., Any]) -> None:
         attempt = self._begin(job)
@@ -423,29 +428,44 @@ class Orchestrator:
                     self._queued_done(entry)
 
     def _run_queued(self, entry: Any, job: Job) -> None:
-        if job.kind == "child":
-            try:
-                fn = resolve(job.fn)
-            except LookupError as exc:
-                fn = functools.partial(_missing, str(exc))
-        else:
-            found = self._definitions.get(job.manager.definition)
-            if found is None:
-                fn = functools.partial(_missing, f"definition {job.manager.definition!r} is not defined in this "
-                                                 "worker's APP")
-            else:
-                fn = found.steps[job.index].handler
+        fn = self._queued_fn(job)
         if inspect.iscoroutinefunction(fn):
             future = asyncio.run_coroutine_threadsafe(self._run_async(job, fn), self._event_loop())
             future.add_done_callback(lambda _: self._queued_done(entry))
         else:
             self._pool.submit(self._run_then_done, entry, job, fn)
 
+    def _queued_fn(self, job: Job) -> Callable[..., Any]:
+        """What runs for queued work: a child's function or a step's handler, found by name in
+        this process's definitions (or a stand-in that fails it with the reason)."""
+        if job.kind == "child":
+            try:
+                return resolve(job.fn)
+            except LookupError as exc:
+                return functools.partial(_missing, str(exc))
+        found = self._definitions.get(job.manager.definition)
+        if found is None:
+            return functools.partial(_missing, f"definition {job.manager.definition!r} is not defined in this "
+                                               "worker's APP")
+        return found.steps[job.index].handler
+
     def _run_then_done(self, entry: Any, job: Job, fn: Callable[..., Any]) -> None:
-        try:
-            self._run_sync(job, fn)
-        finally:
-            self._queued_done(entry)
+        """Run queued work on this thread, and the work its end took next, while there is some."""
+        while True:
+            following = None
+            try:
+                following = self._run_sync(job, fn, take_next=not self.closed.is_set())
+            finally:
+                if following is None:
+                    self._queued_done(entry)
+            if following is None:
+                return
+            entry, job = following  # this thread's place is taken over by it
+            fn = self._queued_fn(job)
+            if inspect.iscoroutinefunction(fn):
+                future = asyncio.run_coroutine_threadsafe(self._run_async(job, fn), self._event_loop())
+                future.add_done_callback(lambda _, entry=entry: self._queued_done(entry))
+                return
 
     def _queued_done(self, entry: Any) -> None:
         try:

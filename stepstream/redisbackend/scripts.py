@@ -62,27 +62,54 @@ end
 return {'ok', string.format('%d', base + n), probe}
 """
 
-LOAD = r"""
--- ARGV[1]: key prefix; ARGV[2]: a job id; ARGV[3..]: ids of children of the same manager.
--- Returns {seq, manager, step 1 … step N, then each child asked for (ARGV[2] too, if a child)}.
-local p = ARGV[1]
+_GRAPH = r"""
 local function field(flat, name)
   for i = 1, #flat, 2 do if flat[i] == name then return flat[i + 1] end end
 end
-local out = {redis.call('GET', p .. 'seq') or '0'}
-local first = redis.call('HGETALL', p .. 'j:' .. ARGV[2])
-if #first == 0 then return out end
-local manager_id = cjson.decode(field(first, 'manager'))
-local manager = first
-if manager_id ~= ARGV[2] then manager = redis.call('HGETALL', p .. 'j:' .. manager_id) end
-if #manager == 0 then return out end
-out[2] = manager
-for _, step_id in ipairs(cjson.decode(field(manager, 'steps'))) do
-  out[#out + 1] = redis.call('HGETALL', p .. 'j:' .. step_id)
+-- Appends to `out` the manager of job `id` (a hash as a flat list), its steps, then `id` and each of
+-- `extra` that is a child of it. Nothing if `id` does not exist.
+local function graph(p, id, extra, out)
+  local first = redis.call('HGETALL', p .. 'j:' .. id)
+  if #first == 0 then return end
+  local manager_id = cjson.decode(field(first, 'manager'))
+  local manager = first
+  if manager_id ~= id then manager = redis.call('HGETALL', p .. 'j:' .. manager_id) end
+  if #manager == 0 then return end
+  out[#out + 1] = manager
+  for _, step_id in ipairs(cjson.decode(field(manager, 'steps'))) do
+    out[#out + 1] = redis.call('HGETALL', p .. 'j:' .. step_id)
+  end
+  if field(first, 'kind') == '"child"' then out[#out + 1] = first end
+  for _, child_id in ipairs(extra) do
+    if child_id ~= id then
+      local job = redis.call('HGETALL', p .. 'j:' .. child_id)
+      if #job > 0 and field(job, 'kind') == '"child"' then out[#out + 1] = job end
+    end
+  end
 end
-for i = 2, #ARGV do
-  local job = (i == 2) and first or redis.call('HGETALL', p .. 'j:' .. ARGV[i])
-  if #job > 0 and field(job, 'kind') == '"child"' then out[#out + 1] = job end
+"""
+
+LOAD = _GRAPH + r"""
+-- ARGV[1]: key prefix; ARGV[2]: a job id; ARGV[3..]: ids of children of the same manager.
+-- Returns {seq, manager, step 1 … step N, then each child asked for (ARGV[2] too, if a child)}.
+local out = {redis.call('GET', ARGV[1] .. 'seq') or '0'}
+graph(ARGV[1], ARGV[2], {unpack(ARGV, 3)}, out)
+return out
+"""
+
+TAKE = _GRAPH + r"""
+-- ARGV[1]: key prefix; ARGV[2]: the consumer group; ARGV[3]: this consumer; ARGV[4]: how many.
+-- New work entries for this consumer (XREADGROUP, not blocking), each read with its job:
+-- {{entry id, entry fields, manager, step 1 … step N, the job if a child}, …}.
+local p = ARGV[1]
+local reply = redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4], 'STREAMS', p .. 'work', '>')
+local out = {}
+if not reply then return out end
+for _, entry in ipairs(reply[1][2]) do
+  local one = {entry[1], entry[2]}
+  local id = field(entry[2], 'j')
+  if id then graph(p, id, {}, one) end
+  out[#out + 1] = one
 end
 return out
 """

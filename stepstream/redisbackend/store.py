@@ -41,7 +41,7 @@ from ..text import MAX_LOG_CHARS, bounded, safe_str
 from . import codec, scripts
 from .spawns import Batch, Spawn, Spawner
 from .tail import Tail
-from .workqueue import Entry, WorkQueue
+from .workqueue import GROUP, Entry, WorkQueue
 
 logger = logging.getLogger("stepstream")
 
@@ -125,6 +125,7 @@ class RedisStore:
                                           health_check_interval=10)
         self._commit = self.redis.register_script(scripts.COMMIT)
         self._load = self.redis.register_script(scripts.LOAD)
+        self._take = self.redis.register_script(scripts.TAKE)
         self._load_managers = self.redis.register_script(scripts.LOAD_MANAGERS)
         self._prune_script = self.redis.register_script(scripts.PRUNE)
         try:
@@ -171,16 +172,19 @@ class RedisStore:
             return 0, {}
         children = tuple(dict.fromkeys(c for c in children if c != job_id))
         reply = self._retrying(lambda: self._load(args=[self.prefix, job_id, *children]))
-        seq = int(reply[0])
-        if len(reply) == 1:
-            return seq, {}
-        manager = self._manager_from(reply[1], reply[2:])
+        return int(reply[0]), self._graph_from(reply[1:])
+
+    def _graph_from(self, reply: list) -> dict[str, Job]:
+        """The jobs of a graph read by a script (manager, its steps, then children), linked."""
+        if not reply:
+            return {}
+        manager = self._manager_from(reply[0], reply[1:])
         jobs = {manager.id: manager, **{s.id: s for s in manager.steps}}
-        for raw in reply[2 + len(manager.steps):]:
+        for raw in reply[1 + len(manager.steps):]:
             child = codec.link_child(codec.job_from(codec.pairs(raw), self.max_logs_per_step), manager)
             jobs[child.id] = child
             manager.children.append(child)
-        return seq, jobs
+        return jobs
 
     def _manager_from(self, manager_flat: list, rest: list) -> Job:
         raw = codec.pairs(manager_flat)
@@ -414,11 +418,13 @@ class RedisStore:
 
     def end_child(self, child: Job, error: str | None, traceback: str | None = None,
                   attempt: int | None = None) -> tuple[bool, None]:
-        error = self._settle_spawns(error)
+        self._end(child, self._settle_spawns(error), traceback, attempt)
+        return False, None  # a retry or the next step is queued by the commit itself
+
+    def _end(self, child: Job, error: str | None, traceback: str | None, attempt: int | None) -> None:
         self._change(child.id, lambda s, jobs: s.end_child(jobs[child.id], error, traceback, attempt),
                      known=_graph(child.manager) if child.manager.children else None,
                      ack=self.work.entry_of(child.id))
-        return False, None  # a retry or the next step is queued by the commit itself
 
     def handler_returned(self, step: Job, error: str | None, traceback: str | None = None) -> None:
         error = self._settle_spawns(error)
@@ -478,39 +484,56 @@ class RedisStore:
     def take_work(self, count: int, block: float) -> list[tuple[Entry, Job]]:
         """Up to `count` runnable (entry, job) pairs for this process; entries of vanished workers
         are settled on the way (a lost child attempt runs again; a lost handler fails its step)."""
+        taken: list[tuple[Entry, dict[str, Job] | None]] = [
+            (entry, None) for entry in self._retrying(self.work.reclaim_due, count)]
+        if len(taken) < count:
+            taken += self._take_loaded(count - len(taken))
+        if not taken:
+            taken = [(entry, None) for entry in self._retrying(lambda: self.work.take(count, block))]
         runnable = []
-        for entry in self._retrying(lambda: self.work.take(count, block)):
-            try:
-                job = self._runnable(entry)
-            except NotFound:
-                job = None
-            if job is None:
-                self.done_work(entry)
-            else:
+        for entry, jobs in taken:
+            job = self._begin_taken(entry, jobs)
+            if job is not None:
                 runnable.append((entry, job))
         return runnable
 
-    def _runnable(self, entry: Entry) -> Job | None:
+    def _take_loaded(self, count: int) -> list[tuple[Entry, dict[str, Job]]]:
+        """Up to `count` new entries, each read with its job (one script, no waiting)."""
+        self._retrying(self.work.ensure_group)
+        try:
+            reply = self._retrying(self._take, args=[self.prefix, GROUP, self.work.consumer, count])
+        except redis.ResponseError as exc:
+            self.work.lost_group(exc)
+            return []
+        out = []
+        for one in reply:
+            for entry in self.work.keep(one[0], codec.pairs(one[1]), redelivered=False):
+                out.append((entry, self._graph_from(one[2:])))
+        return out
+
+    def _begin_taken(self, entry: Entry, jobs: dict[str, Job] | None) -> Job | None:
+        """The job to run for a taken entry, begun; None (the entry done) if there is none."""
+        try:
+            job = self._runnable(entry, jobs)
+        except NotFound:
+            job = None
+        if job is None:
+            self.done_work(entry)
+        return job
+
+    def _runnable(self, entry: Entry, jobs: dict[str, Job] | None = None) -> Job | None:
         """The job to run for `entry`, begun (a child is running from here on); None if there is
-        nothing to run: the entry is stale, or its worker vanished (then its work is settled)."""
+        nothing to run: the entry is stale, or its worker vanished (then its work is settled).
+        `jobs`: the entry's job as read with it, if it was."""
+        known = jobs if jobs is not None and entry.job_id in jobs else None
         if entry.kind == "child":
             def begin(scratch: Store, jobs: dict[str, Job]) -> tuple[Job, bool]:
                 child = jobs[entry.job_id]
-                if child.kind != CHILD or child.attempt != entry.attempt:
-                    return child, False  # superseded by a later attempt's entry
-                if child.status == PENDING:
-                    return child, scratch.begin_child(child)
-                if child.status == RUNNING and entry.redelivered:
-                    scratch.lose_attempt(child, entry.attempt, LOST_CHILD)
-                return child, False
+                return child, self._begin_entry(scratch, child, entry)
 
-            child, began = self._change(entry.job_id, begin, children=[entry.job_id])
-            if began:
-                return child
-            if model.is_terminal(child.status) and child.step.status == RUNNING:
-                self._finish_step(child.step.id)  # its ending change may not have (its worker vanished)
-            return None
-        seq, jobs, job = self._job(entry.job_id)
+            child, began = self._change(entry.job_id, begin, children=[entry.job_id], known=known)
+            return child if began else self._not_begun(child)
+        job = known[entry.job_id] if known is not None else self._job(entry.job_id)[2]
         if job.kind == STEP:
             if job.status == RUNNING and not job.handler_returned:
                 if not entry.redelivered:
@@ -518,6 +541,59 @@ class RedisStore:
                 self.handler_returned(job, LOST_HANDLER)
             elif job.status == RUNNING:
                 self._finish_step(job.id)
+        return None
+
+    @staticmethod
+    def _begin_entry(scratch: Store, child: Job, entry: Entry) -> bool:
+        """Begin the child attempt `entry` names, if it is still to run (a lost one is settled)."""
+        if child.kind != CHILD or child.attempt != entry.attempt:
+            return False  # superseded by a later attempt's entry
+        if child.status == PENDING:
+            return scratch.begin_child(child)
+        if child.status == RUNNING and entry.redelivered:
+            scratch.lose_attempt(child, entry.attempt, LOST_CHILD)
+        return False
+
+    def _not_begun(self, child: Job) -> None:
+        if model.is_terminal(child.status) and child.step.status == RUNNING:
+            self._finish_step(child.step.id)  # its ending change may not have (its worker vanished)
+
+    def end_and_take(self, child: Job, error: str | None, traceback: str | None = None,
+                     attempt: int | None = None) -> tuple[Entry, Job] | None:
+        """End a child's attempt (as `end_child`) and take this thread's next work, begun. When
+        that is a child of the same job, its start is committed with this end: one change."""
+        error = self._settle_spawns(error)
+        taken = self._take_loaded(1)
+        if not taken:
+            self._end(child, error, traceback, attempt)
+            return None
+        entry, jobs = taken[0]
+        try:
+            following = jobs.get(entry.job_id)
+            if entry.kind != "child" or following is None or following.kind != CHILD \
+                    or following.manager.id != child.manager.id or child.id in jobs:
+                self._end(child, error, traceback, attempt)
+                job = self._begin_taken(entry, jobs)
+                return None if job is None else (entry, job)
+            manager = following.manager
+            child.manager, child.step = manager, next(s for s in manager.steps if s.id == child.step.id)
+            manager.children.append(child)
+            jobs[child.id] = child
+
+            def both(scratch: Store, jobs: dict[str, Job]) -> tuple[Job, bool]:
+                scratch.end_child(jobs[child.id], error, traceback, attempt)
+                following = jobs[entry.job_id]
+                return following, self._begin_entry(scratch, following, entry)
+
+            following, began = self._change(child.id, both, children=[entry.job_id], known=jobs,
+                                             ack=self.work.entry_of(child.id))
+        except BaseException:
+            self.work.drop(entry)  # not run here: redelivered after the visibility timeout
+            raise
+        if began:
+            return entry, following
+        self._not_begun(following)
+        self.done_work(entry)
         return None
 
     def done_work(self, entry: Entry) -> None:

@@ -59,7 +59,7 @@ class WorkQueue:
         """An entry as the commit script adds it."""
         return ["k", kind, "j", job_id, "a", str(attempt)]
 
-    def _ensure_group(self) -> None:
+    def ensure_group(self) -> None:
         if self._group_ready:
             return
         try:
@@ -75,27 +75,37 @@ class WorkQueue:
     def take(self, count: int, block: float) -> list[Entry]:
         """Up to `count` entries: first those of vanished workers (redelivered), then new ones,
         waiting at most `block` seconds for some."""
-        self._ensure_group()
-        taken: list[Entry] = []
-        now = time.monotonic()
-        if now >= self._next_reclaim:
-            self._next_reclaim = now + self.visibility_ms / 4000
-            taken += self._reclaim(count)
+        taken = self.reclaim_due(count)
         if len(taken) < count:
             try:
                 reply = self.client.xreadgroup(GROUP, self.consumer, {self.key: ">"}, count=count - len(taken),
                                                block=int(block * 1000) if not taken else None)
             except redis.ResponseError as exc:
-                if "NOGROUP" not in str(exc):  # Redis lost the group (restarted without persistence)
-                    raise
-                self._group_ready = False
+                self.lost_group(exc)
                 reply = []
             for _, entries in reply or []:
                 for entry_id, fields in entries:
-                    taken += self._keep(entry_id, fields, redelivered=False)
+                    taken += self.keep(entry_id, fields, redelivered=False)
         return taken
 
-    def _keep(self, entry_id: bytes, fields: dict | None, redelivered: bool) -> list[Entry]:
+    def reclaim_due(self, count: int) -> list[Entry]:
+        """Entries of vanished workers, taken over (at most `count`), if it is time to look."""
+        self.ensure_group()
+        now = time.monotonic()
+        if now < self._next_reclaim:
+            return []
+        self._next_reclaim = now + self.visibility_ms / 4000
+        return self._reclaim(count)
+
+    def lost_group(self, exc: redis.ResponseError) -> None:
+        """A read failed with `exc`: if Redis lost the group (restarted without persistence), it is
+        made again at the next read; anything else is raised."""
+        if "NOGROUP" not in str(exc):
+            raise exc
+        self._group_ready = False
+
+    def keep(self, entry_id: bytes, fields: dict | None, redelivered: bool) -> list[Entry]:
+        """A read entry, held by this process from now on (none if it cannot be read: done)."""
         entry = _entry(entry_id, fields or {}, redelivered)
         if entry is None:  # deleted meanwhile, or not ours to read: done with it
             self.client.xack(self.key, GROUP, entry_id)
@@ -114,7 +124,7 @@ class WorkQueue:
             self.client.xack(self.key, GROUP, *deleted)
         out: list[Entry] = []
         for entry_id, fields in claimed:
-            out += self._keep(entry_id, fields, redelivered=True)
+            out += self.keep(entry_id, fields, redelivered=True)
         return out
 
     def ack(self, entry: Entry) -> None:
