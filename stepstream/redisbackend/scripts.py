@@ -98,9 +98,11 @@ return out
 """
 
 TAKE = _GRAPH + r"""
--- ARGV[1]: key prefix; ARGV[2]: the consumer group; ARGV[3]: this consumer; ARGV[4]: how many.
+-- ARGV[1]: key prefix; ARGV[2]: the consumer group; ARGV[3]: this consumer; ARGV[4]: how many;
+-- ARGV[5]: a manager whose jobs the caller holds ('' if none).
 -- New work entries for this consumer (XREADGROUP, not blocking), each read with its job:
--- {{entry id, entry fields, manager, step 1 … step N, the job if a child}, …}.
+-- {{entry id, entry fields, manager, step 1 … step N, the job if a child}, …}, or for a child of
+-- the manager ARGV[5], {entry id, entry fields, the child}.
 local p = ARGV[1]
 local reply = redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4], 'STREAMS', p .. 'work', '>')
 local out = {}
@@ -108,7 +110,15 @@ if not reply then return out end
 for _, entry in ipairs(reply[1][2]) do
   local one = {entry[1], entry[2]}
   local id = field(entry[2], 'j')
-  if id then graph(p, id, {}, one) end
+  if id then
+    local job = redis.call('HGETALL', p .. 'j:' .. id)
+    if ARGV[5] ~= '' and #job > 0 and field(job, 'kind') == '"child"'
+        and field(job, 'manager') == cjson.encode(ARGV[5]) then
+      one[3] = job
+    else
+      graph(p, id, {}, one)
+    end
+  end
   out[#out + 1] = one
 end
 return out

@@ -497,18 +497,26 @@ class RedisStore:
                 runnable.append((entry, job))
         return runnable
 
-    def _take_loaded(self, count: int) -> list[tuple[Entry, dict[str, Job]]]:
-        """Up to `count` new entries, each read with its job (one script, no waiting)."""
+    def _take_loaded(self, count: int, held: Job | None = None) -> list[tuple[Entry, dict[str, Job]]]:
+        """Up to `count` new entries, each read with its job (one script, no waiting). A child of
+        the manager `held` is linked to it and its steps as they are here (older than Redis's,
+        perhaps: the guards of a change made from them say so)."""
         self._retrying(self.work.ensure_group)
         try:
-            reply = self._retrying(self._take, args=[self.prefix, GROUP, self.work.consumer, count])
+            reply = self._retrying(self._take, args=[self.prefix, GROUP, self.work.consumer, count,
+                                                     held.id if held is not None else ""])
         except redis.ResponseError as exc:
             self.work.lost_group(exc)
             return []
         out = []
         for one in reply:
             for entry in self.work.keep(one[0], codec.pairs(one[1]), redelivered=False):
-                out.append((entry, self._graph_from(one[2:])))
+                if held is not None and len(one) == 3:
+                    child = codec.link_child(codec.job_from(codec.pairs(one[2]), self.max_logs_per_step), held)
+                    held.children.append(child)
+                    out.append((entry, {**_graph(held), child.id: child}))
+                else:
+                    out.append((entry, self._graph_from(one[2:])))
         return out
 
     def _begin_taken(self, entry: Entry, jobs: dict[str, Job] | None) -> Job | None:
@@ -563,7 +571,9 @@ class RedisStore:
         """End a child's attempt (as `end_child`) and take this thread's next work, begun. When
         that is a child of the same job, its start is committed with this end: one change."""
         error = self._settle_spawns(error)
-        taken = self._take_loaded(1)
+        manager = child.manager
+        manager.children = [child]  # what this thread holds of its job: its manager, steps and child
+        taken = self._take_loaded(1, held=manager)
         if not taken:
             self._end(child, error, traceback, attempt)
             return None
@@ -571,14 +581,10 @@ class RedisStore:
         try:
             following = jobs.get(entry.job_id)
             if entry.kind != "child" or following is None or following.kind != CHILD \
-                    or following.manager.id != child.manager.id or child.id in jobs:
+                    or following.manager is not manager or following.id == child.id:
                 self._end(child, error, traceback, attempt)
                 job = self._begin_taken(entry, jobs)
                 return None if job is None else (entry, job)
-            manager = following.manager
-            child.manager, child.step = manager, next(s for s in manager.steps if s.id == child.step.id)
-            manager.children.append(child)
-            jobs[child.id] = child
 
             def both(scratch: Store, jobs: dict[str, Job]) -> tuple[Job, bool]:
                 scratch.end_child(jobs[child.id], error, traceback, attempt)
