@@ -735,10 +735,15 @@ class RedisStore:
                 with self._tail.cond:
                     if self._tail.visible == seen:
                         self._tail.cond.wait(min(left or 1.0, 1.0))
-                fresh = self._tail.held(seen, 1_000_000)
-                if fresh is None or any(_ends(event, job) for event in fresh):
+                if job.kind == MANAGER:  # its end says it: the type and job are enough
+                    fresh = self._tail.kinds(seen)
+                    ended = fresh is None or any(m == job.id and t in ("end", "job_deleted") for t, m in fresh)
+                else:
+                    fresh = self._tail.held(seen, 1_000_000)
+                    ended = fresh is None or any(_ends(event, job) for event in fresh)
+                if ended:
                     break
-                seen = fresh[-1].seq if fresh else seen
+                seen += len(fresh)
 
     def definition_and_params(self, job_id: str) -> tuple[str, dict]:
         seq, jobs, job = self._job(job_id)

@@ -3,7 +3,8 @@
 
 A server's clients never cost a Redis connection each: the hub reads this tail's memory. Events
 older than it holds are read from the Redis stream (`XRANGE`); older than the stream keeps, they
-are gone (the client gets a fresh snapshot).
+are gone (the client gets a fresh snapshot). Entries are decoded when first asked for, so a
+process that only waits for jobs to end (`RedisStore.wait`) reads their type and job alone.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ class Tail:
 
     def __init__(self, client: redis.Redis, key: str, seq_key: str, decode: Callable[[bytes, dict], Event],
                  size: int, on_events: Callable[[], None]) -> None:
-        self.client = client
+        # Its own client (same connections) that leaves XREAD's reply as parsed (nested lists):
+        # redis-py's own reading of it builds a dict per entry in Python, costlier than the rest.
+        self.client = redis.Redis(connection_pool=client.connection_pool)
+        self.client.set_response_callback("XREAD", lambda response, **options: response)
         self.key = key
         self.seq_key = seq_key
         self.decode = decode
@@ -34,7 +38,7 @@ class Tail:
         self.cond = threading.Condition()
         self.visible = 0  # the last seq this process has read
         self._base = 0  # seq of self._events[0] is _base + 1
-        self._events: list[Event] = []
+        self._events: list[Event | list] = []  # decoded, or [entry id, [field, value, …]] until asked for
         self._started = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -64,6 +68,13 @@ class Tail:
                     self._started.set()
                 reply = self.client.xread({self.key: f"{self.visible}-0"}, count=5000, block=1000)
                 delay = 0.05
+                if not reply:
+                    continue
+                streams = reply.values() if isinstance(reply, dict) else [entries for _, entries in reply]  # RESP3/2
+                fresh = [entry for entries in streams for entry in entries]
+                if not fresh:
+                    continue
+                first, last = _seq(fresh[0][0]), _seq(fresh[-1][0])
             except (redis.ConnectionError, redis.TimeoutError):
                 if delay == 0.05:
                     logger.warning("stepstream: lost the connection to Redis; following the events once it is back")
@@ -74,18 +85,15 @@ class Tail:
                 logger.exception("stepstream: reading the event stream failed")
                 time.sleep(1.0)
                 continue
-            if not reply:
-                continue
-            fresh = [self.decode(entry_id, entry) for _, entries in reply for entry_id, entry in entries]
             with self.cond:
-                if fresh[0].seq != self.visible + 1:  # trimmed past what we had: start over from here
-                    self._events, self._base = [], fresh[0].seq - 1
+                if first != self.visible + 1:  # trimmed past what we had: start over from here
+                    self._events, self._base = [], first - 1
                 self._events.extend(fresh)
                 excess = len(self._events) - self.size
                 if excess > self.size // 4:
                     del self._events[:excess]
                     self._base += excess
-                self.visible = fresh[-1].seq
+                self.visible = last
                 self.cond.notify_all()
             self.on_events()
 
@@ -96,4 +104,32 @@ class Tail:
             if after < self._base or after > self.visible:
                 return None
             start = after - self._base
-            return self._events[start:start + limit]
+            out = self._events[start:start + limit]
+            for i, event in enumerate(out):
+                if not isinstance(event, Event):
+                    out[i] = self._events[start + i] = self.decode(event[0], _pairs(event[1]))
+            return out  # type: ignore[return-value]
+
+    def kinds(self, after: int) -> list[tuple[str, str]] | None:
+        """(type, manager id) of each event after `after`, not decoded; None as for `held`."""
+        with self.cond:
+            if after < self._base or after > self.visible:
+                return None
+            return [(e.type, e.manager_id) if isinstance(e, Event) else _kind(e[1])
+                    for e in self._events[after - self._base:]]
+
+
+def _pairs(flat: list) -> dict:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _kind(flat: list) -> tuple[str, str]:
+    """(type, manager id) of an entry's fields, as the commit writes them (`t`, `m` first)."""
+    if flat[0] == b"t" and flat[2] == b"m":
+        return flat[1].decode(), flat[3].decode()
+    fields = _pairs(flat)
+    return fields[b"t"].decode(), fields[b"m"].decode()
+
+
+def _seq(entry_id: bytes) -> int:
+    return int(entry_id.partition(b"-")[0])
