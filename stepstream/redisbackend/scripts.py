@@ -46,6 +46,9 @@ for i, e in ipairs(c.events) do
   redis.call('XADD', p .. 'events', 'MAXLEN', '~', c.keep, id,
              't', e[1], 'm', e[2], 'k', e[3], 'd', ARGV[2 + i], 'f', table.concat(fill, ','))
   if e[5] then redis.call('XADD', p .. 'logs:' .. e[5], 'MAXLEN', '~', c.logs, id, 'd', ARGV[2 + i]) end
+  if e[1] == 'end' or e[1] == 'job_deleted' then
+    redis.call('XADD', p .. 'ends', 'MAXLEN', '~', 1000, id, 'm', e[2])  -- what `wait` blocks on
+  end
 end
 for _, s in ipairs(c.seqset) do redis.call('HSET', p .. 'j:' .. s[1], s[2], string.format('%d', base + s[3])) end
 -- 5. Work this change made runnable (a step's handler, a child's attempt), for any worker.

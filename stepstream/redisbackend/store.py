@@ -672,6 +672,7 @@ class RedisStore:
         return True  # committed to Redis is as durable as Redis is configured to be
 
     def events_after(self, after: int, limit: int = 10_000) -> tuple[list[Event], int]:
+        self._tail.start()  # the events come from it (a hub has started it already)
         last = self._tail.visible
         held = self._tail.held(after, limit)
         if held is not None:
@@ -719,14 +720,39 @@ class RedisStore:
         return {"seq": seq, "job": _job_json(job)}
 
     def wait(self, job_id: str, timeout: float | None) -> dict:
-        """Block until the job is finished; its snapshot. Reads it again only when the event
-        stream says it may have ended (its `end`, or its own status), not on every change."""
+        """Block until the job is finished; its snapshot. A manager is read again only when one
+        ends (the short `ends` stream says which); another job when the event stream says it may
+        have ended (its own status), not on every change."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        seq, jobs, job = self._job(job_id)
+        if job.kind != MANAGER:
+            return self._wait_events(job_id, deadline, timeout)
+        key = self.prefix + "ends"
+        while True:
+            newest = self._retrying(self.redis.xrevrange, key, count=1)
+            last = newest[0][0] if newest else b"0-0"
+            seq, jobs, job = self._job(job_id)
+            if job.settled:
+                return {"seq": seq, "job": _job_json(job)}
+            while True:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"job {job_id} still {job.status} after {timeout} s")
+                block = int(1000 * min(left if left is not None else 1.0, 1.0)) or 1
+                reply = self._retrying(self.redis.xread, {key: last}, block=block)
+                entries = [e for _, stream in (reply.items() if isinstance(reply, dict) else reply or [])
+                           for e in stream]
+                if entries and any(fields.get(b"m") == job_id.encode() for _, fields in entries):
+                    break
+                if entries:
+                    last = entries[-1][0]
+
+    def _wait_events(self, job_id: str, deadline: float | None, timeout: float | None) -> dict:
         self._tail.start()
         while True:
             seen = self._tail.visible
             seq, jobs, job = self._job(job_id)
-            if job.settled if job.kind == MANAGER else model.is_terminal(job.status):
+            if model.is_terminal(job.status):
                 return {"seq": seq, "job": _job_json(job)}
             while True:
                 left = None if deadline is None else deadline - time.monotonic()
@@ -735,13 +761,8 @@ class RedisStore:
                 with self._tail.cond:
                     if self._tail.visible == seen:
                         self._tail.cond.wait(min(left or 1.0, 1.0))
-                if job.kind == MANAGER:  # its end says it: the type and job are enough
-                    fresh = self._tail.kinds(seen)
-                    ended = fresh is None or any(m == job.id and t in ("end", "job_deleted") for t, m in fresh)
-                else:
-                    fresh = self._tail.held(seen, 1_000_000)
-                    ended = fresh is None or any(_ends(event, job) for event in fresh)
-                if ended:
+                fresh = self._tail.held(seen, 1_000_000)
+                if fresh is None or any(_ends(event, job) for event in fresh):
                     break
                 seen += len(fresh)
 

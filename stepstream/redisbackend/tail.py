@@ -3,8 +3,7 @@
 
 A server's clients never cost a Redis connection each: the hub reads this tail's memory. Events
 older than it holds are read from the Redis stream (`XRANGE`); older than the stream keeps, they
-are gone (the client gets a fresh snapshot). Entries are decoded when first asked for, so a
-process that only waits for jobs to end (`RedisStore.wait`) reads their type and job alone.
+are gone (the client gets a fresh snapshot). Entries are decoded when first asked for.
 """
 
 from __future__ import annotations
@@ -110,25 +109,9 @@ class Tail:
                     out[i] = self._events[start + i] = self.decode(event[0], _pairs(event[1]))
             return out  # type: ignore[return-value]
 
-    def kinds(self, after: int) -> list[tuple[str, str]] | None:
-        """(type, manager id) of each event after `after`, not decoded; None as for `held`."""
-        with self.cond:
-            if after < self._base or after > self.visible:
-                return None
-            return [(e.type, e.manager_id) if isinstance(e, Event) else _kind(e[1])
-                    for e in self._events[after - self._base:]]
-
 
 def _pairs(flat: list) -> dict:
     return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
-def _kind(flat: list) -> tuple[str, str]:
-    """(type, manager id) of an entry's fields, as the commit writes them (`t`, `m` first)."""
-    if flat[0] == b"t" and flat[2] == b"m":
-        return flat[1].decode(), flat[3].decode()
-    fields = _pairs(flat)
-    return fields[b"t"].decode(), fields[b"m"].decode()
 
 
 def _seq(entry_id: bytes) -> int:
