@@ -267,46 +267,59 @@ def _run_fan(orch: Orchestrator, params: dict, timeout: float = 600) -> tuple[fl
 
 
 def throughput(children: int = 2_000, loops: int | None = None, processes: tuple[int, ...] = (1, 2),
-               child: str = "spin", fsync: tuple[str, ...] = ("always",), spawners: int = 0,
-               log: Callable[[str], None] = print, child_ms: float = CHILD_MS) -> dict:
+               child: str = "spin", fsync: tuple[str, ...] = ("everysec", "always"), spawners: int = 0,
+               log: Callable[[str], None] = print, child_ms: float = CHILD_MS, repeats: int = 3) -> dict:
     """The `fan` job of `children` children of kind `child` (spin: `loops` of the APP's loop,
     ~2 ms of CPU; noop), in memory (one process, `THREADS` threads), then through Redis with each
     count of worker processes (`THREADS` threads each) and each AOF fsync policy. With
-    `spawners`, the step spawns that many children that spawn the others (they count too)."""
+    `spawners`, the step spawns that many children that spawn the others (they count too).
+
+    The machine is shared, so the whole round (memory, then each Redis setup) runs `repeats`
+    times, interleaved; each setup's figures are the median of its rounds."""
     params = {"child": child, "children": children, "loops": loops or 0, "spawners": spawners}
-    runs: dict[str, dict] = {}
+    setups = [("memory", "", 0)] + [(f"redis_{count}" + ("" if policy == "always" else f"_{policy}"), policy, count)
+                                     for policy in fsync for count in processes]
+    rounds: dict[str, list[dict]] = {key: [] for key, _, _ in setups}
     with _app() as (folder, module):
-        orch = module.make()
-        try:
-            cpu0 = _cpu(os.getpid())
-            wall, spawn_s = _run_fan(orch, params)
-            runs["memory"] = {"wall_s": wall, "spawn_s": spawn_s, "cpu_s": {"process": _cpu(os.getpid()) - cpu0}}
-        finally:
-            orch.shutdown()
-        log(f"  {child} memory: {wall:.2f} s")
-        for policy in fsync:
-            for count in processes:
-                with _redis_server(policy) as server, _workers(folder, server.url, count) as workers, \
-                        _redis_orchestrator(module, server.url) as orch:
-                    pids = {"workers": [w.proc.pid for w in workers], "redis": [server.proc.pid],
-                            "bench": [os.getpid()]}
-                    before = {k: sum(_cpu(p) for p in v) for k, v in pids.items()}
-                    wall, spawn_s = _run_fan(orch, params)
-                    cpu = {k: sum(_cpu(p) for p in v) - before[k] for k, v in pids.items()}
-                key = f"redis_{count}" + ("" if policy == "always" else f"_{policy}")
-                runs[key] = {"processes": count, "fsync": policy, "wall_s": wall, "spawn_s": spawn_s, "cpu_s": cpu}
-                log(f"  {child} {key}: {wall:.2f} s (spawned in {spawn_s:.2f} s), cpu "
+        for round_ in range(1, repeats + 1):
+            for key, policy, count in setups:
+                if key == "memory":
+                    orch = module.make()
+                    try:
+                        cpu0 = _cpu(os.getpid())
+                        wall, spawn_s = _run_fan(orch, params)
+                        cpu = {"process": _cpu(os.getpid()) - cpu0}
+                    finally:
+                        orch.shutdown()
+                else:
+                    with _redis_server(policy) as server, _workers(folder, server.url, count) as workers, \
+                            _redis_orchestrator(module, server.url) as orch:
+                        pids = {"workers": [w.proc.pid for w in workers], "redis": [server.proc.pid],
+                                "bench": [os.getpid()]}
+                        before = {k: sum(_cpu(p) for p in v) for k, v in pids.items()}
+                        wall, spawn_s = _run_fan(orch, params)
+                        cpu = {k: sum(_cpu(p) for p in v) - before[k] for k, v in pids.items()}
+                rounds[key].append({"wall_s": wall, "spawn_s": spawn_s, "cpu_s": cpu})
+                log(f"  {child} {key} (round {round_}/{repeats}): {wall:.2f} s (spawned in {spawn_s:.2f} s), cpu "
                     + ", ".join(f"{k} {v:.1f} s" for k, v in cpu.items()))
     transitions = 3 * (children + spawners)  # created, running, completed (bench/core.py's job_wall_time)
-    for run in runs.values():
-        run["transitions_per_s"] = transitions / run["wall_s"]
-        run["children_per_s"] = (children + spawners) / run["wall_s"]
+    runs: dict[str, dict] = {}
+    for key, policy, count in setups:
+        measured = rounds[key]
+        walls = [m["wall_s"] for m in measured]
+        runs[key] = {"wall_s": statistics.median(walls), "walls_s": walls,
+                     "spawn_s": statistics.median(m["spawn_s"] for m in measured),
+                     "cpu_s": {k: statistics.median(m["cpu_s"][k] for m in measured) for k in measured[0]["cpu_s"]}}
+        if key != "memory":
+            runs[key].update(processes=count, fsync=policy)
+        runs[key]["transitions_per_s"] = transitions / runs[key]["wall_s"]
+        runs[key]["children_per_s"] = (children + spawners) / runs[key]["wall_s"]
     base = runs["memory"]["transitions_per_s"]
     name = f"redis_throughput_{child}" + ("" if child_ms == CHILD_MS else f"_{child_ms:g}ms")
     return {"name": name + (f"_tree{spawners}" if spawners else ""), "child": child,
             "children": children, "spawners": spawners, "loops": loops,
             "child_ms": child_ms if child == "spin" else 0.0, "threads_per_process": THREADS,
-            "transitions_per_child": 3, "runs": runs, "baseline_transitions_per_s": base,
+            "transitions_per_child": 3, "repeats": repeats, "runs": runs, "baseline_transitions_per_s": base,
             "ratios": {k: v["transitions_per_s"] / base for k, v in runs.items() if k != "memory"}}
 
 
@@ -492,10 +505,12 @@ def benchmarks(quick: bool = False) -> list[tuple[str, Callable[[], dict]]]:
     def spin(spawners: int = 0) -> dict:
         if not loops:
             loops.append(calibrate())
-        return throughput(1_000 if quick else 2_000, loops[0], child="spin", spawners=spawners)
+        return throughput(1_000 if quick else 2_000, loops[0], child="spin", spawners=spawners,
+                          fsync=("everysec", "always") if not spawners else ("everysec",), repeats=1 if quick else 3)
 
     def spin10() -> dict:
-        return throughput(300 if quick else 600, calibrate(10.0), child="spin", child_ms=10.0)
+        return throughput(300 if quick else 600, calibrate(10.0), child="spin", child_ms=10.0, fsync=("everysec",),
+                          repeats=1 if quick else 3)
 
     def stamped(run: Callable[[], dict]) -> Callable[[], dict]:
         return lambda: {**run(), "source": _source()}
@@ -505,7 +520,7 @@ def benchmarks(quick: bool = False) -> list[tuple[str, Callable[[], dict]]]:
         ("redis throughput, ~2 ms CPU children spawned by 20 children", lambda: spin(20)),
         ("redis throughput, ~10 ms CPU children", spin10),
         ("redis throughput, no-op children",
-         lambda: throughput(1_000 if quick else 2_000, child="noop", fsync=("always", "everysec"))),
+         lambda: throughput(1_000 if quick else 2_000, child="noop", repeats=1)),
         ("redis stream delay", lambda: stream_delay(seconds=4 if quick else 10)),
         ("redis memory", lambda: redis_memory(*((2_000, 2_000) if quick else (10_000, 10_000)))),
     ]]

@@ -99,19 +99,22 @@ def _redis_rows(r: dict) -> list[tuple[str, str, str, str]]:
                 else f"{r['children']:,} no-op children")
         if r.get("spawners"):
             what += f" spawned by {r['spawners']} children"
+        rounds = f", median of {r['repeats']} rounds" if r.get("repeats", 1) > 1 else ""
         base = _fmt(r["baseline_transitions_per_s"], "/s") + f" (memory, 1 process × {r['threads_per_process']})"
         rows = []
         for key, run in r["runs"].items():
             if key == "memory":
                 continue
-            fsync = "" if run["fsync"] == "always" else f", appendfsync {run['fsync']}"
             rows.append((f"redis: transitions/s, {what}, {run['processes']} worker process"
-                         f"{'es' if run['processes'] > 1 else ''} × {r['threads_per_process']}{fsync}",
+                         f"{'es' if run['processes'] > 1 else ''} × {r['threads_per_process']}, "
+                         f"appendfsync {run['fsync']}{rounds}",
                          _fmt(run["transitions_per_s"], "/s"), base, _fmt(r["ratios"][key], "×")))
-        if "redis_1" in r["runs"] and "redis_2" in r["runs"]:
-            rows.append((f"redis: {what}: 2 vs 1 worker processes", "", "",
-                         _fmt(r["runs"]["redis_2"]["transitions_per_s"] / r["runs"]["redis_1"]["transitions_per_s"],
-                              "×")))
+        for policy in sorted({run["fsync"] for key, run in r["runs"].items() if key != "memory"}):
+            one, two = (next((run for k, run in r["runs"].items() if k != "memory" and run["fsync"] == policy
+                              and run["processes"] == n), None) for n in (1, 2))
+            if one is not None and two is not None:
+                rows.append((f"redis: {what}, appendfsync {policy}: 2 vs 1 worker processes", "", "",
+                             _fmt(two["transitions_per_s"] / one["transitions_per_s"], "×")))
         return rows
     if r["name"] == "redis_stream_delay":
         ours, theirs = r["redis"], r["memory"]

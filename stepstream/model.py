@@ -6,6 +6,7 @@ Every rule of the contract's "Status rules" section lives in exactly one functio
 
 from __future__ import annotations
 
+import functools
 import time
 
 PENDING = "pending"
@@ -140,7 +141,12 @@ def iso(ts: float | None) -> str | None:
         return None
     secs = int(ts)
     millis = int((ts - secs) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{millis:03d}Z"
+    return _iso_seconds(secs) + f".{millis:03d}Z"
+
+
+@functools.lru_cache(maxsize=256)
+def _iso_seconds(secs: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
 
 
 LEVELS = ("debug", "info", "warning", "error")

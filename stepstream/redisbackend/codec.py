@@ -50,9 +50,27 @@ def values(job: Job, *, new: bool = False) -> dict[str, Any]:
     return out
 
 
+_encode_str = json.encoder.encode_basestring  # what json.dumps does to a str (ensure_ascii=False), in C
+
+
+def field_json(value: Any) -> str:
+    """One hash field's JSON text: exactly `encoding.dumps(value)`, with the common scalars
+    written without the encoder (this runs for every field of every change)."""
+    if value is None:
+        return "null"
+    kind = type(value)
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int and -(10**15) < value < 10**15:
+        return str(value)
+    if kind is str and value.isascii():
+        return _encode_str(value)
+    return dumps(value)
+
+
 def fields(job: Job) -> dict[str, str]:
     """All stored fields of a new job, each a JSON text."""
-    out = {name: dumps(value) for name, value in values(job, new=True).items()}
+    out = {name: field_json(value) for name, value in values(job, new=True).items()}
     if job.kind == MANAGER:
         out["params"] = job.params_json  # JSON already: kept as is, read only when shown
     return out
@@ -61,7 +79,7 @@ def fields(job: Job) -> dict[str, str]:
 _CONSTANTS = {b"null": None, b"true": True, b"false": False}
 
 
-def _value(raw: bytes) -> Any:
+def value(raw: bytes) -> Any:
     """One field's JSON, with the common shapes (null, booleans, integers, plain strings) read
     without the JSON parser."""
     if raw in _CONSTANTS:
@@ -74,7 +92,7 @@ def _value(raw: bytes) -> Any:
 
 
 def _decode(raw: dict) -> dict[str, Any]:
-    out = {(k.decode() if isinstance(k, bytes) else k): _value(v) for k, v in raw.items() if k != b"params"}
+    out = {(k.decode() if isinstance(k, bytes) else k): value(v) for k, v in raw.items() if k != b"params"}
     if b"params" in raw:
         out["params"] = raw[b"params"].decode()
     return out

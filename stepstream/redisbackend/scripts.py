@@ -10,17 +10,20 @@ COMMIT = r"""
 local p = ARGV[1]
 local c = cjson.decode(ARGV[2])
 -- 0. Once: a change resent after a lost reply is not applied twice (and not refused by guards
---    that its own first commit moved).
-if redis.call('EXISTS', p .. 'once:' .. c.once) == 1 then return {'done'} end
--- 1. Guards: every field the change was computed from, as it was read. Any difference: nothing
---    is written and the caller reads again.
+--    that its own first commit moved). Each try of a change has its own token, kept ten minutes.
+local once = p .. 'once:' .. c.once
+if not redis.call('SET', once, '1', 'NX', 'EX', 600) then return {'done'} end
+-- 1. Guards: every field the change was computed from, as it was read, by job. Any difference:
+--    nothing is written and the caller reads again.
 for _, g in ipairs(c.guards) do
-  if redis.call('HGET', p .. 'j:' .. g[1], g[2]) ~= g[3] then
-    return {'conflict', g[1] .. ' ' .. g[2]}
+  local now = redis.call('HMGET', p .. 'j:' .. g[1], unpack(g[2]))
+  for k = 1, #g[2] do
+    if now[k] ~= g[3][k] then
+      redis.call('DEL', once)
+      return {'conflict', g[1] .. ' ' .. g[2][k]}
+    end
   end
 end
--- 2. Once: remembered for ten minutes.
-redis.call('SET', p .. 'once:' .. c.once, '1', 'EX', 600)
 -- 3. The jobs: fields set, counters moved (commutative, so concurrent changes need no guard).
 for _, s in ipairs(c.set) do redis.call('HSET', p .. 'j:' .. s[1], unpack(s[2])) end
 for _, s in ipairs(c.incr) do redis.call('HINCRBY', p .. 'j:' .. s[1], s[2], s[3]) end

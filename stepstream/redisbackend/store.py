@@ -209,7 +209,6 @@ class RedisStore:
         guards refuse them if anything they decide on changed since; counters may be behind, as
         events carry the committed ones). `ack`: the work entry this change ends."""
         children = list(children)
-        once = secrets.token_hex(8)
         for tries in range(MAX_CONFLICTS):
             if known is not None and tries == 0:
                 jobs = known
@@ -221,7 +220,7 @@ class RedisStore:
             events = scratch.take_events()
             if not events and all(codec.values(j) == before.get(i) for i, j in jobs.items()):
                 return result  # nothing changed (a late return, say)
-            change, payloads, probe, settled = self._compose(scratch, jobs, before, events, once)
+            change, payloads, probe, settled = self._compose(scratch, jobs, before, events, secrets.token_hex(8))
             if ack is not None:
                 change["ack"] = ack.id.decode()
             reply = self._retrying(self._commit, args=[self.prefix, dumps(change), *payloads])
@@ -278,7 +277,8 @@ class RedisStore:
                 if job.kind != CHILD and "status" in changed:
                     shaken = True
                 if changed:
-                    sets.append([job_id, [x for name, value in changed.items() for x in (name, dumps(value))]])
+                    pairs = [x for name, value in changed.items() for x in (name, codec.field_json(value))]
+                    sets.append([job_id, pairs])
             status_changed = old is None or old["status"] != now["status"] or old.get("attempt") != now.get("attempt")
             if job.kind == STEP and job.status == RUNNING and status_changed:
                 work.append(WorkQueue.fields("step", job_id, 1))
@@ -294,7 +294,7 @@ class RedisStore:
         for job_id, old in before.items():
             for name in ("status", "attempt", "cancelled", "handler_returned"):
                 if name in old:
-                    guards.append([job_id, name, dumps(old[name])])
+                    guards.append([job_id, name, codec.field_json(old[name])])
             if job_id not in after:  # deleted by this change
                 job = jobs[job_id]
                 if job.kind == MANAGER:
@@ -305,7 +305,7 @@ class RedisStore:
         if manager.id in before and not before[manager.id]["settled"]:
             current = manager.steps[before[manager.id]["current"]]
         if shaken and current is not None:
-            guards += [[current.id, name, dumps(before[current.id][name])] for name in ("total", "c0", "c1")]
+            guards += [[current.id, name, codec.field_json(before[current.id][name])] for name in ("total", "c0", "c1")]
         specs: list[list] = []
         payloads: list[str] = []
         for event in events:
@@ -326,8 +326,14 @@ class RedisStore:
                     at = entry[1].index("end_seq")
                     del entry[1][at:at + 2]
         sets = [entry for entry in sets if entry[1]]
+        grouped: dict[str, tuple[list[str], list[str]]] = {}
+        for job_id, name, value in guards:
+            names, values = grouped.setdefault(job_id, ([], []))
+            names.append(name)
+            values.append(value)
         change = {
-            "once": once, "guards": guards, "set": sets, "incr": incrs, "kids": kids, "zadd": zadd, "zrem": zrem,
+            "once": once, "guards": [[job_id, names, values] for job_id, (names, values) in grouped.items()],
+            "set": sets, "incr": incrs, "kids": kids, "zadd": zadd, "zrem": zrem,
             "del": delete, "counters": counters, "events": specs, "seqset": seqset, "work": work,
             "keep": self.replay_size, "logs": self.max_logs_per_step,
         }
@@ -344,7 +350,7 @@ class RedisStore:
         """Finish a step this change left done (its last children may have ended elsewhere at the
         same time), and let go of finished jobs beyond the retention."""
         if probe is not None and len(probe_reply) == 4:
-            status, returned, pending, running = (json.loads(v) if v is not None else None for v in probe_reply)
+            status, returned, pending, running = (codec.value(v) if v is not None else None for v in probe_reply)
             if status == RUNNING and model.step_is_done(bool(returned), [pending or 0, running or 0, 0, 0, 0]):
                 self._finish_step(probe)
         if settled:
