@@ -7,6 +7,7 @@ counters (`total`, `c0`…`c4`, `log_count`) are plain integers that `HINCRBY` c
 from __future__ import annotations
 
 import json
+import operator
 from typing import Any
 
 from ..callables import callable_name
@@ -25,10 +26,14 @@ _STEP = ("index", "handler_returned", "handler_error", "handler_traceback")
 _CHILD = ("step", "depth", "position", "attempt", "retries", "fn", "call", "lost")
 
 
+_OWN = tuple(name for name in _COMMON if name != "manager")
+_own = operator.attrgetter(*_OWN)  # every Job sets these in __init__
+
+
 def values(job: Job, *, new: bool = False) -> dict[str, Any]:
     """The stored fields of a job as Python values. What never changes once a job exists (its
     function, arguments, params, steps) only with `new`."""
-    out = {name: getattr(job, name, None) for name in _COMMON if name != "manager"}
+    out = dict(zip(_OWN, _own(job), strict=True))
     out["manager"] = job.manager.id
     if job.kind == MANAGER:
         out.update(rerun_of=job.rerun_of, ordinal=job.ordinal, cancelled=job.cancelled, settled=job.settled,
