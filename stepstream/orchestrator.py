@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,8 @@ from .text import describe, safe_str
 from .workers import WorkerPool
 
 INTERRUPTED = "interrupted: the orchestrator shut down while this ran"
+SHORT_CHILD = 0.01  # seconds: queued children this quick are taken and ended in batches (Redis)
+CHILD_BATCH = 8  # at most this many at once
 
 logger = logging.getLogger("stepstream")
 
@@ -152,6 +155,7 @@ class Orchestrator:
         self._consumer: threading.Thread | None = None
         self._capacity = threading.Condition()
         self._busy = 0  # queued work running here (Redis)
+        self._short: dict[str, bool] = {}  # child function name: whether its last run here was short
         install_logging_bridge(capture_level)
         if redis is not None:
             self.use_redis(redis, visibility_timeout=visibility_timeout)
@@ -344,9 +348,14 @@ class Orchestrator:
             except RuntimeError as exc:  # pool shut down: the step cannot run
                 step = self.store.handler_returned(step, *describe(exc))
 
-    def _run_sync(self, job: Job, fn: Callable[..., Any], take_next: bool = False) -> Any:
-        """Run a step's handler or a child's attempt here; with `take_next` (queued work), the
-        next work for this thread, as the store's `end_and_take` gave it (or None)."""
+    def _run_sync(self, job: Job, fn: Callable[..., Any]) -> None:
+        outcome = self._call(job, fn)
+        if outcome is not None:
+            self._finished(job, *outcome)
+
+    def _call(self, job: Job, fn: Callable[..., Any]) -> tuple[int, str | None, str | None] | None:
+        """Run a step's handler or a child's attempt here: (attempt, error, traceback), or None
+        if the child was cancelled before it began."""
         attempt = self._begin(job)
         if attempt is None:
             return None  # cancelled before a worker took it
@@ -359,10 +368,7 @@ class Orchestrator:
             error, traceback = describe(exc)
         finally:
             current_job.reset(token)
-        if take_next and job.kind == "child":
-            return self.store.end_and_take(job, error, traceback, attempt)
-        self._finished(job, attempt, error, traceback)
-        return None
+        return attempt, error, traceback
 
     async def _run_async(self, job: Job, fn: Callable[..., Any]) -> None:
         attempt = self._begin(job)
@@ -450,22 +456,64 @@ class Orchestrator:
         return found.steps[job.index].handler
 
     def _run_then_done(self, entry: Any, job: Job, fn: Callable[..., Any]) -> None:
-        """Run queued work on this thread, and the work its end took next, while there is some."""
-        while True:
-            following = None
-            try:
-                following = self._run_sync(job, fn, take_next=not self.closed.is_set())
-            finally:
-                if following is None:
-                    self._queued_done(entry)
-            if following is None:
-                return
-            entry, job = following  # this thread's place is taken over by it
-            fn = self._queued_fn(job)
-            if inspect.iscoroutinefunction(fn):
-                future = asyncio.run_coroutine_threadsafe(self._run_async(job, fn), self._event_loop())
-                future.add_done_callback(lambda _, entry=entry: self._queued_done(entry))
-                return
+        """Run queued work on this thread, then the work its end took, while there is some.
+
+        After a short child (under `SHORT_CHILD` seconds), up to `CHILD_BATCH` children are taken
+        at once: they begin together, run one after the other here, and their ends are committed
+        together with the next batch's start, while they stay short: one Redis commit for them all
+        instead of one each (see docs/architecture.md, "Short children")."""
+        held = [(entry, job)]  # begun, to run here, in order
+        ended: list[tuple] = []  # children that returned here, their end not committed yet
+        try:
+            while held:
+                entry, job = held.pop(0)
+                fn = self._queued_fn(job)
+                if job.kind != "child" or inspect.iscoroutinefunction(fn):
+                    self._end_held(ended, 0)
+                    self._run_elsewhere(entry, job, fn)
+                    continue
+                if ended and not self._short.get(job.fn, False):
+                    self._end_held(ended, 0)  # this one may take long: the others' ends go first
+                started = time.monotonic()
+                outcome = self._call(job, fn)
+                if outcome is None:
+                    self.store.done_work(entry)
+                    continue
+                short = self._short[job.fn] = time.monotonic() - started < SHORT_CHILD
+                attempt, error, traceback = outcome
+                ended.append((job, attempt, self.store.settle_spawns(error), traceback, time.time()))
+                if held and short:
+                    continue  # it ends with the rest of its batch
+                want = 0 if self.closed.is_set() or held else CHILD_BATCH if short else 1
+                held += self._end_held(ended, want)
+        finally:
+            unfinished = [self.store.work.entry_of(child.id) for child, *_ in ended] + [e for e, _ in held]
+            for left in unfinished:  # their ends could not be committed (Redis gone): redelivered later
+                if left is not None:
+                    self.store.work.drop(left)
+            with self._capacity:
+                self._busy -= 1
+                self._capacity.notify_all()
+
+    def _end_held(self, ended: list[tuple], want: int) -> list[tuple[Any, Job]]:
+        """Commit the ends of `ended` (emptied) and take up to `want` new entries, begun."""
+        if not ended:
+            return []
+        batch, ended[:] = list(ended), []
+        return self.store.end_and_take(batch, want)
+
+    def _run_elsewhere(self, entry: Any, job: Job, fn: Callable[..., Any]) -> None:
+        """A step's handler (on this thread) or an async function (on the event loop), on a
+        place of its own."""
+        if inspect.iscoroutinefunction(fn):
+            with self._capacity:
+                self._busy += 1
+            future = asyncio.run_coroutine_threadsafe(self._run_async(job, fn), self._event_loop())
+            future.add_done_callback(lambda _: self._queued_done(entry))
+            return
+        self._run_sync(job, fn)
+        if entry.id in self.store.work.inflight:
+            self.store.done_work(entry)
 
     def _queued_done(self, entry: Any) -> None:
         try:

@@ -534,12 +534,14 @@ class Store:
         return True
 
     def end_child(
-        self, child: Job, error: str | None, traceback: str | None = None, attempt: int | None = None
+        self, child: Job, error: str | None, traceback: str | None = None, attempt: int | None = None,
+        finished_at: float | None = None,
     ) -> tuple[bool, Job | None]:
-        """A child's attempt returned (`error` None) or raised. Returns (retry, next_step):
-        whether to run the child again, and the step to start next, if any. An attempt that was
-        already settled without it (abandoned at shutdown, say) changes nothing."""
-        now = time.time()
+        """A child's attempt returned (`error` None) or raised (at `finished_at`, by default now).
+        Returns (retry, next_step): whether to run the child again, and the step to start next, if
+        any. An attempt that was already settled without it (abandoned at shutdown, say) changes
+        nothing."""
+        now = time.time() if finished_at is None else finished_at
         with self._guard:
             if child.status != RUNNING or (attempt is not None and attempt != child.attempt):
                 return False, None

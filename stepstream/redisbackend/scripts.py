@@ -56,10 +56,10 @@ end
 for _, s in ipairs(c.seqset) do redis.call('HSET', p .. 'j:' .. s[1], s[2], string.format('%d', base + s[3])) end
 -- 5. Work this change made runnable (a step's handler, a child's attempt), for any worker.
 for _, w in ipairs(c.work) do redis.call('XADD', p .. 'work', '*', unpack(w)) end
--- 6. The work entry this change ends is done: acknowledged with it.
+-- 6. The work entries this change ends are done: acknowledged with it.
 if c.ack then
-  redis.call('XACK', p .. 'work', 'workers', c.ack)
-  redis.call('XDEL', p .. 'work', c.ack)
+  redis.call('XACK', p .. 'work', 'workers', unpack(c.ack))
+  redis.call('XDEL', p .. 'work', unpack(c.ack))
 end
 local probe = {}
 if c.probe then

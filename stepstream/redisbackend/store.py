@@ -25,6 +25,7 @@ import secrets
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -71,6 +72,16 @@ def _graph(manager: Job) -> dict[str, Job]:
     return {manager.id: manager, **{s.id: s for s in manager.steps}, **{c.id: c for c in manager.children}}
 
 
+def _hold(manager: Job, children: list[Job]) -> dict[str, Job]:
+    """The jobs of a change this thread starts from what it holds: `manager` (as loaded or
+    last committed here), its steps and `children` of it, linked to them."""
+    steps = {s.id: s for s in manager.steps}
+    for child in children:
+        child.manager, child.step = manager, steps[child.step.id]
+    manager.children = list(children)
+    return _graph(manager)
+
+
 def _ends(event: Event, job: Job) -> bool:
     """Whether `event` may be the end of `job` (what `wait` reads the job again for)."""
     if event.manager_id != job.manager.id:
@@ -89,6 +100,17 @@ def _last_progress(events: list[Event]) -> list[Event]:
 
 
 _PROGRESS = ("step_progress", "job_progress")
+
+
+@dataclass
+class Ended:
+    """A child's attempt that returned on this thread, not committed yet (`end_and_take`)."""
+
+    child: Job
+    attempt: int
+    error: str | None
+    traceback: str | None
+    finished_at: float
 
 
 class StorageUnavailable(Exception):
@@ -202,13 +224,14 @@ class RedisStore:
 
     def _change(self, job_id: str | None, apply: Callable[[Store, dict[str, Job]], Any], *,
                 children: Iterable[str] = (), ordinal: int = 0, known: dict[str, Job] | None = None,
-                ack: Entry | None = None) -> Any:
+                ack: Entry | list[Entry] | None = None) -> Any:
         """Load, apply with the store's own code, commit with guards; again on a conflict.
 
         `known`: jobs as this process last committed them, tried first instead of a read (the
         guards refuse them if anything they decide on changed since; counters may be behind, as
-        events carry the committed ones). `ack`: the work entry this change ends."""
+        events carry the committed ones). `ack`: the work entries this change ends."""
         children = list(children)
+        acks = [] if ack is None else [ack] if isinstance(ack, Entry) else ack
         for tries in range(MAX_CONFLICTS):
             if known is not None and tries == 0:
                 jobs = known
@@ -221,15 +244,15 @@ class RedisStore:
             if not events and all(codec.values(j) == before.get(i) for i, j in jobs.items()):
                 return result  # nothing changed (a late return, say)
             change, payloads, probe, settled = self._compose(scratch, jobs, before, events, secrets.token_hex(8))
-            if ack is not None:
-                change["ack"] = ack.id.decode()
+            if acks:
+                change["ack"] = [entry.id.decode() for entry in acks]
             reply = self._retrying(self._commit, args=[self.prefix, dumps(change), *payloads])
             if reply[0] == b"conflict":
                 if tries > 5:
                     time.sleep(min(0.05, 0.001 * tries))
                 continue
-            if ack is not None:
-                self.work.drop(ack)  # acknowledged with the change
+            for entry in acks:
+                self.work.drop(entry)  # acknowledged with the change
             if reply[0] == b"ok":
                 self._committed = max(self._committed, int(reply[1]))
                 self._after_commit(reply[2], probe, settled)
@@ -424,16 +447,17 @@ class RedisStore:
 
     def end_child(self, child: Job, error: str | None, traceback: str | None = None,
                   attempt: int | None = None) -> tuple[bool, None]:
-        self._end(child, self._settle_spawns(error), traceback, attempt)
+        self._end(child, self.settle_spawns(error), traceback, attempt)
         return False, None  # a retry or the next step is queued by the commit itself
 
-    def _end(self, child: Job, error: str | None, traceback: str | None, attempt: int | None) -> None:
-        self._change(child.id, lambda s, jobs: s.end_child(jobs[child.id], error, traceback, attempt),
-                     known=_graph(child.manager) if child.manager.children else None,
+    def _end(self, child: Job, error: str | None, traceback: str | None, attempt: int | None,
+             finished_at: float | None = None) -> None:
+        self._change(child.id, lambda s, jobs: s.end_child(jobs[child.id], error, traceback, attempt, finished_at),
+                     known=_hold(child.manager, [child]),
                      ack=self.work.entry_of(child.id))
 
     def handler_returned(self, step: Job, error: str | None, traceback: str | None = None) -> None:
-        error = self._settle_spawns(error)
+        error = self.settle_spawns(error)
         self._change(step.id, lambda s, jobs: s.handler_returned(jobs[step.id], error, traceback),
                      ack=self.work.entry_of(step.id))
 
@@ -442,14 +466,6 @@ class RedisStore:
         message = bounded(safe_str(message), MAX_LOG_CHARS)
         self._spawner.settle()
         return self._change(job_id, lambda s, jobs: s.log(job_id, level, message))
-
-    def _settle_spawns(self, error: str | None) -> str | None:
-        """Wait for the spawns of the code that returned (see `spawns`): the attempt's error, or
-        that its spawns failed if it had none."""
-        failed = self._spawner.settle(raise_error=False)
-        if failed is None or error is not None:
-            return error
-        return f"spawning children failed: {type(failed).__name__}: {safe_str(failed)}"
 
     def cancel(self, job_id: str) -> Job:
         seq, jobs, manager = self._job(job_id)
@@ -572,41 +588,62 @@ class RedisStore:
         if model.is_terminal(child.status) and child.step.status == RUNNING:
             self._finish_step(child.step.id)  # its ending change may not have (its worker vanished)
 
-    def end_and_take(self, child: Job, error: str | None, traceback: str | None = None,
-                     attempt: int | None = None) -> tuple[Entry, Job] | None:
-        """End a child's attempt (as `end_child`) and take this thread's next work, begun. When
-        that is a child of the same job, its start is committed with this end: one change."""
-        error = self._settle_spawns(error)
-        manager = child.manager
-        manager.children = [child]  # what this thread holds of its job: its manager, steps and child
-        taken = self._take_loaded(1, held=manager)
-        if not taken:
-            self._end(child, error, traceback, attempt)
-            return None
-        entry, jobs = taken[0]
+    def settle_spawns(self, error: str | None) -> str | None:
+        """Wait for the spawns of the code that just returned on this thread (see `spawns`): its
+        error, or that its spawns failed if it had none."""
+        failed = self._spawner.settle(raise_error=False)
+        if failed is None or error is not None:
+            return error
+        return f"spawning children failed: {type(failed).__name__}: {safe_str(failed)}"
+
+    def end_and_take(self, ended: list[tuple], want: int) -> list[tuple[Entry, Job]]:
+        """End children's attempts ((child, attempt, error, traceback, finished_at), their spawns
+        settled already) and take up to `want` new entries for this thread, begun. The ends and
+        the starts of children of the same job are one change (the others: one each)."""
+        ended = [Ended(*e) for e in ended]
+        manager = ended[-1].child.manager
+        mine = [e for e in ended if e.child.manager.id == manager.id]
+        for other in ended:
+            if other.child.manager.id != manager.id:
+                self._end(other.child, other.error, other.traceback, other.attempt, other.finished_at)
+        _hold(manager, [e.child for e in mine])
+        taken = self._take_loaded(want, held=manager) if want > 0 else []
+        joining = [(entry, jobs[entry.job_id]) for entry, jobs in taken
+                   if entry.kind == "child" and jobs.get(entry.job_id) is not None
+                   and jobs[entry.job_id].manager is manager and jobs[entry.job_id].kind == CHILD
+                   and all(e.child.id != entry.job_id for e in mine)]
+        joined = {entry.id for entry, _ in joining}
+        out: list[tuple[Entry, Job]] = []
         try:
-            following = jobs.get(entry.job_id)
-            if entry.kind != "child" or following is None or following.kind != CHILD \
-                    or following.manager is not manager or following.id == child.id:
-                self._end(child, error, traceback, attempt)
-                job = self._begin_taken(entry, jobs)
-                return None if job is None else (entry, job)
+            known = _graph(manager)
+            for _, job in joining:
+                known[job.id] = job
+            acks = [entry for entry in (self.work.entry_of(e.child.id) for e in mine) if entry is not None]
 
-            def both(scratch: Store, jobs: dict[str, Job]) -> tuple[Job, bool]:
-                scratch.end_child(jobs[child.id], error, traceback, attempt)
-                following = jobs[entry.job_id]
-                return following, self._begin_entry(scratch, following, entry)
+            def apply(scratch: Store, jobs: dict[str, Job]) -> list[tuple[Entry, Job, bool]]:
+                for e in mine:
+                    scratch.end_child(jobs[e.child.id], e.error, e.traceback, e.attempt, e.finished_at)
+                return [(entry, jobs[entry.job_id], self._begin_entry(scratch, jobs[entry.job_id], entry))
+                        for entry, _ in joining]
 
-            following, began = self._change(child.id, both, children=[entry.job_id], known=jobs,
-                                             ack=self.work.entry_of(child.id))
+            begun = self._change(mine[-1].child.id, apply, children=[*(e.child.id for e in mine[:-1]),
+                                 *(entry.job_id for entry, _ in joining)], known=known, ack=acks)
         except BaseException:
-            self.work.drop(entry)  # not run here: redelivered after the visibility timeout
+            for entry, _ in taken:
+                self.work.drop(entry)  # not run here: redelivered after the visibility timeout
             raise
-        if began:
-            return entry, following
-        self._not_begun(following)
-        self.done_work(entry)
-        return None
+        for entry, job, began in begun:
+            if began:
+                out.append((entry, job))
+            else:
+                self._not_begun(job)
+                self.done_work(entry)
+        for entry, jobs in taken:
+            if entry.id not in joined:
+                job = self._begin_taken(entry, jobs)
+                if job is not None:
+                    out.append((entry, job))
+        return out
 
     def done_work(self, entry: Entry) -> None:
         self._retrying(lambda: self.work.ack(entry))
