@@ -500,7 +500,7 @@ class Orchestrator:
         if not ended:
             return []
         batch, ended[:] = list(ended), []
-        return self.store.end_and_take(batch, want)
+        return self.store.end_and_take(batch, want, lambda child: self._short.get(child.fn, False))
 
     def _run_elsewhere(self, entry: Any, job: Job, fn: Callable[..., Any]) -> None:
         """A step's handler (on this thread) or an async function (on the event loop), on a

@@ -596,10 +596,13 @@ class RedisStore:
             return error
         return f"spawning children failed: {type(failed).__name__}: {safe_str(failed)}"
 
-    def end_and_take(self, ended: list[tuple], want: int) -> list[tuple[Entry, Job]]:
+    def end_and_take(self, ended: list[tuple], want: int,
+                     batchable: Callable[[Job], bool] | None = None) -> list[tuple[Entry, Job]]:
         """End children's attempts ((child, attempt, error, traceback, finished_at), their spawns
         settled already) and take up to `want` new entries for this thread, begun. The ends and
-        the starts of children of the same job are one change (the others: one each)."""
+        the starts of children of the same job are one change (the others: one each). Of the
+        entries taken, the first is run here, the others only if `batchable(child)` says they
+        may wait behind it (quick ones, say); the rest is queued again for any worker."""
         ended = [Ended(*e) for e in ended]
         manager = ended[-1].child.manager
         mine = [e for e in ended if e.child.manager.id == manager.id]
@@ -608,6 +611,12 @@ class RedisStore:
                 self._end(other.child, other.error, other.traceback, other.attempt, other.finished_at)
         _hold(manager, [e.child for e in mine])
         taken = self._take_loaded(want, held=manager) if want > 0 else []
+        if len(taken) > 1:
+            waiting = [(entry, jobs) for entry, jobs in taken[1:] if entry.kind != "child"
+                       or entry.job_id not in jobs or batchable is None or not batchable(jobs[entry.job_id])]
+            if waiting:
+                self._retrying(self.work.give_back, [entry for entry, _ in waiting])
+                taken = [t for t in taken if t not in waiting]
         joining = [(entry, jobs[entry.job_id]) for entry, jobs in taken
                    if entry.kind == "child" and jobs.get(entry.job_id) is not None
                    and jobs[entry.job_id].manager is manager and jobs[entry.job_id].kind == CHILD

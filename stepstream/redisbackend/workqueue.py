@@ -135,6 +135,19 @@ class WorkQueue:
         pipe.execute()
         self.drop(entry)
 
+    def give_back(self, entries: list[Entry]) -> None:
+        """Entries taken but not to be run here: queued again (at the end) for any worker."""
+        if not entries:
+            return
+        pipe = self.client.pipeline(transaction=True)
+        for entry in entries:
+            pipe.xadd(self.key, {"k": entry.kind, "j": entry.job_id, "a": str(entry.attempt)})
+            pipe.xack(self.key, GROUP, entry.id)
+            pipe.xdel(self.key, entry.id)
+        pipe.execute()
+        for entry in entries:
+            self.drop(entry)
+
     def drop(self, entry: Entry) -> None:
         """Forget an entry here (acknowledged by a commit, or to be redelivered)."""
         with self._lock:
