@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -294,6 +295,41 @@ def many(ctx):
 
 def after(ctx):
     ctx.log("info", "after ran")
+
+
+RELEASE = threading.Event()  # lets `slow` children return
+
+
+def slow(ctx):
+    RELEASE.wait(60)
+
+
+def quick_then_slow(ctx):
+    for n in range(ctx.params["quick"]):
+        ctx.spawn(noop, n)
+    ctx.spawn(slow)
+
+
+def test_quick_children_end_in_batches_and_none_waits_behind_a_slow_one(redis_server):
+    RELEASE.clear()
+    orch = Orchestrator(max_workers=2, redis=redis_server.url)
+    orch.define("mixed", [Step("mixed", quick_then_slow)])
+    try:
+        job_id = orch.start("mixed", {"quick": 300})
+        # While the slow child runs, every quick one is shown completed: none was taken to wait
+        # behind it, and no quick one's end waits for it to return.
+        until(lambda: orch.snapshot(job_id)["job"]["steps"][0]["progress"]
+              == {"total": 301, "pending": 0, "running": 1, "completed": 300, "failed": 0, "cancelled": 0},
+              what="300 quick children completed while the slow one runs")
+        assert [c["name"] for c in orch.children(job_id, status="running")["children"]] == ["slow"]
+        RELEASE.set()
+        assert orch.wait(job_id, timeout=30)["job"]["status"] == "completed"
+        job = check_exact(orch, job_id, 301)
+        assert job["progress"]["completed"] == 301
+        assert all(c["attempt"] == 1 for c in all_children(orch, job_id))
+    finally:
+        RELEASE.set()
+        orch.shutdown()
 
 
 def test_two_orchestrators_on_one_redis_share_the_work_and_count_exactly(redis_server):
