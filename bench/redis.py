@@ -6,14 +6,17 @@ one process in memory, in the same run.
   orchestrator in this process that runs no work (`use_redis(url, workers=0)`); children that
   spin ~2 ms of pure Python (calibrated once here), then children that do nothing. Baseline:
   the same job in one `Orchestrator` in memory (2 threads). Transitions as in bench/core.py's
-  throughput: 3 per child (created, running, completed);
+  throughput: 3 per child (created, running, completed). The machine is shared, so the round
+  (memory, then each Redis setup) runs 3 times, interleaved, and each setup's figure is the
+  median of its rounds; Redis with `appendfsync everysec` (Redis's default with AOF) and `always`;
 - stream delay: children on a worker process log `probe <time.time()>` at a moderate rate; an
   SSE client of ANOTHER process (`serve APP --redis URL --workers 0`) measures receive time
   minus that time. Baseline: the same job and client against `serve APP --memory` (one process);
 - Redis memory: INFO used_memory growth (a fresh redis-server each; a small job first, then the
   baseline) for a job of N retained no-op children, and for N log lines, per 100,000.
 
-Every redis-server is tests/redisserver.py's (AOF on, `appendfsync always`). The APP is written
+Every redis-server is tests/redisserver.py's (AOF on, `appendfsync always`; `everysec` set with
+CONFIG SET where a run says so), fresh for each measurement. The APP is written
 to a temporary folder; workers and servers run with that folder as their current directory.
 
 Run alone: `python bench/redis.py [--quick]`; `bench/run.py` runs it with the others.
