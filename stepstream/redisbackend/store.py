@@ -624,9 +624,7 @@ class RedisStore:
         joined = {entry.id for entry, _ in joining}
         out: list[tuple[Entry, Job]] = []
         try:
-            known = _graph(manager)
-            for _, job in joining:
-                known[job.id] = job
+            known = _hold(manager, [e.child for e in mine] + [job for _, job in joining])
             acks = [entry for entry in (self.work.entry_of(e.child.id) for e in mine) if entry is not None]
 
             def apply(scratch: Store, jobs: dict[str, Job]) -> list[tuple[Entry, Job, bool]]:
