@@ -332,6 +332,38 @@ def test_quick_children_end_in_batches_and_none_waits_behind_a_slow_one(redis_se
         orch.shutdown()
 
 
+def spawn_past_cancel(ctx):
+    ctx.spawn(slow)
+    while not ctx.cancelled:
+        time.sleep(0.01)
+    try:
+        for _ in range(5):
+            ctx.spawn(noop, 0)
+    except Exception as exc:  # noqa: BLE001 - what the handler saw is the test's subject
+        ctx.log("info", f"refused: {type(exc).__name__}: {exc}")
+
+
+def test_a_spawn_after_a_cancel_is_refused_in_the_handler_and_makes_no_child(redis_server):
+    RELEASE.clear()
+    orch = Orchestrator(max_workers=2, redis=redis_server.url)
+    orch.define("past", [Step("past", spawn_past_cancel)])
+    try:
+        job_id = orch.start("past")
+        until(lambda: orch.snapshot(job_id)["job"]["progress"]["running"] == 1, what="the first child running")
+        orch.cancel(job_id)
+        until(lambda: any(r["message"].startswith("refused: ") for r in all_logs(orch.logs, job_id)),
+              what="the handler's refused spawn")
+        RELEASE.set()
+        final = orch.wait(job_id, timeout=30)["job"]
+        assert final["status"] == "cancelled"
+        assert final["progress"]["total"] == 1  # the 5 refused spawns made nothing
+        refused = [r["message"] for r in all_logs(orch.logs, job_id) if r["message"].startswith("refused: ")]
+        assert refused == [f"refused: Conflict: step 'past' of job {job_id} is cancelled; it takes no new children"]
+    finally:
+        RELEASE.set()
+        orch.shutdown()
+
+
 def test_two_orchestrators_on_one_redis_share_the_work_and_count_exactly(redis_server):
     first = Orchestrator(max_workers=6, redis=redis_server.url)
     second = Orchestrator(max_workers=6, redis=redis_server.url)

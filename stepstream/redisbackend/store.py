@@ -409,9 +409,10 @@ class RedisStore:
             created = self._change(link, lambda s, jobs: self._create(s, [spawn]), children=(link,))
             self._spawner.begin(link, self._known_after(link, created))
             return created[0]
-        manager = batch.known[link].manager
-        if self.cancelled(manager):
-            raise Conflict(f"job {manager.id} is cancelled; it takes no new children")
+        linked = batch.known[link]
+        if self.cancelled(linked):  # as the store says it (the commit would refuse it later)
+            raise Conflict(f"step {linked.step.name!r} of job {linked.manager.id} is cancelled; "
+                           "it takes no new children")
         self._spawner.add(batch, spawn)
         child = Job(CHILD, "", time.time())
         child.id = child.name = spawn.child_id  # all a spawner needs of it: its id
