@@ -3,7 +3,8 @@
 
 A server's clients never cost a Redis connection each: the hub reads this tail's memory. Events
 older than it holds are read from the Redis stream (`XRANGE`); older than the stream keeps, they
-are gone (the client gets a fresh snapshot). Entries are decoded when first asked for.
+are gone (the client gets a fresh snapshot). Entries are decoded here, off the
+server's event loop.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class Tail:
         self.cond = threading.Condition()
         self.visible = 0  # the last seq this process has read
         self._base = 0  # seq of self._events[0] is _base + 1
-        self._events: list[Event | list] = []  # decoded, or [entry id, [field, value, …]] until asked for
+        self._events: list[Event] = []
         self._started = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -74,6 +75,7 @@ class Tail:
                 if not fresh:
                     continue
                 first, last = _seq(fresh[0][0]), _seq(fresh[-1][0])
+                decoded = [self.decode(entry_id, _pairs(flat)) for entry_id, flat in fresh]
             except (redis.ConnectionError, redis.TimeoutError):
                 if delay == 0.05:
                     logger.warning("stepstream: lost the connection to Redis; following the events once it is back")
@@ -87,7 +89,7 @@ class Tail:
             with self.cond:
                 if first != self.visible + 1:  # trimmed past what we had: start over from here
                     self._events, self._base = [], first - 1
-                self._events.extend(fresh)
+                self._events.extend(decoded)
                 excess = len(self._events) - self.size
                 if excess > self.size // 4:
                     del self._events[:excess]
@@ -103,11 +105,7 @@ class Tail:
             if after < self._base or after > self.visible:
                 return None
             start = after - self._base
-            out = self._events[start:start + limit]
-            for i, event in enumerate(out):
-                if not isinstance(event, Event):
-                    out[i] = self._events[start + i] = self.decode(event[0], _pairs(event[1]))
-            return out  # type: ignore[return-value]
+            return self._events[start:start + limit]
 
 
 def _pairs(flat: list) -> dict:
