@@ -606,6 +606,22 @@ class Store:
         self._notify()
         return next_step
 
+    def cancel_pending(self, manager_id: str) -> None:
+        """Cancel the pending children this store holds of a cancelled manager: `cancel`'s
+        work on its children, for a shared deployment, where a manager is cancelled first and
+        its pending children then in parts (or by the worker that takes one)."""
+        now = time.time()
+        with self._guard:
+            manager = self._get(manager_id)
+            pending = [c for c in manager.children if c.status == PENDING] if manager.cancelled else []
+            for child in pending:
+                self._set_status(child, CANCELLED, now)
+                self._emit_status(child)
+            for step in {child.step.id: child.step for child in pending}.values():
+                self._emit_progress(step)
+                self._maybe_finish_step(step, now)
+        self._notify()
+
     def cancelled(self, job: Job) -> bool:
         """True once `job`'s manager was cancelled (what `ctx.cancelled` says)."""
         return job.manager.cancelled

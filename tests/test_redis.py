@@ -364,6 +364,41 @@ def test_a_spawn_after_a_cancel_is_refused_in_the_handler_and_makes_no_child(red
         orch.shutdown()
 
 
+def brief(ctx, n):
+    time.sleep(0.002)
+
+
+def flood(ctx):
+    spawned = 0
+    try:
+        while spawned < 20_000:
+            ctx.spawn(brief, spawned)
+            spawned += 1
+    finally:
+        ctx.log("info", f"spawned {spawned}")
+
+
+def test_a_cancel_wins_over_a_busy_job_and_cancels_every_pending_child(redis_server):
+    orch = Orchestrator(max_workers=4, redis=redis_server.url)
+    orch.define("flood", [Step("flood", flood), Step("after", after)])
+    try:
+        job_id = orch.start("flood")
+        until(lambda: orch.snapshot(job_id)["job"]["progress"]["pending"] >= 500, what="500 pending children")
+        assert orch.cancel(job_id)["job"]["status"] == "cancelled"  # while children begin and end all along
+        final = orch.wait(job_id, timeout=60)["job"]
+        assert final["status"] == "cancelled"
+        assert final["progress"]["pending"] == 0 and final["progress"]["cancelled"] >= 500
+        assert [s["status"] for s in final["steps"]] == ["cancelled", "skipped"]
+        total = final["progress"]["total"]
+        job = check_exact(orch, job_id, total)
+        spawned = [int(r["message"].split()[1]) for r in all_logs(orch.logs, job_id)
+                   if r["message"].startswith("spawned ")]
+        assert len(spawned) == 1 and total <= spawned[0] < 20_000  # the handler's loop was stopped
+        assert job["progress"]["completed"] + job["progress"]["cancelled"] == total
+    finally:
+        orch.shutdown()
+
+
 def test_two_orchestrators_on_one_redis_share_the_work_and_count_exactly(redis_server):
     first = Orchestrator(max_workers=6, redis=redis_server.url)
     second = Orchestrator(max_workers=6, redis=redis_server.url)

@@ -26,6 +26,7 @@ from typing import Any
 logger = logging.getLogger("stepstream")
 
 MAX_BATCH = 200  # spawns per commit: bounds one commit's time in Redis
+MAX_QUEUED = 2 * MAX_BATCH  # a thread ahead of its commits by this many waits for them
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class Spawner:
         self._thread: threading.Thread | None = None
         self._busy: set[Batch] = set()
         self._idle = threading.Condition(self._lock)
+        self._room = threading.Condition(self._lock)
 
     def batch(self, link: str) -> Batch | None:
         """This thread's batch on `link`, if it has one; its spawns on another link are settled
@@ -84,7 +86,14 @@ class Spawner:
         self._local.batch = Batch(link, known)
 
     def add(self, batch: Batch, spawn: Spawn) -> None:
+        """Queue a spawn; wait while the thread is `MAX_QUEUED` ahead of its commits (so a loop
+        that spawns faster than Redis takes them is held back, and a batch that fails drops
+        few); a failed batch's error is raised here."""
         with self._lock:
+            self._room.wait_for(lambda: len(batch.queue) < MAX_QUEUED or batch.error is not None)
+            if batch.error is not None:
+                error, self._local.batch = batch.error, None
+                raise error
             batch.queue.append(spawn)
             if batch.busy:
                 return  # the committing thread takes it with the others
@@ -118,6 +127,7 @@ class Spawner:
             with self._lock:
                 spawns = batch.queue[:MAX_BATCH]
                 del batch.queue[:MAX_BATCH]
+                self._room.notify_all()
             try:
                 self._commit(batch, spawns)
             except BaseException as exc:  # noqa: BLE001 - handed to the spawning thread
@@ -126,6 +136,7 @@ class Spawner:
                 with self._lock:
                     batch.error = exc
                     batch.queue.clear()
+                    self._room.notify_all()
             with self._lock:
                 if batch.queue:
                     self._ready.put(batch)  # the others' batches first, then the rest of this one

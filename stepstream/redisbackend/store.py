@@ -48,6 +48,7 @@ logger = logging.getLogger("stepstream")
 
 LOST_HANDLER = "the worker running this step's handler stopped or vanished; the handler is not run again"
 LOST_CHILD = "its worker stopped or vanished"
+CANCEL_PART = 500  # pending children cancelled per change
 MAX_CONFLICTS = 200  # reads and tries of one change that others keep changing under it
 OUTAGE = 300.0  # seconds a call keeps retrying while Redis cannot be reached (a restart, say)
 
@@ -469,15 +470,27 @@ class RedisStore:
         return self._change(job_id, lambda s, jobs: s.log(job_id, level, message))
 
     def cancel(self, job_id: str) -> Job:
+        """The manager is cancelled in one change (guarded on it and its steps alone, so running
+        work cannot starve it); from then on no child of it begins (a worker that takes one
+        cancels it instead), and its pending children are cancelled in parts."""
         seq, jobs, manager = self._job(job_id)
         if manager.kind != MANAGER:
             raise InvalidRequest(f"job {job_id} is a {manager.kind} job; cancel its manager {manager.manager.id}")
         if model.is_terminal(manager.status):
             raise Conflict(f"job {job_id} is already {manager.status}")
-        step_id = manager.steps[manager.current].id
-        pending = [child.id for child in self._children_of(job_id) if child.get(b"status") == b'"pending"'
-                   and child.get(b"step") == dumps(step_id).encode()]
-        return self._change(job_id, lambda s, jobs: s.cancel(job_id), children=pending)
+        cancelled = self._change(job_id, lambda s, jobs: s.cancel(job_id))
+        self._cancelled.pop(job_id, None)
+        ids = self._retrying(lambda: self.redis.lrange(f"{self.prefix}kids:{job_id}", 0, -1))
+        for start in range(0, len(ids), CANCEL_PART):
+            part = [i.decode() for i in ids[start:start + CANCEL_PART]]
+            pipe = self.redis.pipeline(transaction=False)
+            for child_id in part:
+                pipe.hget(f"{self.prefix}j:{child_id}", "status")
+            pending = [c for c, status in zip(part, self._retrying(pipe.execute), strict=True)
+                       if status == b'"pending"']
+            if pending:
+                self._change(job_id, lambda s, jobs: s.cancel_pending(job_id), children=pending)
+        return cancelled
 
     def abandon(self, manager_id: str, reason: str) -> None:
         """Nothing to do: with Redis, work of a process that stops is taken over by the others."""
@@ -579,6 +592,9 @@ class RedisStore:
         """Begin the child attempt `entry` names, if it is still to run (a lost one is settled)."""
         if child.kind != CHILD or child.attempt != entry.attempt:
             return False  # superseded by a later attempt's entry
+        if child.status == PENDING and child.manager.cancelled:
+            scratch.cancel_pending(child.manager.id)  # its cancel has not reached it yet
+            return False
         if child.status == PENDING:
             return scratch.begin_child(child)
         if child.status == RUNNING and entry.redelivered:
