@@ -11,7 +11,7 @@ Anything else the thread then does through the store (a log line, its handler's 
 on another link) first waits until its spawns are committed, so everything is seen in the order
 it was done and a step never finishes before the children its handler spawned exist. A batch that
 cannot be committed (the job was cancelled meanwhile, say) drops the spawns queued after it, and
-its error is raised in the thread at its next call.
+its error is raised in the thread at its next spawn, or fails its attempt when its code returns.
 """
 
 from __future__ import annotations
@@ -104,6 +104,13 @@ class Spawner:
                 self._thread = threading.Thread(target=self._run, name="stepstream-redis-spawns", daemon=True)
                 self._thread.start()
         self._ready.put(batch)
+
+    def wait(self) -> None:
+        """Wait until this thread's queued spawns are committed (or failed: the error is kept
+        for its next spawn or its code's return)."""
+        batch: Batch | None = getattr(self._local, "batch", None)
+        if batch is not None:
+            batch.done.wait()
 
     def settle(self, *, raise_error: bool = True) -> BaseException | None:
         """Wait until this thread's queued spawns are committed. Their error, if a batch failed:

@@ -412,6 +412,7 @@ class RedisStore:
             return created[0]
         linked = batch.known[link]
         if self.cancelled(linked):  # as the store says it (the commit would refuse it later)
+            self._spawner.settle(raise_error=False)  # what is queued is committed or dropped: this says it
             raise Conflict(f"step {linked.step.name!r} of job {linked.manager.id} is cancelled; "
                            "it takes no new children")
         self._spawner.add(batch, spawn)
@@ -466,7 +467,7 @@ class RedisStore:
     def log(self, job_id: str, level: str, message: str) -> Record | None:
         model.level_rank(level)
         message = bounded(safe_str(message), MAX_LOG_CHARS)
-        self._spawner.settle()
+        self._spawner.wait()  # after the spawns before it
         return self._change(job_id, lambda s, jobs: s.log(job_id, level, message))
 
     def cancel(self, job_id: str) -> Job:
