@@ -48,7 +48,7 @@ logger = logging.getLogger("stepstream")
 
 LOST_HANDLER = "the worker running this step's handler stopped or vanished; the handler is not run again"
 LOST_CHILD = "its worker stopped or vanished"
-CANCEL_PART = 500  # pending children cancelled per change
+CANCEL_PART = 100  # pending children cancelled per change
 MAX_CONFLICTS = 200  # reads and tries of one change that others keep changing under it
 OUTAGE = 300.0  # seconds a call keeps retrying while Redis cannot be reached (a restart, say)
 
@@ -225,12 +225,14 @@ class RedisStore:
 
     def _change(self, job_id: str | None, apply: Callable[[Store, dict[str, Job]], Any], *,
                 children: Iterable[str] = (), ordinal: int = 0, known: dict[str, Job] | None = None,
-                ack: Entry | list[Entry] | None = None) -> Any:
+                ack: Entry | list[Entry] | None = None, counter_guard: bool = True) -> Any:
         """Load, apply with the store's own code, commit with guards; again on a conflict.
 
         `known`: jobs as this process last committed them, tried first instead of a read (the
         guards refuse them if anything they decide on changed since; counters may be behind, as
-        events carry the committed ones). `ack`: the work entries this change ends."""
+        events carry the committed ones). `ack`: the work entries this change ends.
+        `counter_guard=False`: a status this change sets does not depend on the running step's
+        counts staying as read (see `cancel`)."""
         children = list(children)
         acks = [] if ack is None else [ack] if isinstance(ack, Entry) else ack
         for tries in range(MAX_CONFLICTS):
@@ -244,7 +246,8 @@ class RedisStore:
             events = scratch.take_events()
             if not events and all(codec.values(j) == before.get(i) for i, j in jobs.items()):
                 return result  # nothing changed (a late return, say)
-            change, payloads, probe, settled = self._compose(scratch, jobs, before, events, secrets.token_hex(8))
+            change, payloads, probe, settled = self._compose(scratch, jobs, before, events, secrets.token_hex(8),
+                                                             counter_guard)
             if acks:
                 change["ack"] = [entry.id.decode() for entry in acks]
             reply = self._retrying(self._commit, args=[self.prefix, dumps(change), *payloads])
@@ -263,7 +266,8 @@ class RedisStore:
         raise Conflict("the job kept changing while this change was computed; try again")
 
     def _compose(self, scratch: Store, jobs: dict[str, Job], before: dict[str, dict[str, Any]],
-                 events: list[Event], once: str) -> tuple[dict, list[str], str | None, list[Job]]:
+                 events: list[Event], once: str, counter_guard: bool = True
+                 ) -> tuple[dict, list[str], str | None, list[Job]]:
         events = _last_progress(events)
         after = {job.id: job for job in scratch.held_jobs()}
         sets: list[list] = []
@@ -328,7 +332,7 @@ class RedisStore:
         current = None  # the step that was running before this change
         if manager.id in before and not before[manager.id]["settled"]:
             current = manager.steps[before[manager.id]["current"]]
-        if shaken and current is not None:
+        if shaken and current is not None and counter_guard:
             guards += [[current.id, name, codec.field_json(before[current.id][name])] for name in ("total", "c0", "c1")]
         specs: list[list] = []
         payloads: list[str] = []
@@ -479,9 +483,16 @@ class RedisStore:
             raise InvalidRequest(f"job {job_id} is a {manager.kind} job; cancel its manager {manager.manager.id}")
         if model.is_terminal(manager.status):
             raise Conflict(f"job {job_id} is already {manager.status}")
-        cancelled = self._change(job_id, lambda s, jobs: s.cancel(job_id))
+        # Its step's counts move all along while children begin and end: guarded on them, this
+        # change would be refused again and again. It need not be: the step is finished here only
+        # if it has no pending or running child as freshly read, and those counts only fall once
+        # its handler has returned; a step that is done by the time of the commit is finished by
+        # the read-back after it (`_after_commit`).
+        cancelled = self._change(job_id, lambda s, jobs: s.cancel(job_id), counter_guard=False)
         self._cancelled.pop(job_id, None)
-        ids = self._retrying(lambda: self.redis.lrange(f"{self.prefix}kids:{job_id}", 0, -1))
+        # Newest first: workers take the oldest pending children (and cancel them) meanwhile, so
+        # the two rarely meet over a part (which would make its change compute again).
+        ids = self._retrying(lambda: self.redis.lrange(f"{self.prefix}kids:{job_id}", 0, -1))[::-1]
         for start in range(0, len(ids), CANCEL_PART):
             part = [i.decode() for i in ids[start:start + CANCEL_PART]]
             pipe = self.redis.pipeline(transaction=False)
