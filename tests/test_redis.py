@@ -458,6 +458,36 @@ def test_finished_jobs_beyond_the_retention_leave_redis(redis_server):
         orch.shutdown()
 
 
+def test_data_a_stopped_process_left_half_deleted_goes_at_the_next_prune(redis_server):
+    def deployment(workers: int) -> Orchestrator:
+        orch = Orchestrator(max_workers=workers, redis=redis_server.url)
+        orch.define("many", [Step("many", many), Step("after", after)])
+        return orch
+
+    client = redis_server.client()
+    orch = deployment(2)
+    first = orch.start("many", {"children": 3})
+    orch.wait(first, timeout=30)
+    orch.shutdown()
+    # A process stops right after taking `first` out of the indexes, before deleting its data.
+    stopped = deployment(0)
+    stopped.store._prune_script(args=["stepstream:", 0, -1])
+    stopped.shutdown()
+    assert client.exists(f"stepstream:j:{first}", f"stepstream:kids:{first}") == 2
+    orch = deployment(2)
+    try:
+        assert [j["id"] for j in orch.jobs()["jobs"]] == []
+        second = orch.start("many", {"children": 3})
+        orch.wait(second, timeout=30)  # its end prunes: what `first` left goes too
+        until(lambda: not client.exists(f"stepstream:j:{first}", f"stepstream:kids:{first}",
+                                        f"stepstream:logs:{first}") and not client.hlen("stepstream:dropping"),
+              what="the half-deleted job's keys gone")
+        assert not [k for k in client.scan_iter("stepstream:j:*") if first.encode() in client.hget(k, "manager")]
+        assert [j["id"] for j in orch.jobs()["jobs"]] == [second]
+    finally:
+        orch.shutdown()
+
+
 def test_a_stream_resumed_from_before_the_trimmed_events_starts_over_from_a_snapshot(redis_server):
     orch = Orchestrator(max_workers=2, replay_size=50, redis=redis_server.url)
     orch.define("many", [Step("many", many), Step("after", after)])

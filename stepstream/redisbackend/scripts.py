@@ -164,7 +164,9 @@ return out
 PRUNE = r"""
 -- ARGV[1]: key prefix; ARGV[2]: finished managers to keep (-1: any number); ARGV[3]: drop those
 -- that ended before this time (-1: none). Takes them out of the indexes, all at once (so two
--- processes never both count the same excess), and returns their ids for their data to go.
+-- processes never both count the same excess), and notes each, with its steps, in the `dropping`
+-- hash until its data is deleted. Returns that hash (id, steps, …): the ones taken out now, and any
+-- that a process stopped before it had deleted.
 local p = ARGV[1]
 local gone = {}
 local keep = tonumber(ARGV[2])
@@ -175,15 +177,14 @@ end
 if tonumber(ARGV[3]) >= 0 then
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', p .. 'ended', '-inf', '(' .. ARGV[3])) do gone[#gone + 1] = id end
 end
-local out = {}
 for _, id in ipairs(gone) do
   if redis.call('ZREM', p .. 'finished', id) == 1 then
     redis.call('ZREM', p .. 'managers', id)
     redis.call('ZREM', p .. 'ended', id)
     local status = redis.call('HGET', p .. 'j:' .. id, 'status')
     if status then redis.call('HINCRBY', p .. 'statuses', cjson.decode(status), -1) end
-    out[#out + 1] = id
+    redis.call('HSET', p .. 'dropping', id, redis.call('HGET', p .. 'j:' .. id, 'steps') or '[]')
   end
 end
-return out
+return redis.call('HGETALL', p .. 'dropping')
 """

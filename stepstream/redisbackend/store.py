@@ -13,7 +13,8 @@ the state at any later seq, whichever process made each change.
 Keys (all under the prefix, `stepstream:` by default): `seq`, `id`, `ordinal`, `events` (stream,
 id = seq), `work` (stream + group), `j:<id>` (hash per job), `kids:<manager>` (list of child
 ids), `logs:<step or manager>` (stream, id = seq), `managers`/`running`/`finished` (sorted sets
-by ordinal), `ended` (finished managers by time), `statuses` and `counters` (hashes), `once:*`.
+by ordinal), `ended` (finished managers by time), `ends` (stream: managers that ended, for `wait`),
+`dropping` (hash: managers being deleted), `statuses` and `counters` (hashes), `once:*`.
 """
 
 from __future__ import annotations
@@ -701,14 +702,16 @@ class RedisStore:
     # ------------------------------------------------------------------ retention
 
     def _prune(self) -> None:
-        """Let go of the oldest finished managers beyond the retention (no event: as if never kept)."""
+        """Let go of the oldest finished managers beyond the retention (no event: as if never kept),
+        and of any whose data a stopped process left half deleted."""
         keep = -1 if self.retain_jobs is None else self.retain_jobs
         before = -1 if self.retain_days is None else time.time() - self.retain_days * 86400
-        for manager_id in self._retrying(self._prune_script, args=[self.prefix, keep, before]):
-            key = f"{self.prefix}j:{manager_id.decode()}"
-            steps = self._retrying(self.redis.hget, key, "steps")
-            self._retrying(self.redis.delete, key)
-            self._drop(manager_id.decode(), json.loads(steps) if steps else [])
+        dropping = self._retrying(self._prune_script, args=[self.prefix, keep, before])
+        for raw_id, steps in zip(dropping[::2], dropping[1::2], strict=True):
+            manager_id = raw_id.decode()
+            self._retrying(self.redis.delete, f"{self.prefix}j:{manager_id}")
+            self._retrying(self._drop, manager_id, json.loads(steps))
+            self._retrying(self.redis.hdel, self.prefix + "dropping", manager_id)
 
     def _drop(self, manager_id: str, step_ids: list[str]) -> None:
         """Delete what a removed manager leaves: its steps, children, child list and logs."""
