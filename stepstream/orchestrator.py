@@ -491,9 +491,7 @@ class Orchestrator:
             for left in unfinished:  # their ends could not be committed (Redis gone): redelivered later
                 if left is not None:
                     self.store.work.drop(left)
-            with self._capacity:
-                self._busy -= 1
-                self._capacity.notify_all()
+            self._release()
 
     def _end_held(self, ended: list[tuple], want: int) -> list[tuple[Any, Job]]:
         """Commit the ends of `ended` (emptied) and take up to `want` new entries, begun."""
@@ -512,15 +510,23 @@ class Orchestrator:
             future.add_done_callback(lambda _: self._queued_done(entry))
             return
         self._run_sync(job, fn)
-        if entry.id in self.store.work.inflight:
-            self.store.done_work(entry)
+        self._acknowledge(entry)
 
     def _queued_done(self, entry: Any) -> None:
+        self._acknowledge(entry)
+        self._release()
+
+    def _acknowledge(self, entry: Any) -> None:
+        """The work is done here: it leaves the queue (if it was not acknowledged with its change,
+        nor handed back at shutdown)."""
         try:
-            if entry.id in self.store.work.inflight:  # not handed back at shutdown
+            if entry.id in self.store.work.inflight:
                 self.store.done_work(entry)
         except Exception:  # noqa: BLE001 - not acknowledged: redelivered after the visibility timeout
             logger.exception("stepstream: could not acknowledge finished work")
+
+    def _release(self) -> None:
+        """A place on this process's workers is free again."""
         with self._capacity:
             self._busy -= 1
             self._capacity.notify_all()

@@ -613,14 +613,20 @@ class Store:
         now = time.time()
         with self._guard:
             manager = self._get(manager_id)
-            pending = [c for c in manager.children if c.status == PENDING] if manager.cancelled else []
-            for child in pending:
-                self._set_status(child, CANCELLED, now)
-                self._emit_status(child)
-            for step in {child.step.id: child.step for child in pending}.values():
+            for step in self._cancel_held_pending(manager, now) if manager.cancelled else []:
                 self._emit_progress(step)
                 self._maybe_finish_step(step, now)
         self._notify()
+
+    def _cancel_held_pending(self, manager: Job, now: float) -> list[Job]:
+        """Cancel the pending children of `manager` held here; the steps they were in."""
+        steps: dict[str, Job] = {}
+        for child in manager.children:
+            if child.status == PENDING:
+                self._set_status(child, CANCELLED, now)
+                self._emit_status(child)
+                steps[child.step.id] = child.step
+        return list(steps.values())
 
     def cancelled(self, job: Job) -> bool:
         """True once `job`'s manager was cancelled (what `ctx.cancelled` says)."""
@@ -750,10 +756,7 @@ class Store:
             self._emit_status(manager)
             step = manager.steps[manager.current]
             if step.counts[SLOT[PENDING]]:
-                for child in manager.children:
-                    if child.status == PENDING:
-                        self._set_status(child, CANCELLED, now)
-                        self._emit_status(child)
+                self._cancel_held_pending(manager, now)
                 self._emit_progress(step)
             self._skip_rest(manager, now)
             self._maybe_finish_step(step, now)

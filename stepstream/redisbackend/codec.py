@@ -202,8 +202,11 @@ def _progress_list(p: dict, log_count: int) -> list[int]:
     return [p["total"], p["pending"], p["running"], p["completed"], p["failed"], p["cancelled"], log_count]
 
 
-def event_from(entry_id: bytes | str, entry: dict) -> Event:
-    """An Event from a stream entry: its seq is the entry id, committed counters are applied."""
+def event_from(entry_id: bytes | str, entry: dict | list) -> Event:
+    """An Event from a stream entry (its fields as a dict, or as read: a flat list): its seq is
+    the entry id, committed counters are applied."""
+    if isinstance(entry, list):
+        entry = pairs(entry)
     seq = int((entry_id.decode() if isinstance(entry_id, bytes) else entry_id).partition("-")[0])
     get = entry.get
     type_ = _text(get(b"t", get("t")))

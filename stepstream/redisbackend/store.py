@@ -84,6 +84,14 @@ def _hold(manager: Job, children: list[Job]) -> dict[str, Job]:
     return _graph(manager)
 
 
+def _time_left(deadline: float | None, timeout: float | None, job: Job) -> float | None:
+    """Seconds left to wait for `job` (None: no limit); TimeoutError once none are."""
+    left = None if deadline is None else deadline - time.monotonic()
+    if left is not None and left <= 0:
+        raise TimeoutError(f"job {job.id} still {job.status} after {timeout} s")
+    return left
+
+
 def _ends(event: Event, job: Job) -> bool:
     """Whether `event` may be the end of `job` (what `wait` reads the job again for)."""
     if event.manager_id != job.manager.id:
@@ -205,10 +213,14 @@ class RedisStore:
         manager = self._manager_from(reply[0], reply[1:])
         jobs = {manager.id: manager, **{s.id: s for s in manager.steps}}
         for raw in reply[1 + len(manager.steps):]:
-            child = codec.link_child(codec.job_from(codec.pairs(raw), self.max_logs_per_step), manager)
+            child = self._child_from(codec.pairs(raw), manager)
             jobs[child.id] = child
             manager.children.append(child)
         return jobs
+
+    def _child_from(self, raw: dict, manager: Job) -> Job:
+        """A child from its hash, linked to `manager` and its step."""
+        return codec.link_child(codec.job_from(raw, self.max_logs_per_step), manager)
 
     def _manager_from(self, manager_flat: list, rest: list) -> Job:
         raw = codec.pairs(manager_flat)
@@ -561,7 +573,7 @@ class RedisStore:
         for one in reply:
             for entry in self.work.keep(one[0], codec.pairs(one[1]), redelivered=False):
                 if held is not None and len(one) == 3:
-                    child = codec.link_child(codec.job_from(codec.pairs(one[2]), self.max_logs_per_step), held)
+                    child = self._child_from(codec.pairs(one[2]), held)
                     held.children.append(child)
                     out.append((entry, {**_graph(held), child.id: child}))
                 else:
@@ -817,9 +829,7 @@ class RedisStore:
             if job.settled:
                 return {"seq": seq, "job": _job_json(job)}
             while True:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise TimeoutError(f"job {job_id} still {job.status} after {timeout} s")
+                left = _time_left(deadline, timeout, job)
                 block = int(1000 * min(left if left is not None else 1.0, 1.0)) or 1
                 reply = self._retrying(self.redis.xread, {key: last}, block=block)
                 entries = [e for _, stream in (reply.items() if isinstance(reply, dict) else reply or [])
@@ -837,9 +847,7 @@ class RedisStore:
             if model.is_terminal(job.status):
                 return {"seq": seq, "job": _job_json(job)}
             while True:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise TimeoutError(f"job {job_id} still {job.status} after {timeout} s")
+                left = _time_left(deadline, timeout, job)
                 with self._tail.cond:
                     if self._tail.visible == seen:
                         self._tail.cond.wait(min(left or 1.0, 1.0))
@@ -926,7 +934,7 @@ class RedisStore:
                 return {"children": out, "next": None}
             for raw in rows:
                 if raw:
-                    child = codec.link_child(codec.job_from(raw, self.max_logs_per_step), manager)
+                    child = self._child_from(raw, manager)
                     if (step_job is None or child.step.id == step_job.id) and status in (None, child.status):
                         if len(out) == limit:
                             return {"children": out, "next": position}

@@ -24,7 +24,7 @@ logger = logging.getLogger("stepstream")
 class Tail:
     """Follows `<prefix>events` from the seq Redis had when it started."""
 
-    def __init__(self, client: redis.Redis, key: str, seq_key: str, decode: Callable[[bytes, dict], Event],
+    def __init__(self, client: redis.Redis, key: str, seq_key: str, decode: Callable[[bytes, dict | list], Event],
                  size: int, on_events: Callable[[], None]) -> None:
         # Its own client (same connections) that leaves XREAD's reply as parsed (nested lists):
         # redis-py's own reading of it builds a dict per entry in Python, costlier than the rest.
@@ -75,7 +75,7 @@ class Tail:
                 if not fresh:
                     continue
                 first, last = _seq(fresh[0][0]), _seq(fresh[-1][0])
-                decoded = [self.decode(entry_id, _pairs(flat)) for entry_id, flat in fresh]
+                decoded = [self.decode(entry_id, fields) for entry_id, fields in fresh]
             except (redis.ConnectionError, redis.TimeoutError):
                 if delay == 0.05:
                     logger.warning("stepstream: lost the connection to Redis; following the events once it is back")
@@ -106,10 +106,6 @@ class Tail:
                 return None
             start = after - self._base
             return self._events[start:start + limit]
-
-
-def _pairs(flat: list) -> dict:
-    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _seq(entry_id: bytes) -> int:

@@ -141,7 +141,8 @@ class WorkQueue:
             return
         pipe = self.client.pipeline(transaction=True)
         for entry in entries:
-            pipe.xadd(self.key, {"k": entry.kind, "j": entry.job_id, "a": str(entry.attempt)})
+            fields = self.fields(entry.kind, entry.job_id, entry.attempt)
+            pipe.xadd(self.key, dict(zip(fields[::2], fields[1::2], strict=True)))
             pipe.xack(self.key, GROUP, entry.id)
             pipe.xdel(self.key, entry.id)
         pipe.execute()
