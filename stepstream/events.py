@@ -40,8 +40,13 @@ class EventSource(Protocol):
 
     def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]: ...
 
-    def events_after(self, after: int, limit: int = ...) -> tuple[list[Event], int]: ...
+    def held_events(self, after: int, limit: int = ...) -> tuple[list[Event], int] | None:
+        """`events_after` from memory, never blocking; None when storage must be read."""
 
-    def stream_snapshot(self, manager_id: str | None, recent: int = ...) -> tuple[dict, bool]: ...
+    def events_after(self, after: int, limit: int = ...) -> tuple[list[Event], int]:
+        """May block on storage: called off the event loop."""
+
+    def stream_snapshot(self, manager_id: str | None, recent: int = ...) -> tuple[dict, bool]:
+        """May block on storage: called off the event loop."""
 
     def ended_by(self, manager_id: str, seq: int) -> bool: ...

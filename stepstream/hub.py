@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from . import sse
 from .events import MERGEABLE, Event, EventSource, Gone
 from .model import NotFound
+from .offload import Offload, StorageUnavailable
 from .sse import encode
 
 ENDING = frozenset({"end", "job_deleted"})  # after these a `?job=` stream has nothing more
@@ -41,16 +42,20 @@ class Hub:
         self,
         store: EventSource,
         *,
+        offload: Offload | None = None,
         min_interval: float = 0.01,
         max_interval: float = 0.05,
         batch_events: int = 5000,
+        lag_events: int = 1000,
         chunk_bytes: int = 64 * 1024,
         retry_ms: int = 2000,
     ) -> None:
         self.store = store
+        self.offload = offload or Offload()
         self.min_interval = min_interval
         self.max_interval = max_interval
         self.batch_events = batch_events
+        self.lag_events = lag_events  # a reader more than a batch behind reads this many at a time
         self.chunk_bytes = chunk_bytes
         self.retry_ms = retry_ms
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -158,8 +163,17 @@ class Hub:
                 self._encoded.popitem(last=False)
         return piece
 
-    def _snapshot(self, request: StreamRequest) -> tuple[int, bytes, bool]:
-        snap, settled = self.store.stream_snapshot(request.manager_id)
+    async def _snapshot(self, request: StreamRequest) -> tuple[int, bytes, bool]:
+        """A fresh snapshot for this connection, read off the event loop. While storage does not
+        answer, it waits (the connection keeps its keep-alives) and tries again."""
+        while True:
+            try:
+                snap, settled = await self.offload.run(self.store.stream_snapshot, request.manager_id)
+                break
+            except StorageUnavailable:
+                if self.stopping:
+                    raise
+                await asyncio.sleep(self.retry_ms / 1000)
         chunk = encode(self.event_id(snap["seq"]), "snapshot", snap)
         if settled:  # a finished job: nothing more will come
             chunk += self._end(snap["seq"], request.manager_id, snap["jobs"][0]["status"])
@@ -197,15 +211,35 @@ class Hub:
         kept.reverse()
         return kept, ended
 
-    def _read(self, cursor: int, request: StreamRequest) -> tuple[list[bytes], int, bool]:
+    async def _events_after(self, cursor: int, limit: int) -> tuple[list[Event], int]:
+        """Events after `cursor`: from memory on the loop when the store holds them there (the
+        usual case), else read off the loop (older events, from the journal or Redis). Raises
+        `Gone`."""
+        held = self.store.held_events(cursor, limit)
+        if held is not None:
+            return held
+        while True:
+            try:
+                return await self.offload.run(self.store.events_after, cursor, limit)
+            except StorageUnavailable:
+                if self.stopping:
+                    return [], cursor
+                await asyncio.sleep(self.retry_ms / 1000)
+
+    async def _read(self, cursor: int, request: StreamRequest) -> tuple[list[bytes], int, bool]:
         """The next batch after `cursor` for this kind of request, as ready-to-send chunks, the
         new cursor, and whether the job ended. Connections woken together usually share a
-        cursor, so one read, selection and encoding serves all of them until the next wake."""
+        cursor, so one read, selection and encoding serves all of them until the next wake. A
+        reader that is behind reads `lag_events` at a time, so no connection holds the loop for
+        long."""
         key = (cursor, request.manager_id, request.children)
         cached = self._reads.get(key)
         if cached is not None:
             return cached
-        events, last = self.store.events_after(cursor, limit=self.batch_events)
+        behind = self.store.visible_seq - cursor > self.batch_events
+        events, last = await self._events_after(cursor, self.lag_events if behind else self.batch_events)
+        if not events:
+            return [], cursor, False
         selected, ended = self._select(events, request)
         chunks: list[bytes] = []
         pieces: list[bytes] = []
@@ -238,12 +272,12 @@ class Hub:
             cursor = request.resume_from
             if cursor is not None:
                 try:
-                    self.store.events_after(cursor, limit=1)
+                    await self._events_after(cursor, 1)
                 except Gone:
                     cursor = None
                     self.snapshots += 1
             if cursor is None:
-                cursor, chunk, settled = self._snapshot(request)
+                cursor, chunk, settled = await self._snapshot(request)
                 await self.wait_visible(cursor)
                 yield first + chunk
                 if settled:
@@ -255,12 +289,12 @@ class Hub:
                 if self.stopping:
                     return
                 try:
-                    chunks, cursor, ended = self._read(cursor, request)
+                    chunks, cursor, ended = await self._read(cursor, request)
                 except Gone:  # fell behind the ring: start over from a fresh snapshot
                     self.snapshots += 1
                     try:
-                        cursor, chunk, settled = self._snapshot(request)
-                    except NotFound:  # the job was evicted meanwhile
+                        cursor, chunk, settled = await self._snapshot(request)
+                    except (NotFound, StorageUnavailable):  # the job was evicted meanwhile; shutting down
                         return
                     await self.wait_visible(cursor)
                     yield chunk
@@ -269,6 +303,9 @@ class Hub:
                     continue
                 for chunk in chunks:
                     yield chunk
+                    # A send to a client that left completes without suspending: give the loop
+                    # to others, and let the disconnect cancel this stream, after every chunk.
+                    await asyncio.sleep(0)
                 if ended:
                     return
         finally:

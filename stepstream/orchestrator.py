@@ -170,6 +170,16 @@ class Orchestrator:
         """Why writing to the journal fails, while it does (changes then wait, unseen); None."""
         return self.store.journal_error
 
+    @property
+    def storage_error(self) -> str | None:
+        """Why storage is failing now (writes to the journal, calls to Redis), or None. Never
+        blocks: for a server's event loop."""
+        return self.store.storage_error
+
+    def check_storage(self) -> str | None:
+        """Why storage cannot be used right now, or None. May block briefly (a Redis PING)."""
+        return self.store.check_storage()
+
     def use_journal(self, journal: Journal) -> None:
         """Keep history in `journal` (e.g. `SqliteJournal(path)`) from now on: for a command line
         that chooses the storage of an orchestrator made elsewhere. Only before any job ran."""

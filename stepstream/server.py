@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -32,6 +31,7 @@ from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .metrics import registry_for
 from .metrics import render as render_metrics
 from .model import LEVELS, STATUSES, Conflict, InvalidParams, InvalidRequest, NotFound, iso
+from .offload import Offload, StorageUnavailable
 from .orchestrator import Orchestrator
 from .responses import SafeJSONResponse, error_response
 
@@ -39,6 +39,9 @@ MAX_LIMIT = {"jobs": 200, "children": 1000, "logs": 5000}
 DEFAULT_LIMIT = {"jobs": 50, "children": 100, "logs": 1000}
 EXPORT_PAGE = 5000
 EXPORT_FORMATS = ("json", "ndjson", "text")
+HEALTH_PROBE = 1.0  # seconds a health check waits for storage to answer
+
+T = TypeVar("T")
 
 
 def _web_dir() -> Path:
@@ -69,6 +72,20 @@ def _orch(request: Request) -> Orchestrator:
 
 def _hub(request: Request) -> Hub:
     return request.app.state.hub
+
+
+async def _storage(request: Request, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """A read of storage, off the event loop, answered within the offload's timeout (else 503)."""
+    return await request.app.state.offload.run(fn, *args, **kwargs)
+
+
+async def _command(request: Request, fn: Callable[..., T], *args: Any) -> T:
+    """A change, off the event loop; refused at once (503, nothing changed) while storage is
+    known to fail or is not answering."""
+    failing = _orch(request).storage_error
+    if failing is not None:
+        raise StorageUnavailable(f"{failing}; nothing was changed, try again later")
+    return await request.app.state.offload.run(fn, *args, command=True)
 
 
 # ---------------------------------------------------------------- query parameters
@@ -142,7 +159,7 @@ async def _json_body(request: Request) -> Any:
 
 async def _snapshot(request: Request, job_id: str) -> dict:
     """The job's snapshot, once everything it shows is durable (with a journal)."""
-    snapshot = _orch(request).snapshot(job_id)
+    snapshot = await _storage(request, _orch(request).snapshot, job_id)
     await _hub(request).wait_visible(snapshot["seq"])
     return snapshot
 
@@ -163,15 +180,24 @@ async def page(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    return Response(render_metrics(request.app.state.metrics), media_type=METRICS_TYPE)
+    body = await _storage(request, render_metrics, request.app.state.metrics)
+    return Response(body, media_type=METRICS_TYPE)
 
 
 async def health(request: Request) -> Response:
-    hub, orch = _hub(request), _orch(request)
-    failing = orch.journal_error
+    """At once, whatever storage does: 200 `ok`, or 503 `degraded` naming the storage error. A
+    probe of storage (a Redis PING) runs only when no call to storage is already stuck."""
+    hub, orch, offload = _hub(request), _orch(request), request.app.state.offload
+    failing = offload.stalled() or orch.storage_error
+    if failing is None:
+        try:
+            failing = await offload.run(orch.check_storage, timeout=HEALTH_PROBE)
+        except StorageUnavailable as exc:
+            failing = str(exc)
     return SafeJSONResponse({"status": "degraded" if failing else "ok", "seq": orch.seq, "time": iso_now(),
-                             "run_id": hub.store.run_id, "streams": hub.connections, "journal_error": failing},
-                            status_code=503 if failing else 200)
+                             "run_id": hub.store.run_id, "streams": hub.connections,
+                             "storage_error": failing, "journal_error": orch.journal_error},
+                            status_code=503 if failing else 200, headers={"Retry-After": "2"} if failing else None)
 
 
 async def definitions(request: Request) -> Response:
@@ -192,7 +218,7 @@ async def create_job(request: Request) -> Response:
     if not isinstance(params, dict):
         raise ApiError(422, "invalid_body", "params must be a JSON object")
     try:
-        job_id = await run_in_threadpool(_orch(request).start, definition, params)  # it waits to be durable
+        job_id = await _command(request, _orch(request).start, definition, params)  # it waits to be durable
     except NotFound as exc:
         raise ApiError(422, "unknown_definition", str(exc)) from None
     return await _created(request, job_id)
@@ -200,7 +226,8 @@ async def create_job(request: Request) -> Response:
 
 async def list_jobs(request: Request) -> Response:
     _known_params(request, ("status", "definition", "q", "limit", "cursor"))
-    return SafeJSONResponse(await _visible(request, _orch(request).jobs(
+    return SafeJSONResponse(await _visible(request, await _storage(
+        request, _orch(request).jobs,
         status=_choice_param(request, "status", STATUSES),
         definition=_text_param(request, "definition"),
         q=_text_param(request, "q"),
@@ -219,13 +246,14 @@ async def get_job(request: Request) -> Response:
 
 
 async def delete_job(request: Request) -> Response:
-    await run_in_threadpool(_orch(request).delete, request.path_params["job_id"])
+    await _command(request, _orch(request).delete, request.path_params["job_id"])
     return Response(status_code=204)
 
 
 async def children(request: Request) -> Response:
     _known_params(request, ("step", "status", "limit", "cursor"))
-    return SafeJSONResponse(_orch(request).children(
+    return SafeJSONResponse(await _storage(
+        request, _orch(request).children,
         request.path_params["job_id"],
         step=_text_param(request, "step"),
         status=_choice_param(request, "status", STATUSES),
@@ -235,12 +263,12 @@ async def children(request: Request) -> Response:
 
 
 async def cancel(request: Request) -> Response:
-    snapshot = await run_in_threadpool(_orch(request).cancel, request.path_params["job_id"])
+    snapshot = await _command(request, _orch(request).cancel, request.path_params["job_id"])
     return SafeJSONResponse(snapshot, status_code=202)
 
 
 async def rerun(request: Request) -> Response:
-    return await _created(request, await run_in_threadpool(_orch(request).rerun, request.path_params["job_id"]))
+    return await _created(request, await _command(request, _orch(request).rerun, request.path_params["job_id"]))
 
 
 async def logs(request: Request) -> Response:
@@ -254,19 +282,22 @@ async def logs(request: Request) -> Response:
     fmt = _choice_param(request, "format", EXPORT_FORMATS) or "json"
     if fmt == "json":
         before = _int_param(request, "before", default=None, minimum=1)
-        return SafeJSONResponse(orch.logs(job_id, **query, before=before, limit=_limit(request, "logs")))
-    first = orch.logs(job_id, **query, limit=EXPORT_PAGE)  # errors (404, 400) before the stream starts
+        return SafeJSONResponse(await _storage(request, orch.logs, job_id, **query, before=before,
+                                               limit=_limit(request, "logs")))
+    first = await _storage(request, orch.logs, job_id, **query, limit=EXPORT_PAGE)  # 404, 400 before the stream
     name = f"{job_id}{'-' + query['step'] if query['step'] else ''}-logs.{'ndjson' if fmt == 'ndjson' else 'txt'}"
     safe_name = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in name)
     return StreamingResponse(
-        _export(orch, job_id, query, first, fmt),
+        _export(request.app.state.offload, orch, job_id, query, first, fmt),
         media_type="application/x-ndjson" if fmt == "ndjson" else "text/plain; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="{safe_name}"', "Cache-Control": "no-cache"},
     )
 
 
-async def _export(orch: Orchestrator, job_id: str, query: dict, page: dict, fmt: str) -> AsyncIterator[bytes]:
-    """Every matching line, page by page, up to the last one written when the page is read."""
+async def _export(offload: Offload, orch: Orchestrator, job_id: str, query: dict, page: dict,
+                  fmt: str) -> AsyncIterator[bytes]:
+    """Every matching line, page by page, up to the last one written when the page is read. A
+    page storage does not answer ends the download early (it is a stream: no status to change)."""
     while True:
         lines = [_export_line(record, fmt) for record in page["logs"]]
         if lines:
@@ -274,8 +305,8 @@ async def _export(orch: Orchestrator, job_id: str, query: dict, page: dict, fmt:
         if page["next"] is None:
             return
         try:
-            page = orch.logs(job_id, **{**query, "after": page["next"]}, limit=EXPORT_PAGE)
-        except NotFound:  # deleted while exporting
+            page = await offload.run(orch.logs, job_id, **{**query, "after": page["next"]}, limit=EXPORT_PAGE)
+        except (NotFound, StorageUnavailable):  # deleted while exporting; storage gone
             return
 
 
@@ -294,9 +325,9 @@ async def events(request: Request) -> Response:
     last_id = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
     resume_from = hub.parse_last_event_id(last_id)
     if manager_id is not None:
-        if resume_from is not None and hub.store.ended_by(manager_id, resume_from):
+        if resume_from is not None and await _storage(request, hub.store.ended_by, manager_id, resume_from):
             return Response(status_code=204)  # EventSource's signal to stop reconnecting
-        hub.store.stream_snapshot(manager_id)  # 404 / 400 now, before the stream starts
+        await _storage(request, hub.store.stream_snapshot, manager_id)  # 404 / 400 now, before the stream starts
     stream_request = StreamRequest(manager_id, children_too, resume_from)
     return EventSourceResponse(hub.stream(stream_request), ping=request.app.state.settings.ping,
                                headers={"Cache-Control": "no-cache"},
@@ -360,6 +391,11 @@ async def on_invalid_params(request: Request, exc: Exception) -> Response:
     return error_response(422, "invalid_params", str(exc))
 
 
+async def on_storage_unavailable(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StorageUnavailable)
+    return error_response(503, "storage_unavailable", str(exc), headers={"Retry-After": str(exc.retry_after)})
+
+
 # ---------------------------------------------------------------- the app
 
 
@@ -407,10 +443,12 @@ def create_app(
             Conflict: on_conflict,
             InvalidParams: on_invalid_params,
             InvalidRequest: on_invalid_request,
+            StorageUnavailable: on_storage_unavailable,
         },
     )
     app.state.orchestrator = orchestrator
-    app.state.hub = hub or Hub(orchestrator.store, retry_ms=retry_ms)
+    app.state.offload = hub.offload if hub is not None else Offload()
+    app.state.hub = hub or Hub(orchestrator.store, offload=app.state.offload, retry_ms=retry_ms)
     app.state.settings = Settings(max_body=max_body, ping=ping)
     app.state.metrics = registry_for(orchestrator, app.state.hub)
     app.state.web = _web_dir()

@@ -337,6 +337,15 @@ class Store:
                     current_job.reset(token)
 
     @property
+    def storage_error(self) -> str | None:
+        """Why storage fails now (the journal's last write), or None; never blocks."""
+        return self.journal_error
+
+    def check_storage(self) -> str | None:
+        """Why storage cannot be used right now, or None."""
+        return self.journal_error
+
+    @property
     def seq(self) -> int:
         return self._seq
 
@@ -368,10 +377,9 @@ class Store:
             if manager is not None:
                 self._dirty_managers[manager.id] = manager
 
-    def events_after(self, after: int, limit: int = 10_000) -> tuple[list[Event], int]:
-        """Visible events with seq > `after` in seq order (at most `limit`) and the last visible
-        seq. From the ring, or from the journal for older ones. Raises `Gone` if some of them are
-        no longer kept, or if `after` is from the future (another store)."""
+    def held_events(self, after: int, limit: int = 10_000) -> tuple[list[Event], int] | None:
+        """What `events_after` answers, when the ring holds it (it never blocks: callable on an
+        event loop); None when the events must be read from the journal."""
         with self._guard:
             last = self.visible_seq
             if after > last:
@@ -380,6 +388,16 @@ class Store:
                 end = min(last, after + limit)
                 ring, size = self._ring, self.replay_size
                 return [ring[s % size] for s in range(after + 1, end + 1)], last  # type: ignore[misc]
+        return None
+
+    def events_after(self, after: int, limit: int = 10_000) -> tuple[list[Event], int]:
+        """Visible events with seq > `after` in seq order (at most `limit`) and the last visible
+        seq. From the ring, or from the journal for older ones. Raises `Gone` if some of them are
+        no longer kept, or if `after` is from the future (another store)."""
+        held = self.held_events(after, limit)
+        if held is not None:
+            return held
+        last = self.visible_seq
         rows = self._journal.events_after(after, min(limit, last - after)) if self._journal is not None else None
         if not rows:
             raise Gone(after)

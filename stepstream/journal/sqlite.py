@@ -70,6 +70,16 @@ def connect(path: str | Path, *, synchronous_full: bool = False) -> sqlite3.Conn
     return conn
 
 
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Undo a failed transaction without hiding why it failed: SQLite may already have rolled
+    back by itself (a full disk, say), and then ROLLBACK raises an error of its own."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+
 def migrate(conn: sqlite3.Connection, upto: int = SCHEMA_VERSION) -> int:
     """Apply the migrations the database lacks (up to version `upto`); its version after."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -86,7 +96,7 @@ def migrate(conn: sqlite3.Connection, upto: int = SCHEMA_VERSION) -> int:
             conn.execute(f"PRAGMA user_version={version}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
     return version
 
@@ -199,7 +209,7 @@ class SqliteJournal:
                 self._retain(conn)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
 
     @staticmethod

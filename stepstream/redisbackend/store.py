@@ -133,6 +133,7 @@ class RedisStore:
     queued = True  # work runs from the shared queue (`take_work`), not where it was made
     journal = None
     journal_error = None
+    storage_error: str | None = None  # set while calls to Redis fail (they are retried)
 
     def __init__(
         self,
@@ -175,6 +176,14 @@ class RedisStore:
         self._cancelled: dict[str, tuple[float, bool]] = {}
         self._spawner = Spawner(self._commit_spawns)
 
+    def check_storage(self) -> str | None:
+        """Why Redis cannot be used right now (one PING, not retried), or None."""
+        try:
+            self.redis.ping()
+        except redis.RedisError as exc:
+            return f"Redis at {safe_url(self.url)}: {safe_str(exc)}"
+        return self.storage_error
+
     def _deployment_id(self, token: str) -> str:
         self.redis.set(self.prefix + "id", token, nx=True)
         return self.redis.get(self.prefix + "id").decode()
@@ -185,8 +194,11 @@ class RedisStore:
         delay = 0.05
         while True:
             try:
-                return call(*args, **kwargs)
+                answer = call(*args, **kwargs)
+                self.storage_error = None
+                return answer
             except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self.storage_error = f"Redis at {safe_url(self.url)} unreachable: {safe_str(exc)}"
                 if time.monotonic() > deadline:
                     raise StorageUnavailable(f"Redis at {safe_url(self.url)} unreachable for {OUTAGE:.0f} s: "
                                              f"{exc}") from None
@@ -739,7 +751,7 @@ class RedisStore:
     def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call `listener()` (from the tail thread) whenever new events were read."""
         self._listeners = [*self._listeners, listener]
-        self._tail.start()
+        self._tail.start(wait=False)  # called on an event loop: the tail wakes listeners once it follows
 
         def unsubscribe() -> None:
             self._listeners = [cb for cb in self._listeners if cb is not listener]
@@ -765,12 +777,19 @@ class RedisStore:
     def wait_visible(self, seq: int, timeout: float | None = 30) -> bool:
         return True  # committed to Redis is as durable as Redis is configured to be
 
-    def events_after(self, after: int, limit: int = 10_000) -> tuple[list[Event], int]:
-        self._tail.start()  # the events come from it (a hub has started it already)
+    def held_events(self, after: int, limit: int = 10_000) -> tuple[list[Event], int] | None:
+        """Events after `after` from this process's tail (never blocks); None when they must be
+        read from Redis."""
         last = self._tail.visible
         held = self._tail.held(after, limit)
+        return None if held is None else (held, last)
+
+    def events_after(self, after: int, limit: int = 10_000) -> tuple[list[Event], int]:
+        self._tail.start()  # the events come from it (a hub has started it already)
+        held = self.held_events(after, limit)
         if held is not None:
-            return held, last
+            return held
+        last = self._tail.visible
         if after > last:
             if after <= int(self._retrying(lambda: self.redis.get(self.prefix + "seq")) or 0):
                 return [], last  # committed, not read here yet: it comes with the tail

@@ -44,13 +44,15 @@ class Tail:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def start(self) -> None:
-        """Start following (once); return when the starting seq is known."""
+    def start(self, wait: bool = True) -> None:
+        """Start following (once); with `wait`, return when the starting seq is known (without,
+        `on_events` is called once it is)."""
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="stepstream-redis-tail", daemon=True)
                 self._thread.start()
-        self._started.wait(60)
+        if wait:
+            self._started.wait(60)
 
     @property
     def running(self) -> bool:
@@ -66,6 +68,7 @@ class Tail:
                 if not self._started.is_set():
                     self.visible = self._base = int(self.client.get(self.seq_key) or 0)
                     self._started.set()
+                    self.on_events()
                 reply = self.client.xread({self.key: f"{self.visible}-0"}, count=5000, block=1000)
                 delay = 0.05
                 if not reply:
