@@ -247,6 +247,6 @@ def test_clients_that_stop_reading_and_leave_never_hold_up_the_server(app_dir, s
         prober.join(10)
         # A generous bound on a shared machine: a stall (tens of seconds before) cannot pass it;
         # bench/ measures the real figure.
-        assert max(latencies) < 1.0, sorted(latencies)[-5:]
+        assert max(latencies) < 2.0, sorted(latencies)[-5:]
     finally:
         server.__exit__()
