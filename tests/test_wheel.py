@@ -128,6 +128,10 @@ def test_the_sdist_holds_every_file_of_the_package_and_page_and_every_test(dist:
     assert not expected - names, f"missing from the sdist: {sorted(expected - names)}"
 
 
+def test_the_readme_names_the_wheel_that_is_built(dist: Dist) -> None:
+    assert f"dist/{dist.wheel.name}" in (ROOT / "README.md").read_text(), "README.md: the wheel's name changed"
+
+
 @pytest.fixture(scope="module")
 def installed(dist: Dist, tmp_path_factory: pytest.TempPathFactory) -> Installed:
     """The wheel, without extras, in a fresh virtual environment: not --system-site-packages,
