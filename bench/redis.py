@@ -15,7 +15,7 @@ one process in memory, in the same run.
 - Redis memory: INFO used_memory growth (a fresh redis-server each; a small job first, then the
   baseline) for a job of N retained no-op children, and for N log lines, per 100,000.
 
-Every redis-server is tests/redisserver.py's (AOF on, `appendfsync always`; `everysec` set with
+Every redis-server is harness/redisserver.py's (AOF on, `appendfsync always`; `everysec` set with
 CONFIG SET where a run says so), fresh for each measurement. The APP is written
 to a temporary folder; workers and servers run with that folder as their current directory.
 
@@ -67,9 +67,9 @@ if __name__ != "redis":  # the benchmark itself (imported as `redis`, the rest o
     import httpx
     import psutil
 
+    from harness.redisserver import RedisServer  # not tests/: a benchmark does not import the test suite
     from stepstream import Orchestrator
     from tests.processes import Served, base_of
-    from tests.redisserver import RedisServer
 
 APP_MODULE = "ssbench_redis_app"
 APP = f"{APP_MODULE}:make"
@@ -170,7 +170,7 @@ def _app() -> Iterator[tuple[str, object]]:
 
 @contextlib.contextmanager
 def _redis_server(fsync: str = "always") -> Iterator[RedisServer]:
-    """tests/redisserver.py's redis-server (AOF, `appendfsync always`); `fsync` another policy."""
+    """harness/redisserver.py's redis-server (AOF, `appendfsync always`); `fsync` another policy."""
     server = RedisServer()
     try:
         server.start()

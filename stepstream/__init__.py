@@ -1,6 +1,14 @@
 """stepstream: multi-step jobs whose per-step progress and logs are exact and live."""
 
-from .model import Conflict, InvalidParams, InvalidRequest, InvalidTransition, NotFound, StepstreamError
+from .model import (
+    Conflict,
+    InvalidParams,
+    InvalidRequest,
+    InvalidTransition,
+    MissingDependency,
+    NotFound,
+    StepstreamError,
+)
 from .orchestrator import JobContext, Orchestrator, Step
 
 __all__ = [
@@ -9,6 +17,7 @@ __all__ = [
     "InvalidRequest",
     "InvalidTransition",
     "JobContext",
+    "MissingDependency",
     "NotFound",
     "Orchestrator",
     "Step",

@@ -27,7 +27,7 @@ import uvicorn
 from . import __version__, demo
 from .journal.sqlite import SchemaError, SqliteJournal
 from .loader import LoadError, load_orchestrator
-from .model import StepstreamError
+from .model import MissingDependency, StepstreamError
 from .orchestrator import Orchestrator
 
 LOOPBACK_HOSTS = ["localhost", "127.0.0.1", "::1", "[::1]"]
@@ -198,6 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"stepstream: error: {exc}", file=sys.stderr)
         return exc.code
+    except MissingDependency as exc:  # e.g. --redis or $STEPSTREAM_REDIS without redis-py: name the extra
+        print(f"stepstream: error: {exc}", file=sys.stderr)
+        return 2
 
 
 # ---------------------------------------------------------------- serve

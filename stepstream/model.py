@@ -72,6 +72,11 @@ class InvalidTransition(Conflict):
     """A status change that the rules do not allow."""
 
 
+class MissingDependency(StepstreamError, ImportError):
+    """A part of stepstream was used without the optional dependency it needs; the message names
+    the extra that installs it (the Redis backend: `pip install 'stepstream[redis]'`)."""
+
+
 def can_transition(kind: str, old: str, new: str) -> bool:
     """True if a job of `kind` may go from `old` to `new`. Terminal statuses never change."""
     return new in _TRANSITIONS[kind].get(old, ())
