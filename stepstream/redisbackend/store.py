@@ -202,6 +202,7 @@ class RedisStore:
         `children` if they are children (all linked). No jobs if it does not exist."""
         if not isinstance(job_id, str):
             return 0, {}
+        self._spawner.wait()  # this thread reads what it spawned, like anything else it did
         children = tuple(dict.fromkeys(c for c in children if c != job_id))
         reply = self._retrying(lambda: self._load(args=[self.prefix, job_id, *children]))
         return int(reply[0]), self._graph_from(reply[1:])
@@ -794,6 +795,7 @@ class RedisStore:
         return {"seq": seq, "time": now, "jobs": [wire.manager_json(m, params=False) for m in managers]}, False
 
     def _managers_read(self, recent: int, ids: list[str]) -> tuple[int, list[Job]]:
+        self._spawner.wait()
         reply = self._retrying(lambda: self._load_managers(args=[self.prefix, recent, *ids]))
         return int(reply[0]), [self._manager_from(one[0], one[1:]) for one in reply[1:]]
 
@@ -872,6 +874,7 @@ class RedisStore:
             pipe.zrange(self.prefix + "running", 0, -1)
             return pipe.execute()
 
+        self._spawner.wait()
         seq, finished, counters, running = self._retrying(read)
         managers = collections.Counter({k.decode(): int(v) for k, v in finished.items() if int(v)})
         if running:
