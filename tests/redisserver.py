@@ -38,10 +38,13 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """`redis-server` with AOF (`appendfsync always`) in a temp dir; `restart()` keeps its data."""
+    """`redis-server` with AOF (`appendfsync always`) in a temp dir; `restart()` keeps its data.
+    `durable=False`: no AOF (faster; a restart then starts empty)."""
 
-    def __init__(self, executable: str | None = None, *, directory: Path | None = None) -> None:
+    def __init__(self, executable: str | None = None, *, directory: Path | None = None,
+                 durable: bool = True) -> None:
         self.executable = executable or require_redis_server()
+        self.durable = durable
         self.port = free_port()
         self._own_dir = directory is None
         self.dir = Path(directory or tempfile.mkdtemp(prefix="stepstream-redis-"))
@@ -51,7 +54,8 @@ class RedisServer:
     def start(self) -> RedisServer:
         self.proc = subprocess.Popen(
             [self.executable, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-             "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--protected-mode", "no"],
+             "--save", "", *(("--appendonly", "yes", "--appendfsync", "always") if self.durable else
+                             ("--appendonly", "no")), "--protected-mode", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_connect_timeout=1)
         deadline = time.monotonic() + 20
