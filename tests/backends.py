@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from stepstream import Orchestrator
+from stepstream.model import TERMINAL
 from tests.behaviour_jobs import define_jobs, open_gates
 from tests.folding import check_progress, fold
 
@@ -109,13 +110,19 @@ def events_until(orch: Orchestrator, after: int, last: int, timeout: float = 30)
 
 def assert_folds(orch: Orchestrator, snapshots: Iterable[dict], final: dict) -> None:
     """Each snapshot plus the events after its seq folds into `final` (a snapshot taken once the
-    job had finished), and every progress event on the way adds up."""
+    job had finished), every progress event on the way adds up, and no job changes once it was
+    terminal."""
     for snapshot in snapshots:
         assert snapshot["seq"] <= final["seq"]
         events = events_until(orch, snapshot["seq"], final["seq"])
+        ended: set[str] = set()
         for type_, data in events:
             if type_ in ("step_progress", "job_progress"):
                 check_progress(data["progress"])
+            elif type_ == "job_status":
+                assert data["job_id"] not in ended, f"{data['job_id']} changed after it was terminal"
+                if data["status"] in TERMINAL:
+                    ended.add(data["job_id"])
         folded = fold(snapshot["job"], events)
         assert folded == final["job"], f"snapshot at seq {snapshot['seq']} plus the events after it differs"
 

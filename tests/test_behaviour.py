@@ -579,7 +579,7 @@ def test_crawler_and_agent_style_children_of_the_same_shape_count_the_same(backe
 
 def test_counts_add_up_in_every_snapshot_while_a_job_runs(backend_orch, backend):
     orch = backend_orch
-    many = step(*[child(fail=1 if n % 7 == 0 else 0) for n in range(120)])
+    many = step(*[child(fail=1 if n % 7 == 0 else 0) for n in range(300)])
     job = orch.start("ab", plan(backend.token, a=many, b=many))
     watcher = Watcher(orch, job)
     orch.wait(job, TIMEOUT)
@@ -591,7 +591,7 @@ def test_counts_add_up_in_every_snapshot_while_a_job_runs(backend_orch, backend)
         assert snap["seq"] <= final["seq"]
     assert [s["seq"] for s in snapshots] == sorted(s["seq"] for s in snapshots)
     for name in ("a", "b"):
-        assert steps_of(final)[name]["progress"] == progress(120, completed=102, failed=18)
+        assert steps_of(final)[name]["progress"] == progress(300, completed=257, failed=43)
 
 
 def test_a_snapshot_plus_the_events_after_it_folds_into_the_final_snapshot(backend_orch, backend):
