@@ -39,7 +39,7 @@ from ..jobs import Job, new_id
 from ..logs import LogBucket, Record, query
 from ..model import CHILD, MANAGER, PENDING, RUNNING, STEP, Conflict, InvalidRequest, NotFound, iso
 from ..store import Store
-from ..text import MAX_LOG_CHARS, bounded, safe_str
+from ..text import safe_str
 from . import codec, scripts
 from .spawns import Batch, Spawn, Spawner
 from .tail import Tail
@@ -484,7 +484,7 @@ class RedisStore:
 
     def log(self, job_id: str, level: str, message: str) -> Record | None:
         model.level_rank(level)
-        message = bounded(safe_str(message), MAX_LOG_CHARS)
+        message = safe_str(message)  # bounded by the store's own `log`, once (cut twice, a line said so wrongly)
         self._spawner.wait()  # after the spawns before it
         return self._change(job_id, lambda s, jobs: s.log(job_id, level, message))
 
