@@ -11,6 +11,7 @@ test can hold a handler or a child mid-run and release it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 from stepstream import Orchestrator, Step
 
 HOLD = 30  # seconds a gate is waited on at most: a test that forgets one still ends
+ODD_LINE = "odd \ud800 nul \x00 tab \t ✓ " + "x" * 70_000  # a lone surrogate, a NUL, too long
+ODD_ERROR = "first line ✓ \udcff\nsecond line"
 
 _gates: dict[str, threading.Event] = {}
 _open_tokens: set[str] = set()
@@ -53,7 +56,8 @@ def child(fail: int = 0, retries: int = 0, kids: list[dict] | None = None, **ext
     spawns `kids` (linked to it by parent_id). Extra keys: `hold` (a gate name to wait on),
     `until_cancel` (loop until `ctx.cancelled`), `log` ([level, message]), `std_log` (a warning
     through standard logging), `deeper` (levels of one kid each, linked through the orchestrator
-    by parent_id), `by_step` (its kids are linked to the step by step_id instead)."""
+    by parent_id), `odd` (log `ODD_LINE`, then raise `ODD_ERROR`), `by_step` (its kids are
+    linked to the step by step_id instead)."""
     return {"fail": fail, "retries": retries, "kids": kids or [], **extra}
 
 
@@ -65,6 +69,7 @@ def plan(token: str, **steps: dict) -> dict:
 def step(*children: dict, **extra: Any) -> dict:
     """A step's plan: the children its handler spawns. Extra keys: `raises` (a message),
     `hold` (wait on the gate `step <name>` before returning), `logs` ([[level, message], …]),
+    `echo_params` (log the params as read),
     `by_step` (link the children by step_id, agent style), `read_back` (read each child's snapshot
     right after spawning it, and log what was read), `threads` (spawn the children from
     this many threads at once, by step_id), `observe` (log the other steps' statuses as seen)."""
@@ -80,6 +85,8 @@ def planned_step(ctx) -> None:
     spec = ctx.params["plan"].get(ctx.step_name, {})
     for level, message in spec.get("logs", []):
         ctx.log(level, message)
+    if spec.get("echo_params"):
+        ctx.log("info", json.dumps(ctx.params, sort_keys=True))
     if spec.get("observe"):
         snapshot = ctx.orchestrator.snapshot(ctx.manager_id)["job"]
         ctx.log("info", "saw " + ", ".join(f"{s['name']} {s['status']}" for s in snapshot["steps"]))
@@ -127,6 +134,9 @@ def planned_child(ctx, spec: dict, token: str) -> None:
             ctx.orchestrator.spawn(planned_child, deeper, token, parent_id=ctx.job_id)
     if "log" in spec:
         ctx.log(*spec["log"])
+    if spec.get("odd"):
+        ctx.log("info", ODD_LINE)
+        raise RuntimeError(ODD_ERROR)
     if "std_log" in spec:
         logging.getLogger("some.library").warning(spec["std_log"])
     if "hold" in spec:

@@ -7,6 +7,7 @@ what its steps and children do, so the same job runs on a Redis worker as in thi
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 
@@ -16,8 +17,9 @@ from hypothesis import strategies as st
 
 from stepstream import Conflict, NotFound, Step
 from stepstream.model import TERMINAL, InvalidRequest
+from stepstream.text import MAX_LOG_CHARS, bounded, describe, safe_str
 from tests.backends import assert_folds, check_counts, events_until, until
-from tests.behaviour_jobs import child, gate, plan, planned_child, step
+from tests.behaviour_jobs import ODD_ERROR, ODD_LINE, child, gate, plan, planned_child, step
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -378,6 +380,27 @@ def test_logs_are_stored_under_the_job_that_wrote_them(backend_orch, backend):
         orch.logs(job, level="loud")
     with pytest.raises(NotFound):
         orch.logs(job, step="nope")
+
+
+def test_odd_params_and_texts_come_back_as_stored_with_visible_replacements(backend_orch, backend):
+    orch = backend_orch
+    params = plan(backend.token, a=step(child(odd=True), echo_params=True))
+    params["odd"] = {"big": 2**62 + 1, "small": -(2**53) - 1, "float": 0.1, "exp": 1e300, "text": "ünï ✓ \u2028 \"q\"",
+                     "nested": [[{"a": None, "b": True}], []], "empty": {}, "": "empty key"}
+    job = orch.start("a", params)
+    snap = ended(orch, backend, job)
+    assert snap["job"]["params"] == params
+    echoed = [line["message"] for line in all_logs(orch, job, step="a") if line["message"].startswith("{")]
+    assert echoed == [json.dumps(params, sort_keys=True)]  # what the handler read
+    kid = all_children(orch, job)[0]
+    error, _ = describe(RuntimeError(ODD_ERROR))
+    assert kid["error"] == error == "RuntimeError: first line ✓ \ufffd"
+    assert "second line" in kid["traceback"] and "\ufffd" in kid["traceback"]
+    lines = [line["message"] for line in all_logs(orch, kid["id"], level="info") if line["message"].startswith("odd")]
+    assert lines == [bounded(safe_str(ODD_LINE), MAX_LOG_CHARS)]
+    assert lines[0].startswith("odd \ufffd nul \x00 tab \t ✓ xxx") and lines[0].endswith(" characters cut]")
+    again = orch.rerun(job)
+    assert ended(orch, backend, again)["job"]["params"] == params
 
 
 def test_log_pages_follow_the_after_and_before_cursors(backend_orch, backend):
