@@ -69,7 +69,8 @@ def plan(token: str, **steps: dict) -> dict:
 def step(*children: dict, **extra: Any) -> dict:
     """A step's plan: the children its handler spawns. Extra keys: `raises` (a message),
     `hold` (wait on the gate `step <name>` before returning), `logs` ([[level, message], …]),
-    `echo_params` (log the params as read),
+    `echo_params` (log the params as read), `spawn_after_hold` (once the gate opened, spawn one more
+    child and log what happened),
     `by_step` (link the children by step_id, agent style), `read_back` (read each child's snapshot
     right after spawning it, and log what was read), `threads` (spawn the children from
     this many threads at once, by step_id), `observe` (log the other steps' statuses as seen)."""
@@ -116,6 +117,12 @@ def planned_step(ctx) -> None:
                     ctx.log("info", f"read failed: {type(exc).__name__}: {exc}")
     if spec.get("hold"):
         gate(token, f"step {ctx.step_name}").wait(HOLD)
+    if spec.get("spawn_after_hold"):
+        try:
+            ctx.spawn(planned_child, child(), token)
+            ctx.log("info", "spawned after hold")
+        except Exception as exc:  # noqa: BLE001 - what the handler saw is the test's subject
+            ctx.log("info", f"refused: {type(exc).__name__}: {exc}")
     if spec.get("raises"):
         raise ValueError(spec["raises"])
 

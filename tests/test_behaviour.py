@@ -239,6 +239,31 @@ def test_cancel_mid_run_ends_every_job_and_running_children_see_it(backend):
     assert orch.snapshot(job)["job"] == final["job"]
 
 
+def test_after_a_cancel_a_failing_child_is_not_retried_and_a_handler_cannot_spawn(backend_orch, backend):
+    orch = backend_orch
+    token = backend.token
+    job = orch.start("abc", plan(token, a=step(child()), b=step(child(hold="kid", fail=1, retries=2), hold=True,
+                                                                  spawn_after_hold=True)))
+    until(lambda: steps_of(orch.snapshot(job))["b"]["progress"]["running"] == 1, what="step b's child running")
+    cancelled = steps_of(orch.cancel(job))
+    assert [cancelled[name]["status"] for name in "abc"] == ["completed", "running", "skipped"]
+    gate(token, "kid").set()  # it fails now: no retry, its job was cancelled
+    until(lambda: steps_of(orch.snapshot(job))["b"]["progress"]["cancelled"] == 1, what="the child cancelled")
+    gate(token, "step b").set()
+    final = ended(orch, backend, job)
+    steps = steps_of(final)
+    assert [steps[name]["status"] for name in "abc"] == ["completed", "cancelled", "skipped"]
+    assert steps["a"]["progress"] == progress(1, completed=1)
+    assert steps["b"]["progress"] == progress(1, cancelled=1)
+    assert final["job"]["status"] == "cancelled" and final["job"]["error"] is None
+    kid = all_children(orch, job, step="b")[0]
+    assert (kid["status"], kid["attempt"], kid["error"]) == ("cancelled", 1, "RuntimeError: attempt 1")
+    assert not [line for line in all_logs(orch, job) if "retrying" in line["message"]]
+    said = [line["message"] for line in all_logs(orch, job, step="b")
+            if line["message"].startswith(("refused", "spawned"))]
+    assert said == [f"refused: Conflict: step 'b' of job {job} is cancelled; it takes no new children"]
+
+
 def test_rerun_starts_a_new_job_of_the_same_definition_and_params_naming_the_original(backend_orch, backend):
     orch = backend_orch
     params = plan(backend.token, a=step(child(), child(fail=1)))
@@ -523,8 +548,8 @@ def test_wait_returns_the_final_snapshot_or_raises_timeout(backend_orch, backend
     with pytest.raises(TimeoutError):
         orch.wait(held_child, timeout=0.2)
     gate(backend.token, "child").set()
-    ended = orch.wait(held_child, TIMEOUT)["job"]
-    assert ended["id"] == held_child and ended["status"] == "completed"
+    child_end = orch.wait(held_child, TIMEOUT)["job"]
+    assert child_end["id"] == held_child and child_end["status"] == "completed"
     with pytest.raises(TimeoutError):
         orch.wait(job, timeout=0.2)  # the step's handler still holds it
     gate(backend.token, "step a").set()
@@ -535,9 +560,14 @@ def test_wait_returns_the_final_snapshot_or_raises_timeout(backend_orch, backend
     assert now["job"] == final["job"] and now["seq"] >= final["seq"]
     assert orch.wait(job, TIMEOUT)["job"] == final["job"]  # at once, once finished
     assert orch.wait(final["job"]["steps"][1]["id"], TIMEOUT)["job"]["status"] == "completed"
-    assert orch.wait(held_child, TIMEOUT)["job"] == ended
+    assert orch.wait(held_child, TIMEOUT)["job"] == child_end
     with pytest.raises(NotFound):
         orch.wait("m_missing", 1)
+    older = ended(orch, backend, job)  # read back as an older job: the same
+    assert older["job"] == final["job"]
+    for one in (*final["job"]["steps"], child_end):
+        assert orch.wait(one["id"], TIMEOUT)["job"] == orch.snapshot(one["id"])["job"]
+    assert orch.wait(held_child, TIMEOUT)["job"] == child_end
 
 
 # ---------------------------------------------------------------- linkage and exact counts
