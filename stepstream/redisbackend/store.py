@@ -291,7 +291,10 @@ class RedisStore:
         zadd: list[list] = []
         zrem: list[list] = []
         delete: list[str] = []
-        counters: list[list] = [["counters", name, n] for name, n in scratch.counters.items()]
+        counted = collections.Counter(scratch.counters)
+        for kind in _PROGRESS:  # the progress events kept, not the ones computed (the metric counts events emitted)
+            counted[kind] = sum(1 for e in events if e.type == kind)
+        counters: list[list] = [["counters", name, n] for name, n in counted.items() if n]
         seqset: list[list] = []
         work: list[list[str]] = []
         settled: list[Job] = []
