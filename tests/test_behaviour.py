@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stepstream import Conflict, NotFound, Step
-from stepstream.model import TERMINAL, InvalidRequest
+from stepstream.model import LEVELS, TERMINAL, InvalidRequest
 from stepstream.text import MAX_LOG_CHARS, bounded, describe, safe_str
 from tests.backends import assert_folds, check_counts, events_until, until
 from tests.behaviour_jobs import ODD_ERROR, ODD_LINE, child, gate, plan, planned_child, step
@@ -773,6 +773,11 @@ def test_stats_count_jobs_by_status_and_children_by_outcome(backend_orch, backen
     assert counters["child_completed"] == 2 and counters["child_failed"] == 3
     assert counters["child_running"] == 6  # every attempt begins
     assert stats["seq"] >= orch.snapshot(held)["seq"]
+    lines = [line for listed in orch.jobs()["jobs"] for line in all_logs(orch, listed["id"])]
+    for level in LEVELS:
+        assert counters.get(f"log_{level}", 0) == sum(line["level"] == level for line in lines), level
+    emitted = {kind: n for kind, n in counters.items() if not kind.startswith(("child_", "log_"))}
+    assert sum(emitted.values()) == stats["seq"], emitted  # events emitted, by type: each took one seq
     orch.cancel(held)  # acknowledged: durable
     assert orch.stats()["managers"] == {"completed": 1, "failed": 1, "cancelled": 1}
 
