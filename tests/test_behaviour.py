@@ -802,7 +802,7 @@ def test_stats_count_a_job_as_soon_as_wait_has_returned_it(backend_orch, backend
 child_specs = st.recursive(
     st.builds(child, fail=st.integers(0, 2), retries=st.integers(0, 1)),
     lambda kids: st.builds(child, fail=st.integers(0, 2), retries=st.integers(0, 1),
-                           kids=st.lists(kids, max_size=2)),
+                           kids=st.lists(kids, max_size=2), by_step=st.booleans()),
     max_leaves=5,
 )
 step_plans = st.builds(
@@ -822,7 +822,7 @@ def tally(spec: dict) -> tuple[int, int]:
     return total, failed
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(shape=job_plans)
 def test_any_job_shape_ends_as_the_status_rules_say_and_its_stream_folds_exactly(backend_orch, backend, shape):
