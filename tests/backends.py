@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -72,7 +73,21 @@ class Backend:
     def close(self) -> None:
         open_gates(self.token)  # held jobs return (the threads of a memory orchestrator end)
         for orch in self.made:
-            orch.shutdown(wait=False)  # closes its SQLite journal or its Redis connection
+            if self.kind == "redis":  # its worker thread takes up to 0.5 s to notice: not waited for here
+                closing = threading.Thread(target=orch.shutdown, kwargs={"wait": False}, daemon=True)
+                closing.start()
+                _closing.append(closing)
+            else:
+                orch.shutdown(wait=False)  # closes its SQLite journal
+
+
+_closing: list[threading.Thread] = []  # Redis orchestrators shutting down
+
+
+def closed_all(timeout: float = 30) -> None:
+    """Wait until every Redis orchestrator of the suite has shut down (before its server stops)."""
+    while _closing:
+        _closing.pop().join(timeout)
 
 
 def until(condition: Callable[[], Any], timeout: float = 30, what: str = "the condition") -> Any:

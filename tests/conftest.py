@@ -6,7 +6,7 @@ import pytest
 
 from stepstream import Orchestrator, Step
 from stepstream.server import create_app
-from tests.backends import BACKENDS, Backend
+from tests.backends import BACKENDS, Backend, closed_all
 from tests.live import LiveServer
 from tests.redisserver import RedisServer, require_redis_server
 
@@ -54,6 +54,7 @@ def module_redis_url():
     """A redis-server for a whole test module (each test keeps to its own key prefix)."""
     with RedisServer(require_redis_server(), durable=False) as server:
         yield server.url
+        closed_all()
 
 
 @pytest.fixture(params=BACKENDS)
