@@ -51,9 +51,12 @@ class History:
         return job, job["step_id"]
 
     def children(self, job_id: str, step: str | None, status: str | None, limit: int, cursor: int) -> dict:
-        job, step_id = self._step(job_id, step)
+        job = self.job(job_id)
         if job["kind"] == CHILD:
             raise InvalidRequest(f"job {job_id} is a child job; list children of its step or manager")
+        if job["kind"] != MANAGER and step is not None and step != job["step_name"]:
+            raise InvalidRequest(f"step {step!r} is not job {job_id}'s step {job['step_name']!r}")
+        job, step_id = self._step(job_id, step)
         manager_id = job_id if job["kind"] == MANAGER else job["manager_id"]
         children, next_cursor = self.journal.children(  # type: ignore[union-attr]
             manager_id, step_id=step_id, status=status, cursor=cursor, limit=limit)

@@ -6,7 +6,9 @@ import pytest
 
 from stepstream import Orchestrator, Step
 from stepstream.server import create_app
+from tests.backends import BACKENDS, Backend, closed_all
 from tests.live import LiveServer
+from tests.redisserver import RedisServer, require_redis_server
 
 
 class Gates:
@@ -45,6 +47,29 @@ def orch():
     o = Orchestrator(max_workers=6)
     yield o
     o.shutdown(wait=False)
+
+
+@pytest.fixture(scope="module")
+def module_redis_url():
+    """A redis-server for a whole test module (each test keeps to its own key prefix)."""
+    with RedisServer(require_redis_server(), durable=False) as server:
+        yield server.url
+        closed_all()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, tmp_path):
+    """Makes orchestrators of one storage mode (memory, sqlite, redis) for this test."""
+    url = request.getfixturevalue("module_redis_url") if request.param == "redis" else None
+    made = Backend(request.param, tmp_path, url)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def backend_orch(backend):
+    """An orchestrator of each storage mode with 4 worker threads and the suite's definitions."""
+    return backend.orchestrator()
 
 
 @pytest.fixture

@@ -27,5 +27,6 @@ def require_redis_server() -> str:
 class RedisServer(redisserver.RedisServer):
     """The harness's `RedisServer`; a missing redis-server skips the test (fails it in CI)."""
 
-    def __init__(self, executable: str | None = None, *, directory: Path | None = None) -> None:
-        super().__init__(executable or require_redis_server(), directory=directory)
+    def __init__(self, executable: str | None = None, *, directory: Path | None = None,
+                 durable: bool = True) -> None:
+        super().__init__(executable or require_redis_server(), directory=directory, durable=durable)

@@ -7,11 +7,12 @@ are queued and return their child's id at once, and one thread commits what has 
 while the caller goes on: a batch is what queued while the commit before it was on its way, so a
 slow loop commits each spawn alone and a fast one in batches of up to `MAX_BATCH`.
 
-Anything else the thread then does through the store (a log line, its handler's return, a spawn
-on another link) first waits until its spawns are committed, so everything is seen in the order
-it was done and a step never finishes before the children its handler spawned exist. A batch that
-cannot be committed (the job was cancelled meanwhile, say) drops the spawns queued after it, and
-its error is raised in the thread at its next spawn, or fails its attempt when its code returns.
+Anything else the thread then does through the store (a log line, a read, its handler's return,
+a spawn on another link) first waits until its spawns are committed, so everything is seen in the
+order it was done (a child can be read as soon as its spawn returned) and a step never finishes
+before the children its handler spawned exist. A batch that cannot be committed (the job was
+cancelled meanwhile, say) drops the spawns queued after it, and its error is raised in the thread
+at its next spawn, or fails its attempt when its code returns.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from ..jobs import Job, new_id
 from ..logs import LogBucket, Record, query
 from ..model import CHILD, MANAGER, PENDING, RUNNING, STEP, Conflict, InvalidRequest, NotFound, iso
 from ..store import Store
-from ..text import MAX_LOG_CHARS, bounded, safe_str
+from ..text import safe_str
 from . import codec, scripts
 from .spawns import Batch, Spawn, Spawner
 from .tail import Tail
@@ -214,6 +214,7 @@ class RedisStore:
         `children` if they are children (all linked). No jobs if it does not exist."""
         if not isinstance(job_id, str):
             return 0, {}
+        self._spawner.wait()  # this thread reads what it spawned, like anything else it did
         children = tuple(dict.fromkeys(c for c in children if c != job_id))
         reply = self._retrying(lambda: self._load(args=[self.prefix, job_id, *children]))
         return int(reply[0]), self._graph_from(reply[1:])
@@ -302,7 +303,10 @@ class RedisStore:
         zadd: list[list] = []
         zrem: list[list] = []
         delete: list[str] = []
-        counters: list[list] = [["counters", name, n] for name, n in scratch.counters.items()]
+        counted = collections.Counter(scratch.counters)
+        for kind in _PROGRESS:  # the progress events kept, not the ones computed (the metric counts events emitted)
+            counted[kind] = sum(1 for e in events if e.type == kind)
+        counters: list[list] = [["counters", name, n] for name, n in counted.items() if n]
         seqset: list[list] = []
         work: list[list[str]] = []
         settled: list[Job] = []
@@ -495,7 +499,7 @@ class RedisStore:
 
     def log(self, job_id: str, level: str, message: str) -> Record | None:
         model.level_rank(level)
-        message = bounded(safe_str(message), MAX_LOG_CHARS)
+        message = safe_str(message)  # bounded by the store's own `log`, once (cut twice, a line said so wrongly)
         self._spawner.wait()  # after the spawns before it
         return self._change(job_id, lambda s, jobs: s.log(job_id, level, message))
 
@@ -813,6 +817,7 @@ class RedisStore:
         return {"seq": seq, "time": now, "jobs": [wire.manager_json(m, params=False) for m in managers]}, False
 
     def _managers_read(self, recent: int, ids: list[str]) -> tuple[int, list[Job]]:
+        self._spawner.wait()
         reply = self._retrying(lambda: self._load_managers(args=[self.prefix, recent, *ids]))
         return int(reply[0]), [self._manager_from(one[0], one[1:]) for one in reply[1:]]
 
@@ -891,6 +896,7 @@ class RedisStore:
             pipe.zrange(self.prefix + "running", 0, -1)
             return pipe.execute()
 
+        self._spawner.wait()
         seq, finished, counters, running = self._retrying(read)
         managers = collections.Counter({k.decode(): int(v) for k, v in finished.items() if int(v)})
         if running:

@@ -1,0 +1,151 @@
+"""Orchestrators of every storage mode for the behaviour suite, and what its tests share.
+
+`Backend(kind)` makes orchestrators of one kind, with the suite's definitions registered
+(`tests.behaviour_jobs`) and worker threads in this process:
+
+- `memory`: `Orchestrator()`;
+- `sqlite`: `Orchestrator(db=...)` in the test's temp dir, holding at most one finished job in
+  memory (`max_finished=1`) and a replay ring of the minimum size, so what is older is read back
+  from the database, as after a while of real use;
+- `redis`: `Orchestrator(...).use_redis(url, prefix=...)` on a redis-server shared by the module,
+  each test under its own key prefix: work runs from the shared Redis queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from stepstream import Orchestrator
+from stepstream.model import TERMINAL
+from tests.behaviour_jobs import define_jobs, open_gates
+from tests.folding import check_progress, fold
+
+BACKENDS = ("memory", "sqlite", "redis")
+
+
+class Backend:
+    """Makes orchestrators of one kind for one test; `close()` shuts them all down."""
+
+    def __init__(self, kind: str, tmp: Path, redis_url: str | None = None) -> None:
+        self.kind = kind
+        self.tmp = tmp
+        self.redis_url = redis_url
+        self.token = secrets.token_hex(6)  # this test's gates and Redis keys
+        self.made: list[Orchestrator] = []
+
+    def orchestrator(self, max_workers: int = 4, **settings: Any) -> Orchestrator:
+        if self.kind == "memory":
+            orch = Orchestrator(max_workers=max_workers, **settings)
+        elif self.kind == "sqlite":
+            settings = {"max_finished": 1, "replay_size": 16, **settings}
+            orch = Orchestrator(max_workers=max_workers, db=self.tmp / f"jobs-{len(self.made)}.db", **settings)
+        elif self.kind == "redis":
+            assert self.redis_url is not None
+            orch = Orchestrator(max_workers=max_workers, **settings)
+            orch.use_redis(self.redis_url, prefix=f"t{self.token}:")
+        else:
+            raise ValueError(f"unknown backend {self.kind!r}")
+        self.made.append(orch)
+        return define_jobs(orch)
+
+    @contextlib.contextmanager
+    def writes_held(self, orch: Orchestrator) -> Iterator[None]:
+        """Meanwhile, writes to the durable storage wait: for SQLite, another connection holds the
+        database's write lock (a slow disk or a backup, say). Memory has none; a Redis change is
+        written as it is made (Redis's own persistence is not stepstream's)."""
+        if self.kind != "sqlite":
+            yield
+            return
+        conn = sqlite3.connect(orch.journal.path, isolation_level=None, timeout=5)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield
+        finally:
+            conn.close()  # rolls back: the journal's writer goes on
+
+    def close(self) -> None:
+        open_gates(self.token)  # held jobs return (the threads of a memory orchestrator end)
+        for orch in self.made:
+            if self.kind == "redis":  # its worker thread takes up to 0.5 s to notice: not waited for here
+                closing = threading.Thread(target=orch.shutdown, kwargs={"wait": False}, daemon=True)
+                closing.start()
+                _closing.append(closing)
+            else:
+                orch.shutdown(wait=False)  # closes its SQLite journal
+
+
+_closing: list[threading.Thread] = []  # Redis orchestrators shutting down
+
+
+def closed_all(timeout: float = 30) -> None:
+    """Wait until every Redis orchestrator of the suite has shut down (before its server stops)."""
+    while _closing:
+        _closing.pop().join(timeout)
+
+
+def until(condition: Callable[[], Any], timeout: float = 30, what: str = "the condition") -> Any:
+    """Poll `condition()` until it is truthy; its value. Fails the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout} s")
+        time.sleep(0.01)
+
+
+def events_until(orch: Orchestrator, after: int, last: int, timeout: float = 30) -> list[tuple[str, dict]]:
+    """The (type, data) events with seq in (`after`, `last`] from the backend's event source, as a
+    stream reads them (SQLite: once durable; Redis: once its tail has read them)."""
+    assert orch.store.wait_visible(last, timeout)
+    out: list[tuple[str, dict]] = []
+    deadline = time.monotonic() + timeout
+    seen = after
+    while seen < last:
+        events, _ = orch.store.events_after(seen, limit=10_000)
+        events = [e for e in events if e.seq <= last]
+        for event in events:
+            assert event.seq > seen, "events out of seq order"
+            assert event.data["seq"] == event.seq
+            seen = event.seq
+            out.append((event.type, event.data))
+        if not events:
+            assert time.monotonic() < deadline, f"events up to seq {last} not readable within {timeout} s"
+            time.sleep(0.01)
+    return out
+
+
+def assert_folds(orch: Orchestrator, snapshots: Iterable[dict], final: dict) -> None:
+    """Each snapshot plus the events after its seq folds into `final` (a snapshot taken once the
+    job had finished), every progress event on the way adds up, and no job changes once it was
+    terminal."""
+    for snapshot in snapshots:
+        assert snapshot["seq"] <= final["seq"]
+        events = events_until(orch, snapshot["seq"], final["seq"])
+        ended: set[str] = set()
+        for type_, data in events:
+            if type_ in ("step_progress", "job_progress"):
+                check_progress(data["progress"])
+            elif type_ == "job_status":
+                assert data["job_id"] not in ended, f"{data['job_id']} changed after it was terminal"
+                if data["status"] in TERMINAL:
+                    ended.add(data["job_id"])
+        folded = fold(snapshot["job"], events)
+        assert folded == final["job"], f"snapshot at seq {snapshot['seq']} plus the events after it differs"
+
+
+def check_counts(job: dict) -> None:
+    """The counts of a manager's snapshot add up: each step's, and the manager's as their sum."""
+    check_progress(job["progress"])
+    for step in job["steps"]:
+        check_progress(step["progress"])
+    for key in job["progress"]:
+        assert job["progress"][key] == sum(s["progress"][key] for s in job["steps"]), (key, job)
