@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 import uvicorn
 
-from . import __version__, demo
+from . import __version__, demo, failures
 from .journal.sqlite import SchemaError, SqliteJournal
 from .loader import LoadError, load_orchestrator
 from .model import StepstreamError
@@ -172,8 +172,10 @@ def _parser() -> argparse.ArgumentParser:
         "run", help="run one job here and print each step's progress",
         usage="stepstream run APP DEFINITION [--params JSON]\n"
               "       stepstream run --demo [DEFINITION] [--params JSON] [--size N] [--speed S] [--workers N]",
-        description="Run one job of DEFINITION and show each step's progress until it ends. "
-                    "Exit status 0 if it completed, 1 otherwise. Ctrl+C cancels it; a second Ctrl+C quits.")
+        description="Run one job of DEFINITION and show each step's progress until it ends, then why "
+                    "children failed, grouped by error. Exit status: 0 completed with no failed child, "
+                    "3 completed with failed children, 1 failed or cancelled, 130 quit by a second Ctrl+C. "
+                    "Ctrl+C cancels the job; a second Ctrl+C quits.")
     run.add_argument("app", nargs="?", metavar="APP",
                      help="module:attribute naming an Orchestrator or a callable returning one")
     run.add_argument("definition", nargs="?", metavar="DEFINITION", help="the job definition to run")
@@ -452,7 +454,8 @@ def _check_can_listen(host: str, port_: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run one job, showing its steps; 0 if it completed, 1 otherwise, 130 on a second Ctrl+C."""
+    """Run one job, showing its steps, then why children failed; the exit status is `exit_status`
+    (0, 3 or 1), or 130 on a second Ctrl+C."""
     orch, definition, params = _run_target(args)
     if definition not in orch.definitions():
         known = ", ".join(orch.definitions()) or "none"
@@ -497,11 +500,27 @@ def run(args: argparse.Namespace) -> int:
         orch.shutdown(wait=False)
     job = final["job"]
     display.show(job)
-    print(summary(job, display.elapsed()), file=out)
+    print(summary(job, display.elapsed(), display.width()), file=out)
     if job["error"]:
         print(f"error: {job['error']}", file=out)
+    if job["progress"]["failed"]:
+        groups = failures.collect(orch, job_id)["groups"]
+        print("failed children, by error:", file=out)
+        for line in failures.summary_lines(groups, width=display.width()):
+            print(line, file=out)
     out.flush()
-    return 0 if job["status"] == "completed" else 1
+    return exit_status(job)
+
+
+EXIT_COMPLETED, EXIT_FAILED, EXIT_COMPLETED_WITH_FAILURES = 0, 1, 3
+
+
+def exit_status(job: dict) -> int:
+    """`run`'s exit status: 0 completed with no failed child, 3 completed with failed children,
+    1 failed or cancelled."""
+    if job["status"] != "completed":
+        return EXIT_FAILED
+    return EXIT_COMPLETED_WITH_FAILURES if job["progress"]["failed"] else EXIT_COMPLETED
 
 
 def _run_target(args: argparse.Namespace) -> tuple[Orchestrator, str, dict]:
@@ -541,6 +560,13 @@ class StepDisplay:
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
+
+    def width(self) -> int:
+        """Columns to fit: the terminal's, at most 80 (80 when not a terminal)."""
+        if not self.tty:
+            return WIDTH
+        columns = shutil.get_terminal_size((WIDTH, 24)).columns  # 0 on a pty nobody sized
+        return min(WIDTH, columns) if columns > 0 else WIDTH
 
     def forget_position(self) -> None:
         """Something else was printed below the block: draw a fresh one next time."""
@@ -585,10 +611,17 @@ def step_line(step: dict, name_width: int = 16, now: datetime | None = None) -> 
                      _step_time(step, now or datetime.now(UTC))), name_width)
 
 
-def summary(job: dict, seconds: float) -> str:
+def summary(job: dict, seconds: float, width: int = WIDTH) -> str:
+    """The job's outcome and counts, on two lines if one would be wider than `width`."""
     p = job["progress"]
-    return (f"job {job['status']} in {_duration(seconds)}: {p['total']} children, {p['completed']} completed,"
-            f" {p['failed']} failed, {p['cancelled']} cancelled")
+    outcome = job["status"]
+    if outcome == "completed" and p["failed"]:
+        outcome = f"completed with {p['failed']:,} failed"
+    head = f"job {outcome} in {_duration(seconds)}"
+    counts = (f"{p['total']:,} children, {p['completed']:,} completed, {p['failed']:,} failed,"
+              f" {p['cancelled']:,} cancelled")
+    line = f"{head}: {counts}"
+    return line if len(line) <= width else f"{head}:\n  {counts}"
 
 
 def _count(n: int) -> str:

@@ -43,7 +43,7 @@ def fan_out(ctx):
 
 def work(ctx, n):
     ctx.log("info", f"item {n}")
-    if ctx.params.get("fail"):
+    if ctx.params.get("fail") or n in ctx.params.get("fail_items", ()):
         raise ValueError(f"item {n} failed")
     if ctx.params.get("until_cancelled"):
         while not ctx.cancelled:
@@ -380,6 +380,22 @@ def test_run_exits_1_and_shows_the_error_when_the_job_failed(project: Path) -> N
     assert "job failed in " in done.stdout
     assert "error: step 'fan_out' failed: all 3 children failed" in done.stdout
     assert all(len(line) <= 80 for line in done.stdout.splitlines())
+
+
+def test_run_explains_failed_children_and_exits_3_when_the_job_completed_with_some(project: Path) -> None:
+    done = stepstream_cli("run", "myjobs:orch", "small", "--params", '{"n": 6, "fail_items": [1, 4]}', cwd=project)
+    assert done.returncode == 3, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), lines
+    assert lines[-4].startswith("job completed with 2 failed in ")
+    assert lines[-3] == "  6 children, 4 completed, 2 failed, 0 cancelled"
+    assert lines[-2:] == ["failed children, by error:", "    2 × fan_out: ValueError: item … failed"]
+
+
+def test_run_of_a_failed_job_ends_with_the_cause_of_its_childrens_failures(project: Path) -> None:
+    done = stepstream_cli("run", "myjobs:orch", "small", "--params", '{"fail": true}', cwd=project)
+    assert done.returncode == 1
+    assert done.stdout.splitlines()[-2:] == ["failed children, by error:", "    3 × fan_out: ValueError: item … failed"]
 
 
 def test_run_demo(project: Path) -> None:
