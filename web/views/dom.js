@@ -20,6 +20,17 @@ export function fromTemplate(id) {
   return document.getElementById(id).content.firstElementChild.cloneNode(true);
 }
 
+/** A count with thousands separators, the same in every browser locale: 12,345. */
+export const fmt = (n) => n.toLocaleString("en-US");
+
+/** The words of a job's or step's status pill, and `outcome` "partial" when it completed with
+ *  failed children (it looks different from a clean completion). The status is the server's. */
+export function statusWords(item) {
+  const failed = item.progress.failed;
+  if (item.status === "completed" && failed > 0) return { text: `completed, ${fmt(failed)} failed`, outcome: "partial" };
+  return { text: item.status, outcome: null };
+}
+
 export function plural(n, word) {
   return `${n} ${word}${n === 1 ? "" : "s"}`;
 }

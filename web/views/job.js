@@ -3,7 +3,9 @@
 
 import { jobPath } from "../api.js";
 import { TERMINAL, isActive } from "../store.js";
-import { FailureView, buildBar, buildCounts, fromTemplate, plural, setAttr, setText, updateBar, updateCounts } from "./dom.js";
+import { FailureView, buildBar, buildCounts, fromTemplate, plural, setAttr, setText, statusWords, updateBar,
+         updateCounts } from "./dom.js";
+import { FailuresView } from "./failures.js";
 import { StepView } from "./step.js";
 import { duration, elapsedSeconds, localTime, secondsAttr } from "./time.js";
 
@@ -36,6 +38,12 @@ export class JobView {
     this.confirmNo = $(".confirm-no");
     this.rerunOf = $(".rerun-of");
     this.failure = new FailureView($(".job-failure"));
+    this.failures = new FailuresView(app, job.id, null, $(".job-failures"), (group) => this.showFailed(group));
+    // The groups are read only while the job is on screen (a list of 100 jobs asks for none).
+    this.visibility = new IntersectionObserver((entries) => {
+      for (const entry of entries) this.failures.setActive(entry.isIntersecting);
+    });
+    this.visibility.observe(this.el);
     this.body = $(".job-body");
     this.params = $(".params-json");
     this.stepList = $(".steps");
@@ -83,7 +91,9 @@ export class JobView {
   update(job) {
     setAttr(this.el, "data-status", job.status);
     setText(this.definition, job.definition);
-    setText(this.status, job.status);
+    const words = statusWords(job);
+    setText(this.status, words.text);
+    setAttr(this.el, "data-outcome", words.outcome);
     this.toggle.title = `created ${localTime(job.created_at)}`;
     updateBar(this.bar, job.progress);
     updateCounts(this.counts, job.progress);
@@ -102,6 +112,7 @@ export class JobView {
       link.href = `?job=${encodeURIComponent(job.rerun_of)}`;
     }
     this.failure.update(job);
+    this.failures.setFailed(job.progress.failed);
     this.updateTimes(job, this.app.store.now());
     setText(this.params, job.params === undefined ? "loading…" : JSON.stringify(job.params, null, 2));
     let position = 0;
@@ -133,6 +144,17 @@ export class JobView {
       const sv = this.steps.get(step.name);
       if (sv) sv.updateTimes(step, now);
     }
+  }
+
+  /** Open the step of a failure group with its children panel showing that group. */
+  showFailed(group) {
+    if (!this.expanded) this.app.list.toggledByUser(this);
+    const sv = this.steps.get(group.step);
+    if (!sv) return;
+    this.follow = false;
+    sv.setOpen(true);
+    sv.children.showGroup(group);
+    sv.el.scrollIntoView({ block: "start" });
   }
 
   showMessage(text) {
@@ -188,6 +210,7 @@ export class JobView {
   }
 
   remove() {
+    this.visibility.disconnect();
     for (const sv of this.steps.values()) sv.close();
     this.el.remove();
   }

@@ -4,7 +4,9 @@
 import { jobPath, enc } from "../api.js";
 import { COUNT_KEYS, stepKey } from "../store.js";
 import { ChildrenView } from "./children.js";
-import { FailureView, buildBar, buildCounts, fromTemplate, plural, setAttr, setText, updateBar, updateCounts } from "./dom.js";
+import { FailureView, buildBar, buildCounts, fromTemplate, plural, setAttr, setText, statusWords, updateBar,
+         updateCounts } from "./dom.js";
+import { FailuresView } from "./failures.js";
 import { LogView } from "./log.js";
 import { duration, elapsedSeconds, etaSeconds, localTime, secondsAttr } from "./time.js";
 
@@ -25,6 +27,7 @@ export class StepView {
     this.eta = $(".eta");
     this.logCount = $(".log-count");
     this.failure = new FailureView($(".step-failure"));
+    this.failures = new FailuresView(app, jobView.id, name, $(".step-failures"), (group) => this.children.showGroup(group));
     setText($(".step-name"), name);
     const download = $("[data-action=download-logs]");
     download.href = `${jobPath(jobView.id)}/logs?format=text&step=${enc(name)}`;
@@ -39,6 +42,7 @@ export class StepView {
         this.wantOpen = this.details.open; // the user's choice: stop following the running step
         this.jobView.follow = false;
       }
+      this.failures.setActive(this.details.open);
       if (this.details.open) {
         this.log.activate();
       } else {
@@ -58,11 +62,14 @@ export class StepView {
     setAttr(el, "data-status", step.status);
     for (const key of COUNT_KEYS) setAttr(el, `data-${key}`, String(step.progress[key]));
     setAttr(el, "data-log-count", String(step.log_count));
-    setText(this.status, step.status);
+    const words = statusWords(step);
+    setText(this.status, words.text);
+    setAttr(el, "data-outcome", words.outcome);
     updateBar(this.bar, step.progress); // the step's own counts, never the manager's
     updateCounts(this.counts, step.progress);
     setText(this.logCount, plural(step.log_count, "log line"));
     this.failure.update(step);
+    this.failures.setFailed(step.progress.failed);
     this.log.setTotal(step.log_count);
     this.children.setStep(step);
   }
