@@ -9,6 +9,9 @@ Fixtures (`browser`, `page`, `server`, `orch`) come from tests/test_page.py.
 
 from __future__ import annotations
 
+import re
+import time
+
 import pytest
 
 from stepstream import Orchestrator, Step
@@ -115,3 +118,107 @@ def test_completed_with_failed_children_looks_different_from_a_clean_completion(
     expect(groups).to_have_count(2)
     expect(job_el(page, clean).locator(".job-failures")).to_be_hidden()
     shoot(page, "partly-failed-1280.png")
+
+
+# ---------------------------------------------------------------- progress that means what it says
+
+BAR_VALUES = """id => {
+    const bar = document.querySelector(`[data-job="${id}"] > .job-head [role=progressbar]`);
+    window.__bar = [Number(bar.getAttribute('aria-valuenow'))];
+    new MutationObserver(() => window.__bar.push(Number(bar.getAttribute('aria-valuenow'))))
+        .observe(bar, {attributes: true, attributeFilter: ['aria-valuenow']});
+}"""
+
+
+def test_the_job_bar_never_runs_backwards_when_a_later_step_fans_out(orch, server, gates, page):
+    def quick(ctx, n):
+        pass
+
+    def held(ctx, n):
+        gates["held"].wait(TIMEOUT)
+
+    def first(ctx):
+        for n in range(4):
+            ctx.spawn(quick, n)
+        gates["first"].wait(TIMEOUT)
+
+    def second(ctx):
+        for n in range(40):
+            ctx.spawn(held, n)
+
+    orch.define("two", [Step("first", first), Step("second", second)])
+    job_id = orch.start("two")
+    page.goto(server.url + "/")
+    job = job_el(page, job_id)
+    expect(step_row(page, job_id, "first")).to_have_attribute("data-completed", "4")
+    page.evaluate(BAR_VALUES, job_id)
+    gates["first"].set()
+    expect(step_row(page, job_id, "second")).to_have_attribute("data-total", "40")
+    bar = job.locator(":scope > .job-head [role=progressbar]")
+    expect(bar).to_have_attribute("aria-valuenow", "50")  # one of two steps done; the second at 0 of 40
+    gates["held"].set()
+    expect(job).to_have_attribute("data-status", "completed")
+    expect(bar).to_have_attribute("aria-valuenow", "100")
+    values = page.evaluate("window.__bar")
+    assert values == sorted(values), values
+
+
+def test_a_step_still_discovering_work_says_so_and_estimates_only_once_it_stopped(orch, server, gates, page):
+    def child(ctx, n):
+        if n >= 2:
+            gates["rest"].wait(TIMEOUT)
+
+    def discover(ctx):
+        for n in range(5):
+            ctx.spawn(child, n)
+        gates["more"].wait(TIMEOUT)
+        for n in range(5, 1205):
+            ctx.spawn(child, n)
+        gates["end"].wait(TIMEOUT)
+
+    orch.define("discover", [Step("discover", discover)])
+    job_id = orch.start("discover")
+    page.goto(server.url + "/")
+    row = step_row(page, job_id, "discover")
+    expect(row).to_have_attribute("data-completed", "2")
+    expect(row).to_have_attribute("data-eta-s", re.compile(r"^\d"))  # 3 left, nothing new found lately
+
+    gates["more"].set()
+    expect(row).to_have_attribute("data-total", "1205")
+    expect(row.locator(".eta")).to_have_text(re.compile(r"^discovering: 1,205 so far"))
+    expect(row).to_have_attribute("data-discovering", "true")
+    expect(row).not_to_have_attribute("data-eta-s", re.compile(".*"))
+    shoot(page, "discovering-1280.png")
+
+    # Nothing new for a few seconds: the step stopped finding work, an estimate comes back.
+    expect(row).not_to_have_attribute("data-discovering", "true")
+    expect(row).to_have_attribute("data-eta-s", re.compile(r"^\d"))
+    expect(row.locator(".eta")).to_have_text(re.compile(r"^~.+ left$"))
+    gates.open_all()
+    expect(job_el(page, job_id)).to_have_attribute("data-status", "completed")
+
+
+def test_a_cancelled_job_took_at_least_as_long_as_each_of_its_steps(orch, server, gates, page):
+    def stubborn(ctx, n):
+        while not ctx.cancelled:
+            time.sleep(0.01)
+        time.sleep(0.3)  # stops a little after the cancel
+
+    def work(ctx):
+        for n in range(3):
+            ctx.spawn(stubborn, n)
+
+    orch.define("stubborn", [Step("work", work), Step("after", lambda ctx: None)])
+    job_id = orch.start("stubborn")
+    page.goto(server.url + "/")
+    row = step_row(page, job_id, "work")
+    expect(row).to_have_attribute("data-running", "3")
+    orch.cancel(job_id)
+    final = orch.wait(job_id, TIMEOUT)
+    expect(row).to_have_attribute("data-status", "cancelled")
+    job = job_el(page, job_id)
+    expect(job).to_have_attribute("data-status", "cancelled")
+    expect(job.locator(":scope > .job-head .elapsed")).to_have_text(re.compile(r"^took "))
+    step = next(s for s in final["job"]["steps"] if s["name"] == "work")
+    assert float(job.get_attribute("data-elapsed-s")) >= float(row.get_attribute("data-elapsed-s"))
+    assert step["finished_at"] and float(row.get_attribute("data-elapsed-s")) > 0.3

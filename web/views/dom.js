@@ -57,6 +57,41 @@ export function updateBar(bar, p) {
   });
 }
 
+/** How far a manager job is, 0..1: its finished steps plus the running step's finished share.
+ *  (The sum of every step's children would fall each time a later step fans out.) */
+export function jobFraction(job) {
+  const steps = [...job.steps.values()];
+  if (!steps.length) return TERMINAL_JOB.has(job.status) ? 1 : 0;
+  let value = 0;
+  for (const step of steps) {
+    if (TERMINAL_JOB.has(step.status)) value += 1;
+    else if (step.status === "running" && step.progress.total) {
+      const p = step.progress;
+      value += (p.completed + p.failed + p.cancelled) / p.total;
+    }
+  }
+  return value / steps.length;
+}
+
+const TERMINAL_JOB = new Set(["completed", "failed", "cancelled", "skipped"]);
+
+/** A manager's bar: one fill of `fraction` (never less than what it showed before: the caller
+ *  keeps the floor), coloured by how the job is going. */
+export function updateJobBar(bar, job, fraction) {
+  const percent = Math.round(fraction * 1000) / 10;
+  setAttr(bar, "aria-valuemax", "100");
+  setAttr(bar, "aria-valuenow", String(percent));
+  const steps = [...job.steps.values()];
+  const finished = steps.filter((s) => TERMINAL_JOB.has(s.status)).length;
+  setAttr(bar, "aria-valuetext", `${percent}%: ${finished} of ${plural(steps.length, "step")} finished`);
+  const fill = job.status === "failed" ? "failed" : job.status === "cancelled" ? "cancelled" : "completed";
+  BAR_SEGMENTS.forEach((key, i) => {
+    const width = key === fill ? `${percent}%` : "0%";
+    const seg = bar.children[i];
+    if (seg.style.width !== width) seg.style.width = width;
+  });
+}
+
 export function buildCounts(el) {
   for (const key of COUNT_KEYS) {
     const span = document.createElement("span");

@@ -3,8 +3,8 @@
 
 import { jobPath } from "../api.js";
 import { TERMINAL, isActive } from "../store.js";
-import { FailureView, buildBar, buildCounts, fromTemplate, plural, setAttr, setText, statusWords, updateBar,
-         updateCounts } from "./dom.js";
+import { FailureView, buildBar, buildCounts, fromTemplate, jobFraction, plural, setAttr, setText, statusWords,
+         updateCounts, updateJobBar } from "./dom.js";
 import { FailuresView } from "./failures.js";
 import { StepView } from "./step.js";
 import { duration, elapsedSeconds, localTime, secondsAttr } from "./time.js";
@@ -15,6 +15,15 @@ const CONFIRM = {
   delete: { text: "Delete this job with its steps, children and logs? This cannot be undone.",
             yes: "Yes, delete it", no: "Keep it" },
 };
+
+/** When the job and all its steps had finished (the latest of their `finished_at`), or null
+ *  while any of them still runs. */
+function settledAt(job) {
+  if (isActive(job) || !job.finished_at) return null;
+  let end = job.finished_at;
+  for (const step of job.steps.values()) if (step.finished_at && Date.parse(step.finished_at) > Date.parse(end)) end = step.finished_at;
+  return end;
+}
 
 export class JobView {
   constructor(app, job) {
@@ -59,6 +68,7 @@ export class JobView {
     this.expanded = false;
     this.follow = true; // open the running step's logs until the user picks steps themselves
     this.pendingConfirm = null;
+    this.barFloor = 0; // the job's bar never runs backwards
 
     this.toggle.addEventListener("click", () => app.list.toggledByUser(this));
     this.actions.cancel.addEventListener("click", () => this.ask("cancel"));
@@ -95,7 +105,8 @@ export class JobView {
     setText(this.status, words.text);
     setAttr(this.el, "data-outcome", words.outcome);
     this.toggle.title = `created ${localTime(job.created_at)}`;
-    updateBar(this.bar, job.progress);
+    this.barFloor = Math.max(this.barFloor, jobFraction(job));
+    updateJobBar(this.bar, job, this.barFloor);
     updateCounts(this.counts, job.progress);
     setText(this.logCount, plural(job.log_count, "log line"));
     const settled = !isActive(job);
@@ -134,10 +145,12 @@ export class JobView {
 
   /** Elapsed time of the job and (when shown) its steps: ticks while they run. */
   updateTimes(job, now) {
-    const s = elapsedSeconds(job, now);
+    // A job took until its last step settled: a cancelled job's steps may settle after it.
+    const end = settledAt(job);
+    const s = elapsedSeconds({ started_at: job.started_at, finished_at: end }, now);
     setAttr(this.el, "data-elapsed-s", secondsAttr(s));
     let text = "";
-    if (s != null) text = job.finished_at ? `took ${duration(s)}` : `${duration(s)}`;
+    if (s != null) text = end ? `took ${duration(s)}` : `${duration(s)}`;
     setText(this.elapsed, text);
     this.elapsed.title = job.started_at ? `started ${localTime(job.started_at)}` : "";
     for (const step of job.steps.values()) {

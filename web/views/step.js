@@ -4,11 +4,11 @@
 import { jobPath, enc } from "../api.js";
 import { COUNT_KEYS, stepKey } from "../store.js";
 import { ChildrenView } from "./children.js";
-import { FailureView, buildBar, buildCounts, fromTemplate, plural, setAttr, setText, statusWords, updateBar,
+import { FailureView, buildBar, buildCounts, fmt, fromTemplate, plural, setAttr, setText, statusWords, updateBar,
          updateCounts } from "./dom.js";
 import { FailuresView } from "./failures.js";
 import { LogView } from "./log.js";
-import { duration, elapsedSeconds, etaSeconds, localTime, secondsAttr } from "./time.js";
+import { Pace, duration, elapsedSeconds, etaSeconds, localTime, rate, secondsAttr } from "./time.js";
 
 export class StepView {
   constructor(app, jobView, name) {
@@ -35,6 +35,7 @@ export class StepView {
     buildBar(this.bar, `progress of step ${name}`);
     buildCounts(this.counts);
     this.wantOpen = false;
+    this.pace = new Pace();
     this.log = new LogView(app, this, $(".log-tools"), $(".log"));
     this.children = new ChildrenView(app, this, $(".children"));
     this.details.addEventListener("toggle", () => {
@@ -70,6 +71,7 @@ export class StepView {
     setText(this.logCount, plural(step.log_count, "log line"));
     this.failure.update(step);
     this.failures.setFailed(step.progress.failed);
+    if (step.status === "running") this.pace.see(step.progress, this.app.store.now());
     this.log.setTotal(step.log_count);
     this.children.setStep(step);
   }
@@ -79,10 +81,23 @@ export class StepView {
     setAttr(this.el, "data-elapsed-s", secondsAttr(s));
     setText(this.elapsed, s == null ? "" : step.finished_at ? `took ${duration(s)}` : duration(s));
     this.elapsed.title = step.started_at ? `started ${localTime(step.started_at)}` : "";
-    const eta = etaSeconds(step, now);
+    const eta = etaSeconds(step, now, this.pace);
     setAttr(this.el, "data-eta-s", secondsAttr(eta));
-    setText(this.eta, eta == null ? "" : `~${duration(eta)} left`);
-    this.eta.title = eta == null ? "" : "at the rate its children have finished so far";
+    const discovering = step.status === "running" && this.pace.growing(now);
+    setAttr(this.el, "data-discovering", discovering ? "true" : null);
+    const rates = step.status === "running" ? this.pace.rates(now) : null;
+    let text = "";
+    let title = "";
+    if (discovering) {
+      text = `discovering: ${fmt(step.progress.total)} so far`;
+      if (rates && rates.done > 0) text += `, ${rate(rates.done)} done`;
+      title = "still finding work: no estimate until it stops";
+    } else if (eta != null) {
+      text = `~${duration(eta)} left`;
+      title = rates && rates.done > 0 ? `at ${rate(rates.done)}, the rate of the last 30 s` : "at the rate since it started";
+    }
+    setText(this.eta, text);
+    this.eta.title = title;
   }
 
   close() {
