@@ -222,3 +222,65 @@ def test_a_cancelled_job_took_at_least_as_long_as_each_of_its_steps(orch, server
     step = next(s for s in final["job"]["steps"] if s["name"] == "work")
     assert float(job.get_attribute("data-elapsed-s")) >= float(row.get_attribute("data-elapsed-s"))
     assert step["finished_at"] and float(row.get_attribute("data-elapsed-s")) > 0.3
+
+
+# ---------------------------------------------------------------- rows that read at a glance and hold still
+
+COUNT_BOXES = """el => [...el.querySelectorAll('.count')].map(c => {
+    const r = c.getBoundingClientRect();
+    return [Math.round(r.left), Math.round(r.top)];
+})"""
+WIDE = """() => [...document.querySelectorAll('body *')].filter(el => el.getBoundingClientRect().right > 391)
+    .slice(0, 8).map(el => `${el.tagName}.${el.className} ${Math.round(el.getBoundingClientRect().right)}`)"""
+LONG_NAME = "reconcile_every_customer_invoice_against_the_ledger_and_the_bank_statements"
+
+
+def test_rows_read_at_a_glance_and_hold_still_as_numbers_grow(orch, server, gates, page):
+    page.set_viewport_size({"width": 1400, "height": 900})
+
+    def child(ctx, n):
+        gates["children"].wait(TIMEOUT)
+
+    def many(ctx):
+        for n in range(9):
+            ctx.spawn(child, n)
+        gates["more"].wait(TIMEOUT)
+        for n in range(9, 1205):
+            ctx.spawn(child, n)
+        gates["end"].wait(TIMEOUT)
+
+    orch.define(LONG_NAME, [Step("many", many)])
+    job_id = orch.start(LONG_NAME)
+    page.goto(server.url + "/")
+    job, row = job_el(page, job_id), step_row(page, job_id, "many")
+    expect(row).to_have_attribute("data-total", "9")
+    counts = row.locator(":scope > details > summary > .counts")
+    before = counts.evaluate(COUNT_BOXES)
+    assert len({top for _, top in before}) == 1, before  # one line
+
+    gates["more"].set()
+    expect(row).to_have_attribute("data-total", "1205")
+    expect(counts.locator(".count-total b")).to_have_text("1,205")  # thousands separators
+    assert counts.evaluate(COUNT_BOXES) == before  # nothing moved
+    zero = counts.locator(".count-failed")
+    assert "zero" in zero.get_attribute("class")
+    assert zero.evaluate("el => getComputedStyle(el).opacity") == "1"  # quiet by colour, not faded
+
+    started = job.locator(":scope > .job-head .started")
+    expect(started).to_have_text(re.compile(r"^(just now|\d+ s ago)$"))
+    assert re.match(r"^started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d$", started.get_attribute("title"))
+    # A long name wraps beside its chevron, never leaving it on a line of its own.
+    chevron = job.locator(".toggle .chevron").bounding_box()
+    name = job.locator(".toggle .definition").bounding_box()
+    assert abs(chevron["y"] - name["y"]) < 6 and chevron["x"] < name["x"]
+    shoot(page, "rows-1400.png")
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.emulate_media(color_scheme="dark")
+    row.locator(".children-toggle").click()
+    expect(row.locator("[data-child]").first).to_be_visible()
+    boxes = counts.evaluate(COUNT_BOXES)
+    assert len({top for _, top in boxes}) == 2 and len({left for left, _ in boxes}) == 3  # a 3 x 2 grid
+    shoot(page, "rows-390-dark.png")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, page.evaluate(WIDE)
+    gates.open_all()

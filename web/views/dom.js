@@ -105,7 +105,7 @@ export function buildCounts(el) {
 export function updateCounts(el, p) {
   COUNT_KEYS.forEach((key, i) => {
     const span = el.children[i];
-    setText(span.firstChild, String(p[key]));
+    setText(span.firstChild, fmt(p[key]));
     span.classList.toggle("zero", p[key] === 0);
   });
 }

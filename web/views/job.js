@@ -7,7 +7,7 @@ import { FailureView, buildBar, buildCounts, fromTemplate, jobFraction, plural, 
          updateCounts, updateJobBar } from "./dom.js";
 import { FailuresView } from "./failures.js";
 import { StepView } from "./step.js";
-import { duration, elapsedSeconds, localTime, secondsAttr } from "./time.js";
+import { ago, duration, elapsedSeconds, exactTime, localTime, secondsAttr } from "./time.js";
 
 const CONFIRM = {
   cancel: { text: "Cancel this job? Pending children are cancelled, running ones are asked to stop.",
@@ -38,6 +38,7 @@ export class JobView {
     this.bar = $(".bar");
     this.counts = $(".counts");
     this.elapsed = $(".elapsed");
+    this.started = $(".started");
     this.logCount = $(".log-count");
     this.actions = {};
     for (const button of this.el.querySelectorAll(".job-head [data-action]")) this.actions[button.dataset.action] = button;
@@ -153,6 +154,7 @@ export class JobView {
     if (s != null) text = end ? `took ${duration(s)}` : `${duration(s)}`;
     setText(this.elapsed, text);
     this.elapsed.title = job.started_at ? `started ${localTime(job.started_at)}` : "";
+    this.updateStarted(job, now);
     for (const step of job.steps.values()) {
       const sv = this.steps.get(step.name);
       if (sv) sv.updateTimes(step, now);
@@ -168,6 +170,12 @@ export class JobView {
     sv.setOpen(true);
     sv.children.showGroup(group);
     sv.el.scrollIntoView({ block: "start" });
+  }
+
+  updateStarted(job, now) {
+    const began = job.started_at || job.created_at;
+    setText(this.started, began ? ago(began, now) : "");
+    this.started.title = began ? `started ${exactTime(began)}` : "";
   }
 
   showMessage(text) {

@@ -171,8 +171,11 @@ export class JobList {
     const now = store.now();
     for (const [id, view] of this.views) {
       const job = store.jobs.get(id);
-      if (job && (job.status === "running" || [...job.steps.values()].some((s) => s.status === "running"))) {
+      if (!job) continue;
+      if (job.status === "running" || [...job.steps.values()].some((s) => s.status === "running")) {
         view.updateTimes(job, now);
+      } else {
+        view.updateStarted(job, now); // "3 min ago" moves on
       }
     }
   }

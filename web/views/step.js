@@ -25,6 +25,7 @@ export class StepView {
     this.counts = $(".counts");
     this.elapsed = $(".elapsed");
     this.eta = $(".eta");
+    this.rate = $(".rate");
     this.logCount = $(".log-count");
     this.failure = new FailureView($(".step-failure"));
     this.failures = new FailuresView(app, jobView.id, name, $(".step-failures"), (group) => this.children.showGroup(group));
@@ -88,9 +89,10 @@ export class StepView {
     const rates = step.status === "running" ? this.pace.rates(now) : null;
     let text = "";
     let title = "";
+    setText(this.rate, rates && rates.done > 0 ? ` · ${rate(rates.done)}` : "");
+    this.rate.title = rates && rates.done > 0 ? "children finished per second, over the last 30 s" : "";
     if (discovering) {
       text = `discovering: ${fmt(step.progress.total)} so far`;
-      if (rates && rates.done > 0) text += `, ${rate(rates.done)} done`;
       title = "still finding work: no estimate until it stops";
     } else if (eta != null) {
       text = `~${duration(eta)} left`;

@@ -94,3 +94,20 @@ export function duration(s) {
   if (whole < 86400) return `${Math.floor(whole / 3600)}h ${pad(Math.floor(whole / 60) % 60)}m`;
   return `${Math.floor(whole / 86400)}d ${pad(Math.floor(whole / 3600) % 24)}h`;
 }
+
+/** How long ago, for people: "just now", "42 s ago", "3 min ago", "2 h ago", "3 d ago". */
+export function ago(iso, now) {
+  const s = Math.max(0, (now - Date.parse(iso)) / 1000);
+  if (s < 10) return "just now";
+  if (s < 60) return `${Math.floor(s)} s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+  return `${Math.floor(s / 86400)} d ago`;
+}
+
+/** A date and time in full, local: 2026-01-02 14:03:05. */
+export function exactTime(iso) {
+  if (!iso) return "";
+  const d = new Date(iso);
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${clock(d)}`;
+}
