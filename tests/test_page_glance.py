@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import pytest
 
 from stepstream import Orchestrator, Step
-from tests.browser import ARTIFACTS
+from tests.browser import ARTIFACTS, _unavailable
 from tests.test_page import (  # noqa: F401  (fixtures `browser`, `page`, `server`, `orch`)
     TIMEOUT,
     browser,
@@ -284,3 +285,95 @@ def test_rows_read_at_a_glance_and_hold_still_as_numbers_grow(orch, server, gate
     shoot(page, "rows-390-dark.png")
     assert page.evaluate("document.documentElement.scrollWidth") <= 390, page.evaluate(WIDE)
     gates.open_all()
+
+
+# ---------------------------------------------------------------- accessible
+
+AXE = Path(__file__).resolve().parent.parent / "node_modules" / "axe-core" / "axe.min.js"
+AXE_RUN = """async () => {
+    const result = await axe.run(document, {resultTypes: ['violations']});
+    return result.violations.filter(v => v.impact === 'serious' || v.impact === 'critical')
+        .map(v => `${v.id} (${v.impact}): ${v.nodes.length} x, e.g. ${v.nodes[0].target.join(' ')}: ${v.nodes[0].failureSummary}`);
+}"""
+
+
+def axe_violations(page: Page) -> list[str]:
+    """Serious and critical violations axe-core finds on the page as it is now. (Injected with
+    evaluate: the page's CSP refuses script tags from elsewhere.)"""
+    if not AXE.is_file():
+        _unavailable(f"axe-core is not installed at {AXE}; run `npm ci` (scripts/test does)")
+    if not page.evaluate("typeof axe !== 'undefined'"):
+        page.evaluate(AXE.read_text())
+    return page.evaluate(AXE_RUN)
+
+
+def test_axe_core_finds_no_serious_violation_in_light_and_dark(orch, server, gates, page):
+    page.set_viewport_size({"width": 1400, "height": 900})
+    define_import(orch)
+    define_import(orch, "partly", failing=(1, 4))
+    orch.wait(orch.start("import"), TIMEOUT)
+    orch.wait(orch.start("partly"), TIMEOUT)
+
+    def child(ctx, n):
+        ctx.log("debug" if n % 2 else "warning", f"child {n} working")
+        if n == 0:
+            raise ValueError("child 0 broke")
+        gates["children"].wait(TIMEOUT)
+
+    def spawn(ctx):
+        for n in range(6):
+            ctx.spawn(child, n)
+        gates["step"].wait(TIMEOUT)
+
+    orch.define("held", [Step("spawn", spawn), Step("after", lambda ctx: None)])
+    held = orch.start("held")
+    page.goto(f"{server.url}/?job={held}")
+    row = step_row(page, held, "spawn")
+    expect(row).to_have_attribute("data-running", "3")  # the handler holds the 4th worker
+    row.locator(".children-toggle").click()
+    expect(row.locator("[data-child]")).to_have_count(6)
+    for scheme in ("light", "dark"):
+        page.emulate_media(color_scheme=scheme)
+        found = axe_violations(page)
+        assert found == [], "\n".join([scheme, *found])
+        shoot(page, f"axe-{scheme}-1400.png")
+    gates.open_all()
+
+
+def test_each_job_has_a_heading_labelled_buttons_and_a_keyboard_scrollable_log(orch, server, gates, page):
+    define_import(orch, "partly", failing=(1, 4))
+    done = orch.start("partly")
+    orch.wait(done, TIMEOUT)
+    page.goto(f"{server.url}/?job={done}")
+    job = job_el(page, done)
+    expect(page.get_by_role("heading", name=re.compile(rf"^partly {done}"))).to_have_count(1)
+    expect(page.get_by_role("button", name=f"Delete partly {done}")).to_be_visible()
+    expect(page.get_by_role("button", name=f"Rerun partly {done}")).to_be_visible()
+    read = step_row(page, done, "read")
+    read.locator(":scope > details > summary").click()
+    log = read.locator(".log")
+    expect(log.locator("li")).not_to_have_count(0)
+    assert log.get_attribute("tabindex") == "0" and log.get_attribute("aria-label") == "log of step read"
+    expect(job).to_have_attribute("data-status", "completed")
+
+
+def test_a_deep_link_brings_its_job_to_the_top_with_focus_and_names_it_in_the_tab_title(orch, server, page):
+    define_import(orch, "partly", failing=(1, 4))
+    define_import(orch, "clean", failing=())
+    for _ in range(10):  # older jobs below it
+        orch.wait(orch.start("clean"), TIMEOUT)
+    linked = orch.start("partly")
+    orch.wait(linked, TIMEOUT)
+    for _ in range(12):  # newer jobs above it: the linked one starts below the fold
+        orch.wait(orch.start("clean"), TIMEOUT)
+    page.set_viewport_size({"width": 1280, "height": 700})
+    page.goto(f"{server.url}/?job={linked}")
+    job = job_el(page, linked)
+    expect(job).to_have_attribute("data-expanded", "true")
+    expect(page).to_have_title("partly completed, 2 failed · stepstream")
+    page.wait_for_function(
+        "id => document.activeElement && document.activeElement.closest(`[data-job='${id}']`) !== null", arg=linked)
+    expect(job).to_have_class(re.compile(r"\bhighlight\b"))
+    top = job.evaluate("el => el.getBoundingClientRect().top")
+    assert 40 <= top <= 80, top  # at the top, just below the sticky header
+    shoot(page, "deep-link-1280.png")

@@ -81,6 +81,7 @@ export class ChildrenView {
     this.panel.hidden = false;
     this.toggle.setAttribute("aria-expanded", "true");
     setText(this.toggle, "Hide children");
+    this.toggle.setAttribute("aria-label", `Hide children of step ${this.sv.name}`);
     this.app.store.watchChildren(this.key);
     this.app.childrenViews.set(this.key, this);
     const step = this.app.store.jobs.get(this.managerId)?.steps.get(this.sv.name);
@@ -98,6 +99,7 @@ export class ChildrenView {
     this.panel.hidden = true;
     this.toggle.setAttribute("aria-expanded", "false");
     setText(this.toggle, "Show children");
+    this.toggle.setAttribute("aria-label", `Show children of step ${this.sv.name}`);
     this.stopStream();
     this.setGroup(null);
     if (this.app.childrenViews.get(this.key) === this) {

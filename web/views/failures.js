@@ -78,8 +78,9 @@ export class FailuresView {
     button.type = "button";
     button.className = "failure-count link";
     const where = this.step ? "" : ` in ${group.step}`;
-    button.textContent = `${group.count.toLocaleString("en-US")} ${group.count === 1 ? "child" : "children"}${where}`;
-    button.setAttribute("aria-label", `show the ${group.count} children${where} that failed with ${group.error}`);
+    const text = `${group.count.toLocaleString("en-US")} ${group.count === 1 ? "child" : "children"}${where}`;
+    button.textContent = text;
+    button.setAttribute("aria-label", `${text} failed with ${group.error}`); // starts with what it shows
     button.addEventListener("click", () => this.onPick(group));
     li.append(error, " ", button);
     return li;

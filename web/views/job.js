@@ -61,6 +61,7 @@ export class JobView {
     setText($(".job-id"), job.id);
     this.body.id = `job-body-${job.id}`;
     this.toggle.setAttribute("aria-controls", this.body.id);
+    this.labelled = ""; // the definition the buttons' labels name
     this.actions["download-logs"].href = `${jobPath(job.id)}/logs?format=text`;
     this.actions["download-logs"].download = `${job.id}.log`;
     buildBar(this.bar, `progress of job ${job.id}`);
@@ -102,6 +103,15 @@ export class JobView {
   update(job) {
     setAttr(this.el, "data-status", job.status);
     setText(this.definition, job.definition);
+    if (this.labelled !== job.definition) {
+      // Each button names its job: a list of jobs is not dozens of identical "Delete"s.
+      this.labelled = job.definition;
+      const who = `${job.definition} ${job.id}`;
+      for (const [action, words] of [["cancel", "Cancel"], ["rerun", "Rerun"], ["delete", "Delete"], ["download-logs", "Logs of"]]) {
+        this.actions[action].setAttribute("aria-label", `${words} ${who}`);
+      }
+    }
+    if (this.app.list.focused === this.id) document.title = `${job.definition} ${statusWords(job).text} · stepstream`;
     const words = statusWords(job);
     setText(this.status, words.text);
     setAttr(this.el, "data-outcome", words.outcome);

@@ -33,6 +33,9 @@ export class StepView {
     const download = $("[data-action=download-logs]");
     download.href = `${jobPath(jobView.id)}/logs?format=text&step=${enc(name)}`;
     download.download = `${jobView.id}-${name}.log`;
+    download.setAttribute("aria-label", `Download log of step ${name}`);
+    $(".log").setAttribute("aria-label", `log of step ${name}`);
+    $(".children-toggle").setAttribute("aria-label", `Show children of step ${name}`);
     buildBar(this.bar, `progress of step ${name}`);
     buildCounts(this.counts);
     this.wantOpen = false;
