@@ -293,7 +293,8 @@ AXE = Path(__file__).resolve().parent.parent / "node_modules" / "axe-core" / "ax
 AXE_RUN = """async () => {
     const result = await axe.run(document, {resultTypes: ['violations']});
     return result.violations.filter(v => v.impact === 'serious' || v.impact === 'critical')
-        .map(v => `${v.id} (${v.impact}): ${v.nodes.length} x, e.g. ${v.nodes[0].target.join(' ')}: ${v.nodes[0].failureSummary}`);
+        .map(v => `${v.id} (${v.impact}): ${v.nodes.length} x, e.g. ${v.nodes[0].target.join(' ')}: `
+                  + v.nodes[0].failureSummary);
 }"""
 
 
