@@ -378,3 +378,15 @@ def test_a_deep_link_brings_its_job_to_the_top_with_focus_and_names_it_in_the_ta
     top = job.evaluate("el => el.getBoundingClientRect().top")
     assert 40 <= top <= 80, top  # at the top, just below the sticky header
     shoot(page, "deep-link-1280.png")
+
+
+# ---------------------------------------------------------------- empty states
+
+
+def test_with_no_definitions_start_is_disabled_and_the_page_says_how_to_define_one(orch, server, page):
+    page.goto(server.url + "/")
+    form = page.locator("#start-form")
+    expect(form.locator(".no-definitions")).to_be_visible()
+    expect(form.locator(".no-definitions")).to_contain_text("orch.define(")
+    expect(form.get_by_role("button", name="Start")).to_be_disabled()
+    assert axe_violations(page) == []
