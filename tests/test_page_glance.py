@@ -390,3 +390,37 @@ def test_with_no_definitions_start_is_disabled_and_the_page_says_how_to_define_o
     expect(form.locator(".no-definitions")).to_contain_text("orch.define(")
     expect(form.get_by_role("button", name="Start")).to_be_disabled()
     assert axe_violations(page) == []
+
+
+# ---------------------------------------------------------------- a light children panel
+
+WATCH_ROWS = """tbody => {
+    window.__rowsAdded = 0;
+    for (const tr of tbody.rows) tr.__seen = true;
+    new MutationObserver(records => records.forEach(r => window.__rowsAdded += r.addedNodes.length))
+        .observe(tbody, {childList: true});
+}"""
+
+
+def test_the_children_panel_updates_rows_in_place_as_children_finish(orch, server, gates, page):
+    def child(ctx, n):
+        gates[f"child.{n}"].wait(TIMEOUT)
+
+    def spawn(ctx):
+        for n in range(6):
+            ctx.spawn(child, n)
+
+    orch.define("six", [Step("spawn", spawn)])
+    job_id = orch.start("six")
+    page.goto(server.url + "/")
+    row = step_row(page, job_id, "spawn")
+    expect(row).to_have_attribute("data-running", "4")
+    row.locator(".children-toggle").click()
+    expect(row.locator('[data-child][data-status="running"]')).to_have_count(4)
+    tbody = row.locator(".children-table tbody")
+    tbody.evaluate(WATCH_ROWS)
+    for n in range(6):
+        gates[f"child.{n}"].set()
+    expect(row.locator('[data-child][data-status="completed"]')).to_have_count(6)
+    assert page.evaluate("window.__rowsAdded") == 0  # no row was rebuilt or moved
+    assert tbody.evaluate("tb => [...tb.rows].every(tr => tr.__seen)")

@@ -34,6 +34,9 @@ export class ChildrenView {
     this.streaming = false;
     this.total = 0;
     this.rows = new Map(); // child id -> <tr>
+    this.ordered = []; // the page's rows in display order, with their tree level
+    this.shape = ""; // "flat" or "tree": how the rows were laid out
+    this.ticked = false;
     this.toggle.addEventListener("click", () => (this.open ? this.close() : this.show()));
     this.first.addEventListener("click", () => this.load(0));
     this.next.addEventListener("click", () => this.nextCursor != null && this.load(this.nextCursor));
@@ -108,6 +111,8 @@ export class ChildrenView {
     }
     this.tbody.replaceChildren();
     this.rows.clear();
+    this.ordered = [];
+    this.shape = "";
   }
 
   stopStream() {
@@ -173,22 +178,44 @@ export class ChildrenView {
     // Filtered, a page holds some children but not their parents: a flat list, no tree markers
     // that would suggest false parents.
     const flat = Boolean(this.status || this.group);
-    setAttr(this.tbody.parentElement, "data-tree", flat ? "flat" : "tree");
-    const ordered = flat ? [...entry.rows.values()].map((row) => ({ row, level: 1 })) : this.treeOrder(entry.rows);
-    const fragment = document.createDocumentFragment();
-    const seen = new Set();
-    for (const { row, level } of ordered) {
-      let tr = this.rows.get(row.id);
-      if (!tr) {
-        tr = childRowElement();
-        this.rows.set(row.id, tr);
+    const shape = flat ? "flat" : "tree";
+    if (entry.reshape || this.shape !== shape) {
+      // Rows came or went: lay the page out again (rows kept, in tree order).
+      entry.reshape = false;
+      this.shape = shape;
+      setAttr(this.tbody.parentElement, "data-tree", shape);
+      this.ordered = flat ? [...entry.rows.values()].map((row) => ({ row, level: 1 })) : this.treeOrder(entry.rows);
+      const fragment = document.createDocumentFragment();
+      const seen = new Set();
+      for (const { row, level } of this.ordered) {
+        let tr = this.rows.get(row.id);
+        if (!tr) {
+          tr = childRowElement();
+          this.rows.set(row.id, tr);
+        }
+        updateChildRow(tr, row, row.depth != null ? row.depth : level, flat ? 1 : null, now);
+        seen.add(row.id);
+        fragment.append(tr);
       }
-      updateChildRow(tr, row, row.depth != null ? row.depth : level, flat ? 1 : null, now);
-      seen.add(row.id);
-      fragment.append(tr);
+      for (const id of this.rows.keys()) if (!seen.has(id)) this.rows.delete(id);
+      this.tbody.replaceChildren(fragment);
+    } else {
+      // The same rows: update in place only those that changed (and, on a tick, the running
+      // ones' times). A big running step's panel costs what changed, not a rebuilt table.
+      const levels = new Map(this.ordered.map(({ row, level }) => [row.id, level]));
+      const update = (row) => {
+        const tr = this.rows.get(row.id);
+        if (tr) updateChildRow(tr, row, row.depth != null ? row.depth : levels.get(row.id) || 1, flat ? 1 : null, now);
+      };
+      for (const id of entry.changed) {
+        const row = entry.rows.get(id);
+        if (row) update(row);
+      }
+      if (this.ticked) for (const row of entry.rows.values()) if (row.status === "running") update(row);
     }
-    for (const id of this.rows.keys()) if (!seen.has(id)) this.rows.delete(id);
-    this.tbody.replaceChildren(fragment);
+    entry.changed.clear();
+    this.ticked = false;
+    const ordered = this.ordered;
     this.next.disabled = this.nextCursor == null;
     this.first.disabled = this.cursor === 0;
     let note = "";
@@ -202,10 +229,12 @@ export class ChildrenView {
     setText(this.note, note);
   }
 
-  /** Whether a row's time ticks (some child on the page is running). */
+  /** Whether a row's time ticks (some child on the page is running); the next render then
+   *  updates the running rows' times. */
   get ticking() {
     const entry = this.app.store.children.get(this.key);
-    return !!entry && [...entry.rows.values()].some((row) => row.status === "running");
+    this.ticked = !!entry && [...entry.rows.values()].some((row) => row.status === "running");
+    return this.ticked;
   }
 }
 
