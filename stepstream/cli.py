@@ -18,13 +18,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import uvicorn
 
-from . import __version__, demo
+from . import __version__, demo, failures
 from .journal.sqlite import SchemaError, SqliteJournal
 from .loader import LoadError, load_orchestrator
 from .model import MissingDependency, StepstreamError
@@ -172,8 +173,10 @@ def _parser() -> argparse.ArgumentParser:
         "run", help="run one job here and print each step's progress",
         usage="stepstream run APP DEFINITION [--params JSON]\n"
               "       stepstream run --demo [DEFINITION] [--params JSON] [--size N] [--speed S] [--workers N]",
-        description="Run one job of DEFINITION and show each step's progress until it ends. "
-                    "Exit status 0 if it completed, 1 otherwise. Ctrl+C cancels it; a second Ctrl+C quits.")
+        description="Run one job of DEFINITION and show each step's progress until it ends, then why "
+                    "children failed, grouped by error. Exit status: 0 completed with no failed child, "
+                    "3 completed with failed children, 1 failed or cancelled, 130 quit by a second Ctrl+C. "
+                    "Ctrl+C cancels the job; a second Ctrl+C quits.")
     run.add_argument("app", nargs="?", metavar="APP",
                      help="module:attribute naming an Orchestrator or a callable returning one")
     run.add_argument("definition", nargs="?", metavar="DEFINITION", help="the job definition to run")
@@ -455,7 +458,8 @@ def _check_can_listen(host: str, port_: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run one job, showing its steps; 0 if it completed, 1 otherwise, 130 on a second Ctrl+C."""
+    """Run one job, showing its steps, then why children failed; the exit status is `exit_status`
+    (0, 3 or 1), or 130 on a second Ctrl+C."""
     orch, definition, params = _run_target(args)
     if definition not in orch.definitions():
         known = ", ".join(orch.definitions()) or "none"
@@ -481,8 +485,7 @@ def run(args: argparse.Namespace) -> int:
         while True:
             if interrupts and not cancelled:
                 cancelled = True
-                print("stepstream: cancelling (Ctrl+C again to quit)", file=out, flush=True)
-                display.forget_position()
+                display.say("stepstream: cancelling (Ctrl+C again to quit)")  # one table, not two
                 try:
                     orch.cancel(job_id)
                 except StepstreamError:
@@ -499,12 +502,29 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, previous)
         orch.shutdown(wait=False)
     job = final["job"]
+    display.note = "stepstream: cancelled by Ctrl+C" if cancelled else ""
     display.show(job)
-    print(summary(job, display.elapsed()), file=out)
+    print(summary(job, display.elapsed(), display.width()), file=out)
     if job["error"]:
         print(f"error: {job['error']}", file=out)
+    if job["progress"]["failed"]:
+        groups = failures.collect(orch, job_id)["groups"]
+        print("failed children, by error:", file=out)
+        for line in failures.summary_lines(groups, width=display.width()):
+            print(line, file=out)
     out.flush()
-    return 0 if job["status"] == "completed" else 1
+    return exit_status(job)
+
+
+EXIT_COMPLETED, EXIT_FAILED, EXIT_COMPLETED_WITH_FAILURES = 0, 1, 3
+
+
+def exit_status(job: dict) -> int:
+    """`run`'s exit status: 0 completed with no failed child, 3 completed with failed children,
+    1 failed or cancelled."""
+    if job["status"] != "completed":
+        return EXIT_FAILED
+    return EXIT_COMPLETED_WITH_FAILURES if job["progress"]["failed"] else EXIT_COMPLETED
 
 
 def _run_target(args: argparse.Namespace) -> tuple[Orchestrator, str, dict]:
@@ -530,10 +550,12 @@ def _run_target(args: argparse.Namespace) -> tuple[Orchestrator, str, dict]:
 
 
 class StepDisplay:
-    """One line per step. On a terminal the block is redrawn in place; otherwise a step's line
-    is appended whenever it changed (its elapsed time aside)."""
+    """One line per step: its bar, completed of total, failed, finish rate and time (the time
+    left once the step stopped finding work). On a terminal the block is redrawn in place,
+    with a note line below it (such as "cancelling"); otherwise a step's line is appended
+    whenever it changed (its elapsed time aside)."""
 
-    HEADER = ("step", "status", "done/total", "failed", "running", "pending", "logs", "time")
+    HEADER = ("step", "status", "progress", "done/total", "failed", "rate", "time")
 
     def __init__(self, out: TextIO, *, tty: bool) -> None:
         self.out = out
@@ -541,57 +563,155 @@ class StepDisplay:
         self.started = time.monotonic()
         self._drawn = 0  # lines of the block above the cursor (terminal)
         self._shown: dict[str, tuple] = {}  # last state printed per step (plain output)
+        self._paces: dict[str, Pace] = {}
+        self.note = ""
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    def forget_position(self) -> None:
-        """Something else was printed below the block: draw a fresh one next time."""
-        self._drawn = 0
+    def width(self) -> int:
+        """Columns to fit: the terminal's, at most 80 (80 when not a terminal)."""
+        if not self.tty:
+            return WIDTH
+        columns = shutil.get_terminal_size((WIDTH, 24)).columns  # 0 on a pty nobody sized
+        return min(WIDTH, columns) if columns > 0 else WIDTH
+
+    def say(self, message: str) -> None:
+        """A message about the run: the block's note line on a terminal, else a line of its own."""
+        if self.tty:
+            self.note = message
+        else:
+            self.out.write(message + "\n")
+            self.out.flush()
 
     def show(self, job: dict) -> None:
         steps = job["steps"]
-        name_width = min(max([len("step")] + [len(s["name"]) for s in steps]), 21)
         now = datetime.now(UTC)
+        clock = time.monotonic()
+        for step in steps:
+            self._paces.setdefault(step["name"], Pace()).see(step["progress"], clock)
+        layout = Layout.fit(self.width(), [s["name"] for s in steps])
+        line = lambda s: step_line(s, layout, now, self._paces[s["name"]], clock)  # noqa: E731
         if self.tty:
-            columns = shutil.get_terminal_size((WIDTH, 24)).columns  # 0 on a pty nobody sized
-            width = min(WIDTH, columns) if columns > 0 else WIDTH
-            lines = [_columns(self.HEADER, name_width)] + [step_line(s, name_width, now) for s in steps]
+            lines = [layout.row(self.HEADER)] + [line(s) for s in steps] + ([self.note] if self.note else [])
             up = f"\x1b[{self._drawn}F" if self._drawn else ""
-            self.out.write(up + "".join(f"\x1b[2K{line[:width]}\n" for line in lines))
+            # Each line cleared and rewritten; what an earlier, longer block left below goes too.
+            self.out.write(up + "".join(f"\x1b[2K{text[:layout.width]}\n" for text in lines) + "\x1b[J")
             self._drawn = len(lines)
         else:
             if not self._shown:
-                self.out.write(_columns(self.HEADER, name_width) + "\n")
+                self.out.write(layout.row(self.HEADER) + "\n")
             for step in steps:
                 state = (step["status"], tuple(step["progress"].values()), step["log_count"])
                 if self._shown.get(step["id"]) != state:
                     self._shown[step["id"]] = state
-                    self.out.write(step_line(step, name_width, now) + "\n")
+                    self.out.write(line(step) + "\n")
         self.out.flush()
 
 
-def _columns(fields: Sequence[str], name_width: int) -> str:
-    name, status, done, failed, running, pending, logs, took = fields
-    name = name if len(name) <= name_width else name[: name_width - 1] + "~"
-    return (f"{name:<{name_width}} {status:<9} {done:>11} {failed:>6} {running:>7} {pending:>7}"
-            f" {logs:>5} {took:>7}")
+class Pace:
+    """A step's recent pace from the counts seen over the last 30 s: finished children per
+    second, and whether it is still finding work (its total rose in the last 4 s)."""
+
+    WINDOW, GROWING = 30.0, 4.0
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, int, int]] = []  # (monotonic time, finished, total)
+        self.grew_at = -math.inf
+
+    def see(self, progress: dict, now: float) -> None:
+        finished = progress["completed"] + progress["failed"] + progress["cancelled"]
+        if self.samples and progress["total"] > self.samples[-1][2]:
+            self.grew_at = now
+        self.samples.append((now, finished, progress["total"]))
+        while len(self.samples) > 2 and self.samples[1][0] < now - self.WINDOW:
+            self.samples.pop(0)
+
+    def growing(self, now: float) -> bool:
+        return now - self.grew_at < self.GROWING
+
+    def rate(self, now: float) -> float | None:
+        """Children finished per second over the window; None with under 2 s of history."""
+        if not self.samples or now - self.samples[0][0] < 2:
+            return None
+        return (self.samples[-1][1] - self.samples[0][1]) / (now - self.samples[0][0])
 
 
-def step_line(step: dict, name_width: int = 16, now: datetime | None = None) -> str:
-    """A step's line, at most 80 columns: done (finished children, whatever their outcome) of
-    total, then failed, running and pending children, log lines and the step's elapsed time."""
+@dataclass(frozen=True)
+class Layout:
+    """Columns of `run`'s table for a width of 60 to 80: names are shortened to fit, never numbers."""
+
+    width: int
+    name: int
+    bar: int
+
+    FIXED = 9 + 11 + 6 + 6 + 7 + 6  # status, done/total, failed, rate, time; the spaces between
+
+    @classmethod
+    def fit(cls, width: int, names: Sequence[str]) -> Layout:
+        width = max(60, width)
+        room = width - cls.FIXED  # for the name and the bar
+        name = min(max([len("step")] + [len(n) for n in names]), max(7, room - 12), 24)
+        return cls(width, name, max(len("progress"), room - name))
+
+    def row(self, fields: Sequence[str]) -> str:
+        name, status, bar, done, failed, rate, took = fields
+        name = name if len(name) <= self.name else name[: self.name - 1] + "~"
+        return (f"{name:<{self.name}} {status:<9} {bar:<{self.bar}} {done:>11} {failed:>6} {rate:>6}"
+                f" {took:>7}")[: self.width]
+
+
+def bar(progress: dict, width: int) -> str:
+    """Completed '#', failed 'x', cancelled '-', the rest '.': `width` characters."""
+    total = progress["total"]
+    if not total:
+        return "." * width
+    cells = []
+    for key, mark in (("completed", "#"), ("failed", "x"), ("cancelled", "-")):
+        cells.append(mark * round(width * progress[key] / total))
+    used = "".join(cells)[:width]
+    return used + "." * (width - len(used))
+
+
+def step_line(step: dict, layout: Layout | int = 16, now: datetime | None = None, pace: Pace | None = None,
+              clock: float | None = None) -> str:
+    """A step's line: its bar, completed (only) of total children, failed ones, the recent finish
+    rate, and its time: elapsed, or the time left once it stopped finding work."""
+    if isinstance(layout, int):
+        layout = Layout(WIDTH, layout, 12)
     p = step["progress"]
-    done = p["completed"] + p["failed"] + p["cancelled"]
-    return _columns((step["name"], step["status"], f"{_count(done)}/{_count(p['total'])}", _count(p["failed"]),
-                     _count(p["running"]), _count(p["pending"]), _count(step["log_count"]),
-                     _step_time(step, now or datetime.now(UTC))), name_width)
+    clock = time.monotonic() if clock is None else clock
+    rate = pace.rate(clock) if pace is not None and step["status"] == "running" else None
+    took = _step_time(step, now or datetime.now(UTC))
+    if step["status"] == "running" and pace is not None:
+        remaining = p["pending"] + p["running"]
+        if pace.growing(clock):
+            took = "finding"
+        elif rate and remaining:
+            took = "~" + _duration(remaining / rate)
+    done = f"{_count(p['completed'])}/{_count(p['total'])}"  # completed only: not failed or cancelled
+    return layout.row((step["name"], step["status"], bar(p, layout.bar), done, _count(p["failed"]), _rate(rate), took))
 
 
-def summary(job: dict, seconds: float) -> str:
+def _rate(per_second: float | None) -> str:
+    if not per_second:
+        return "-"
+    if per_second >= 10:
+        return f"{_count(round(per_second))}/s"
+    return f"{per_second:.1f}/s" if per_second >= 1 else f"{round(per_second * 60)}/m"
+
+
+def summary(job: dict, seconds: float, width: int = WIDTH) -> str:
+    """The job's outcome and counts, on two lines if one would be wider than `width`."""
     p = job["progress"]
-    return (f"job {job['status']} in {_duration(seconds)}: {p['total']} children, {p['completed']} completed,"
-            f" {p['failed']} failed, {p['cancelled']} cancelled")
+    outcome = job["status"]
+    if outcome == "completed" and p["failed"]:
+        outcome = f"completed with {p['failed']:,} failed"
+    head = f"job {outcome} in {_duration(seconds)}"
+    counts = (f"{p['total']:,} children, {p['completed']:,} completed, {p['failed']:,} failed,"
+              f" {p['cancelled']:,} cancelled")
+    line = f"{head}: {counts}"
+    return line if len(line) <= width else f"{head}:\n  {counts}"
 
 
 def _count(n: int) -> str:

@@ -24,6 +24,7 @@ from starlette.responses import FileResponse, RedirectResponse, Response, Stream
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from . import failures as failure_groups
 from .encoding import dumps
 from .guard import RequestGuard
 from .hub import Hub, StreamRequest
@@ -262,6 +263,15 @@ async def children(request: Request) -> Response:
     ))
 
 
+async def failures(request: Request) -> Response:
+    """A manager's or step's failed children grouped by error (`stepstream/failures.py`)."""
+    _known_params(request, ("step", "error", "limit", "cursor"))
+    orch, job_id = _orch(request), request.path_params["job_id"]
+    query = {"step": _text_param(request, "step"), "error": _text_param(request, "error"),
+             "limit": _limit(request, "children"), "cursor": _int_param(request, "cursor", default=0, minimum=0)}
+    return SafeJSONResponse(await run_in_threadpool(failure_groups.collect, orch, job_id, **query))
+
+
 async def cancel(request: Request) -> Response:
     snapshot = await _command(request, _orch(request).cancel, request.path_params["job_id"])
     return SafeJSONResponse(snapshot, status_code=202)
@@ -426,6 +436,7 @@ def create_app(
         Route("/api/jobs/{job_id}", get_job, methods=["GET"], name="job"),
         Route("/api/jobs/{job_id}", delete_job, methods=["DELETE"]),
         Route("/api/jobs/{job_id}/children", children, methods=["GET"]),
+        Route("/api/jobs/{job_id}/failures", failures, methods=["GET"]),
         Route("/api/jobs/{job_id}/cancel", cancel, methods=["POST"]),
         Route("/api/jobs/{job_id}/rerun", rerun, methods=["POST"]),
         Route("/api/jobs/{job_id}/logs", logs, methods=["GET"]),

@@ -43,7 +43,7 @@ def fan_out(ctx):
 
 def work(ctx, n):
     ctx.log("info", f"item {n}")
-    if ctx.params.get("fail"):
+    if ctx.params.get("fail") or n in ctx.params.get("fail_items", ()):
         raise ValueError(f"item {n} failed")
     if ctx.params.get("until_cancelled"):
         while not ctx.cancelled:
@@ -370,8 +370,8 @@ def test_run_shows_each_step_and_exits_0_when_the_job_completed(project: Path) -
     assert lines[-1].startswith("job completed in ")
     assert "5 children, 5 completed, 0 failed, 0 cancelled" in lines[-1]
     final = step_lines(done.stdout, ["fan_out"])[-1].split()
-    assert final[:3] == ["fan_out", "completed", "5/5"]
-    assert step_lines(done.stdout, ["report_on_the_items_~"])  # a long name is cut to fit
+    assert final[:4] == ["fan_out", "completed", "#" * len(final[2]), "5/5"]  # bar, completed of total
+    assert step_lines(done.stdout, ["report_on_the_items_th~"])  # a long name is cut to fit
 
 
 def test_run_exits_1_and_shows_the_error_when_the_job_failed(project: Path) -> None:
@@ -380,6 +380,22 @@ def test_run_exits_1_and_shows_the_error_when_the_job_failed(project: Path) -> N
     assert "job failed in " in done.stdout
     assert "error: step 'fan_out' failed: all 3 children failed" in done.stdout
     assert all(len(line) <= 80 for line in done.stdout.splitlines())
+
+
+def test_run_explains_failed_children_and_exits_3_when_the_job_completed_with_some(project: Path) -> None:
+    done = stepstream_cli("run", "myjobs:orch", "small", "--params", '{"n": 6, "fail_items": [1, 4]}', cwd=project)
+    assert done.returncode == 3, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), lines
+    assert lines[-4].startswith("job completed with 2 failed in ")
+    assert lines[-3] == "  6 children, 4 completed, 2 failed, 0 cancelled"
+    assert lines[-2:] == ["failed children, by error:", "    2 × fan_out: ValueError: item … failed"]
+
+
+def test_run_of_a_failed_job_ends_with_the_cause_of_its_childrens_failures(project: Path) -> None:
+    done = stepstream_cli("run", "myjobs:orch", "small", "--params", '{"fail": true}', cwd=project)
+    assert done.returncode == 1
+    assert done.stdout.splitlines()[-2:] == ["failed children, by error:", "    3 × fan_out: ValueError: item … failed"]
 
 
 def test_run_demo(project: Path) -> None:
@@ -416,6 +432,49 @@ def test_run_on_a_terminal_redraws_the_steps_in_place(project: Path) -> None:
     visible = [ANSI.sub("", line) for line in text.replace("\r", "").split("\n")]
     assert all(len(line) <= 80 for line in visible), visible
     assert "job cancelled in " in text
+    # One table, also after Ctrl+C: every redraw after the first moves up over the last one.
+    blocks = text.count("step ")
+    assert blocks > 2 and len(re.findall(r"\x1b\[\d+F", text)) == blocks - 1, text
+    assert "stepstream: cancelled by Ctrl+C" in text  # the block's note line, not a second table
+
+
+def run_on_a_terminal(project: Path, columns: int, *args: str) -> tuple[int, list[str]]:
+    """`stepstream run` on a pty of `columns`: its exit status and the screen's final lines."""
+    import fcntl
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "stepstream", "run", *args], cwd=project, env=cli_env(),
+                            stdout=follower, stderr=subprocess.PIPE)
+    os.close(follower)
+    output = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        os.close(leader)
+    return proc.wait(30), [ANSI.sub("", line) for line in output.decode().replace("\r", "").split("\n")]
+
+
+@pytest.mark.parametrize("columns", [60, 80])
+def test_run_fits_its_bars_counts_rate_and_time_in_60_to_80_columns(project: Path, columns: int) -> None:
+    status, lines = run_on_a_terminal(project, columns, "myjobs:orch", "small", "--params",
+                                      '{"n": 1234, "fail_items": [3]}')
+    assert status == 3
+    assert all(len(line) <= columns for line in lines), [line for line in lines if len(line) > columns]
+    header = next(line for line in lines if line.startswith("step "))
+    assert header.split() == ["step", "status", "progress", "done/total", "failed", "rate", "time"]
+    final = [line for line in lines if line.startswith("fan_out ")][-1].split()
+    assert final[1] == "completed" and final[3] == "1233/1234" and final[4] == "1"  # numbers whole
+    assert "    1 × fan_out: ValueError: item … failed" in lines
 
 
 def test_ctrl_c_cancels_the_job_once_and_a_second_one_quits(project: Path) -> None:
@@ -439,7 +498,7 @@ def test_ctrl_c_cancels_the_job_once_and_a_second_one_quits(project: Path) -> No
     assert stuck.stdout is not None
     for line in stuck.stdout:
         cells = line.split()
-        if cells[:2] == ["fan_out", "running"] and cells[4] != "0" and not interrupted:  # its children run
+        if cells[:2] == ["fan_out", "running"] and cells[3].endswith("/3") and not interrupted:  # spawned
             stuck.send_signal(signal.SIGINT)
             interrupted = True
         if line.startswith("stepstream: cancelling"):  # the job cannot end: its children ignore cancel

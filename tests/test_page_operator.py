@@ -70,7 +70,7 @@ def job_el(page: Page, job_id: str):
 
 
 def toggle(page: Page, job_id: str):
-    return job_el(page, job_id).locator(":scope > .job-head > .toggle")
+    return job_el(page, job_id).locator(":scope > .job-head .toggle")
 
 
 def shown_ids(page: Page) -> list[str]:

@@ -88,6 +88,7 @@ function render() {
     redrawn.delete(view);
     view.render();
   }
+  app.list.keepAnchor();
 }
 
 function tick() {

@@ -288,7 +288,10 @@ export class Store {
 
   watchChildren(key) {
     if (!this.children.has(key)) {
-      this.children.set(key, { rows: new Map(), tail: false, status: "", loading: false, early: [], reload: false });
+      // `changed`: ids of shown rows whose fields changed (updated in place); `reshape`: rows were
+      // added or replaced (the view rebuilds its order).
+      this.children.set(key, { rows: new Map(), tail: false, status: "", loading: false, early: [], reload: false,
+                               changed: new Set(), reshape: true });
     }
     return this.children.get(key);
   }
@@ -310,7 +313,18 @@ export class Store {
   setChildrenPage(key, children, tail, status) {
     const entry = this.children.get(key);
     if (!entry) return;
-    entry.rows = new Map(children.map((child) => [child.id, { ...child, seq: -1 }]));
+    const same = children.length === entry.rows.size && children.every((child) => entry.rows.has(child.id));
+    if (same) {
+      // The same children (a re-read): their rows change in place, the page keeps its layout.
+      for (const child of children) {
+        Object.assign(entry.rows.get(child.id), child, { seq: -1 });
+        entry.changed.add(child.id);
+      }
+    } else {
+      entry.rows = new Map(children.map((child) => [child.id, { ...child, seq: -1 }]));
+      entry.reshape = true;
+      entry.changed.clear();
+    }
     entry.tail = tail;
     entry.status = status;
     entry.loading = false;
@@ -350,7 +364,9 @@ export class Store {
       if (!entry.tail || (entry.status && entry.status !== d.status)) return;
       row = { id };
       entry.rows.set(id, row);
+      entry.reshape = true;
     }
+    entry.changed.add(id);
     copy(row, d, CHILD_FIELDS);
     row.seq = d.seq;
     this.dirty.children.add(key);

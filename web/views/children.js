@@ -24,6 +24,9 @@ export class ChildrenView {
     this.first = root.querySelector(".children-first");
     this.next = root.querySelector(".children-next");
     this.note = root.querySelector(".children-note");
+    this.groupChip = root.querySelector(".children-group");
+    this.groupError = root.querySelector(".children-group-error");
+    this.group = null; // a failure group ({step, error}) narrowing the panel to its children
     this.cursor = 0;
     this.nextCursor = null;
     this.token = 0;
@@ -31,10 +34,36 @@ export class ChildrenView {
     this.streaming = false;
     this.total = 0;
     this.rows = new Map(); // child id -> <tr>
+    this.ordered = []; // the page's rows in display order, with their tree level
+    this.shape = ""; // "flat" or "tree": how the rows were laid out
+    this.ticked = false;
     this.toggle.addEventListener("click", () => (this.open ? this.close() : this.show()));
     this.first.addEventListener("click", () => this.load(0));
     this.next.addEventListener("click", () => this.nextCursor != null && this.load(this.nextCursor));
-    this.statusSelect.addEventListener("change", () => this.load(0));
+    this.statusSelect.addEventListener("change", () => {
+      this.setGroup(null);
+      this.load(0);
+    });
+    root.querySelector(".children-group-clear").addEventListener("click", () => {
+      this.setGroup(null);
+      this.statusSelect.value = "";
+      this.load(0);
+      this.toggle.focus();
+    });
+  }
+
+  setGroup(group) {
+    this.group = group;
+    this.groupChip.hidden = !group;
+    setText(this.groupError, group ? group.error : "");
+  }
+
+  /** Show only the children of a failure group (`GET api/jobs/{id}/failures?error=`). */
+  showGroup(group) {
+    this.setGroup(group);
+    this.statusSelect.value = "failed";
+    if (this.open) this.load(0);
+    else this.show();
   }
 
   /** The step's latest state: its child count, and whether the job can still change. */
@@ -55,6 +84,7 @@ export class ChildrenView {
     this.panel.hidden = false;
     this.toggle.setAttribute("aria-expanded", "true");
     setText(this.toggle, "Hide children");
+    this.toggle.setAttribute("aria-label", `Hide children of step ${this.sv.name}`);
     this.app.store.watchChildren(this.key);
     this.app.childrenViews.set(this.key, this);
     const step = this.app.store.jobs.get(this.managerId)?.steps.get(this.sv.name);
@@ -72,13 +102,17 @@ export class ChildrenView {
     this.panel.hidden = true;
     this.toggle.setAttribute("aria-expanded", "false");
     setText(this.toggle, "Show children");
+    this.toggle.setAttribute("aria-label", `Show children of step ${this.sv.name}`);
     this.stopStream();
+    this.setGroup(null);
     if (this.app.childrenViews.get(this.key) === this) {
       this.app.store.unwatchChildren(this.key);
       this.app.childrenViews.delete(this.key);
     }
     this.tbody.replaceChildren();
     this.rows.clear();
+    this.ordered = [];
+    this.shape = "";
   }
 
   stopStream() {
@@ -90,17 +124,20 @@ export class ChildrenView {
   async load(cursor) {
     const token = ++this.token;
     const status = this.statusSelect.value;
-    const query = `step=${enc(this.sv.name)}&limit=${CHILDREN_PAGE}&cursor=${cursor}${status ? `&status=${enc(status)}` : ""}`;
+    const group = this.group;
+    const query = `step=${enc(this.sv.name)}&limit=${CHILDREN_PAGE}&cursor=${cursor}` +
+      (group ? `&error=${enc(group.error)}` : status ? `&status=${enc(status)}` : "");
     setText(this.note, "loading…");
     this.app.store.beginChildrenPage(this.key);
     try {
-      const page = await api(`${jobPath(this.managerId)}/children?${query}`);
+      const page = await api(`${jobPath(this.managerId)}/${group ? "failures" : "children"}?${query}`);
       if (token !== this.token) return;
       this.cursor = cursor;
       this.nextCursor = page.next;
       this.status = status;
       this.failure = "";
-      this.app.store.setChildrenPage(this.key, page.children, page.next == null, status);
+      // A group's page never grows by live events: its children are failed, so final.
+      this.app.store.setChildrenPage(this.key, page.children, !group && page.next == null, status);
     } catch (error) {
       if (token !== this.token) return;
       this.failure = `could not load children: ${error.message}`;
@@ -138,21 +175,47 @@ export class ChildrenView {
       this.load(this.cursor);
     }
     const now = this.app.store.now();
-    const ordered = this.treeOrder(entry.rows);
-    const fragment = document.createDocumentFragment();
-    const seen = new Set();
-    for (const { row, level } of ordered) {
-      let tr = this.rows.get(row.id);
-      if (!tr) {
-        tr = childRowElement();
-        this.rows.set(row.id, tr);
+    // Filtered, a page holds some children but not their parents: a flat list, no tree markers
+    // that would suggest false parents.
+    const flat = Boolean(this.status || this.group);
+    const shape = flat ? "flat" : "tree";
+    if (entry.reshape || this.shape !== shape) {
+      // Rows came or went: lay the page out again (rows kept, in tree order).
+      entry.reshape = false;
+      this.shape = shape;
+      setAttr(this.tbody.parentElement, "data-tree", shape);
+      this.ordered = flat ? [...entry.rows.values()].map((row) => ({ row, level: 1 })) : this.treeOrder(entry.rows);
+      const fragment = document.createDocumentFragment();
+      const seen = new Set();
+      for (const { row, level } of this.ordered) {
+        let tr = this.rows.get(row.id);
+        if (!tr) {
+          tr = childRowElement();
+          this.rows.set(row.id, tr);
+        }
+        updateChildRow(tr, row, row.depth != null ? row.depth : level, flat ? 1 : null, now);
+        seen.add(row.id);
+        fragment.append(tr);
       }
-      updateChildRow(tr, row, row.depth != null ? row.depth : level, now);
-      seen.add(row.id);
-      fragment.append(tr);
+      for (const id of this.rows.keys()) if (!seen.has(id)) this.rows.delete(id);
+      this.tbody.replaceChildren(fragment);
+    } else {
+      // The same rows: update in place only those that changed (and, on a tick, the running
+      // ones' times). A big running step's panel costs what changed, not a rebuilt table.
+      const levels = new Map(this.ordered.map(({ row, level }) => [row.id, level]));
+      const update = (row) => {
+        const tr = this.rows.get(row.id);
+        if (tr) updateChildRow(tr, row, row.depth != null ? row.depth : levels.get(row.id) || 1, flat ? 1 : null, now);
+      };
+      for (const id of entry.changed) {
+        const row = entry.rows.get(id);
+        if (row) update(row);
+      }
+      if (this.ticked) for (const row of entry.rows.values()) if (row.status === "running") update(row);
     }
-    for (const id of this.rows.keys()) if (!seen.has(id)) this.rows.delete(id);
-    this.tbody.replaceChildren(fragment);
+    entry.changed.clear();
+    this.ticked = false;
+    const ordered = this.ordered;
     this.next.disabled = this.nextCursor == null;
     this.first.disabled = this.cursor === 0;
     let note = "";
@@ -166,10 +229,12 @@ export class ChildrenView {
     setText(this.note, note);
   }
 
-  /** Whether a row's time ticks (some child on the page is running). */
+  /** Whether a row's time ticks (some child on the page is running); the next render then
+   *  updates the running rows' times. */
   get ticking() {
     const entry = this.app.store.children.get(this.key);
-    return !!entry && [...entry.rows.values()].some((row) => row.status === "running");
+    this.ticked = !!entry && [...entry.rows.values()].some((row) => row.status === "running");
+    return this.ticked;
   }
 }
 
@@ -196,13 +261,13 @@ function childRowElement() {
   return tr;
 }
 
-function updateChildRow(tr, row, depth, now) {
+function updateChildRow(tr, row, depth, indentDepth, now) {
   const [idCell, nameCell, statusCell, attemptCell, timeCell, errorCell] = tr.cells;
   setAttr(tr, "data-child", row.id);
   setAttr(tr, "data-status", row.status);
   setAttr(tr, "data-depth", String(depth));
   setAttr(tr, "data-parent", row.parent_id || null);
-  const indent = `${Math.min(Math.max(depth - 1, 0), MAX_INDENT) * INDENT_EM}em`;
+  const indent = `${Math.min(Math.max((indentDepth ?? depth) - 1, 0), MAX_INDENT) * INDENT_EM}em`;
   if (idCell.style.paddingInlineStart !== indent) idCell.style.paddingInlineStart = indent; // CSSOM: allowed by the CSP
   setText(idCell.firstChild, row.id);
   idCell.title = row.parent_id ? `spawned by ${row.parent_id}` : "";

@@ -20,6 +20,17 @@ export function fromTemplate(id) {
   return document.getElementById(id).content.firstElementChild.cloneNode(true);
 }
 
+/** A count with thousands separators, the same in every browser locale: 12,345. */
+export const fmt = (n) => n.toLocaleString("en-US");
+
+/** The words of a job's or step's status pill, and `outcome` "partial" when it completed with
+ *  failed children (it looks different from a clean completion). The status is the server's. */
+export function statusWords(item) {
+  const failed = item.progress.failed;
+  if (item.status === "completed" && failed > 0) return { text: `completed, ${fmt(failed)} failed`, outcome: "partial" };
+  return { text: item.status, outcome: null };
+}
+
 export function plural(n, word) {
   return `${n} ${word}${n === 1 ? "" : "s"}`;
 }
@@ -46,6 +57,41 @@ export function updateBar(bar, p) {
   });
 }
 
+/** How far a manager job is, 0..1: its finished steps plus the running step's finished share.
+ *  (The sum of every step's children would fall each time a later step fans out.) */
+export function jobFraction(job) {
+  const steps = [...job.steps.values()];
+  if (!steps.length) return TERMINAL_JOB.has(job.status) ? 1 : 0;
+  let value = 0;
+  for (const step of steps) {
+    if (TERMINAL_JOB.has(step.status)) value += 1;
+    else if (step.status === "running" && step.progress.total) {
+      const p = step.progress;
+      value += (p.completed + p.failed + p.cancelled) / p.total;
+    }
+  }
+  return value / steps.length;
+}
+
+const TERMINAL_JOB = new Set(["completed", "failed", "cancelled", "skipped"]);
+
+/** A manager's bar: one fill of `fraction` (never less than what it showed before: the caller
+ *  keeps the floor), coloured by how the job is going. */
+export function updateJobBar(bar, job, fraction) {
+  const percent = Math.round(fraction * 1000) / 10;
+  setAttr(bar, "aria-valuemax", "100");
+  setAttr(bar, "aria-valuenow", String(percent));
+  const steps = [...job.steps.values()];
+  const finished = steps.filter((s) => TERMINAL_JOB.has(s.status)).length;
+  setAttr(bar, "aria-valuetext", `${percent}%: ${finished} of ${plural(steps.length, "step")} finished`);
+  const fill = job.status === "failed" ? "failed" : job.status === "cancelled" ? "cancelled" : "completed";
+  BAR_SEGMENTS.forEach((key, i) => {
+    const width = key === fill ? `${percent}%` : "0%";
+    const seg = bar.children[i];
+    if (seg.style.width !== width) seg.style.width = width;
+  });
+}
+
 export function buildCounts(el) {
   for (const key of COUNT_KEYS) {
     const span = document.createElement("span");
@@ -59,7 +105,7 @@ export function buildCounts(el) {
 export function updateCounts(el, p) {
   COUNT_KEYS.forEach((key, i) => {
     const span = el.children[i];
-    setText(span.firstChild, String(p[key]));
+    setText(span.firstChild, fmt(p[key]));
     span.classList.toggle("zero", p[key] === 0);
   });
 }

@@ -3,9 +3,11 @@
 
 import { jobPath } from "../api.js";
 import { TERMINAL, isActive } from "../store.js";
-import { FailureView, buildBar, buildCounts, fromTemplate, plural, setAttr, setText, updateBar, updateCounts } from "./dom.js";
+import { FailureView, buildBar, buildCounts, fromTemplate, jobFraction, plural, setAttr, setText, statusWords,
+         updateCounts, updateJobBar } from "./dom.js";
+import { FailuresView } from "./failures.js";
 import { StepView } from "./step.js";
-import { duration, elapsedSeconds, localTime, secondsAttr } from "./time.js";
+import { ago, duration, elapsedSeconds, exactTime, localTime, secondsAttr } from "./time.js";
 
 const CONFIRM = {
   cancel: { text: "Cancel this job? Pending children are cancelled, running ones are asked to stop.",
@@ -13,6 +15,15 @@ const CONFIRM = {
   delete: { text: "Delete this job with its steps, children and logs? This cannot be undone.",
             yes: "Yes, delete it", no: "Keep it" },
 };
+
+/** When the job and all its steps had finished (the latest of their `finished_at`), or null
+ *  while any of them still runs. */
+function settledAt(job) {
+  if (isActive(job) || !job.finished_at) return null;
+  let end = job.finished_at;
+  for (const step of job.steps.values()) if (step.finished_at && Date.parse(step.finished_at) > Date.parse(end)) end = step.finished_at;
+  return end;
+}
 
 export class JobView {
   constructor(app, job) {
@@ -27,6 +38,7 @@ export class JobView {
     this.bar = $(".bar");
     this.counts = $(".counts");
     this.elapsed = $(".elapsed");
+    this.started = $(".started");
     this.logCount = $(".log-count");
     this.actions = {};
     for (const button of this.el.querySelectorAll(".job-head [data-action]")) this.actions[button.dataset.action] = button;
@@ -36,6 +48,12 @@ export class JobView {
     this.confirmNo = $(".confirm-no");
     this.rerunOf = $(".rerun-of");
     this.failure = new FailureView($(".job-failure"));
+    this.failures = new FailuresView(app, job.id, null, $(".job-failures"), (group) => this.showFailed(group));
+    // The groups are read only while the job is on screen (a list of 100 jobs asks for none).
+    this.visibility = new IntersectionObserver((entries) => {
+      for (const entry of entries) this.failures.setActive(entry.isIntersecting);
+    });
+    this.visibility.observe(this.el);
     this.body = $(".job-body");
     this.params = $(".params-json");
     this.stepList = $(".steps");
@@ -43,6 +61,7 @@ export class JobView {
     setText($(".job-id"), job.id);
     this.body.id = `job-body-${job.id}`;
     this.toggle.setAttribute("aria-controls", this.body.id);
+    this.labelled = ""; // the definition the buttons' labels name
     this.actions["download-logs"].href = `${jobPath(job.id)}/logs?format=text`;
     this.actions["download-logs"].download = `${job.id}.log`;
     buildBar(this.bar, `progress of job ${job.id}`);
@@ -51,6 +70,7 @@ export class JobView {
     this.expanded = false;
     this.follow = true; // open the running step's logs until the user picks steps themselves
     this.pendingConfirm = null;
+    this.barFloor = 0; // the job's bar never runs backwards
 
     this.toggle.addEventListener("click", () => app.list.toggledByUser(this));
     this.actions.cancel.addEventListener("click", () => this.ask("cancel"));
@@ -83,9 +103,21 @@ export class JobView {
   update(job) {
     setAttr(this.el, "data-status", job.status);
     setText(this.definition, job.definition);
-    setText(this.status, job.status);
+    if (this.labelled !== job.definition) {
+      // Each button names its job: a list of jobs is not dozens of identical "Delete"s.
+      this.labelled = job.definition;
+      const who = `${job.definition} ${job.id}`;
+      for (const [action, words] of [["cancel", "Cancel"], ["rerun", "Rerun"], ["delete", "Delete"], ["download-logs", "Logs of"]]) {
+        this.actions[action].setAttribute("aria-label", `${words} ${who}`);
+      }
+    }
+    if (this.app.list.focused === this.id) document.title = `${job.definition} ${statusWords(job).text} · stepstream`;
+    const words = statusWords(job);
+    setText(this.status, words.text);
+    setAttr(this.el, "data-outcome", words.outcome);
     this.toggle.title = `created ${localTime(job.created_at)}`;
-    updateBar(this.bar, job.progress);
+    this.barFloor = Math.max(this.barFloor, jobFraction(job));
+    updateJobBar(this.bar, job, this.barFloor);
     updateCounts(this.counts, job.progress);
     setText(this.logCount, plural(job.log_count, "log line"));
     const settled = !isActive(job);
@@ -102,6 +134,7 @@ export class JobView {
       link.href = `?job=${encodeURIComponent(job.rerun_of)}`;
     }
     this.failure.update(job);
+    this.failures.setFailed(job.progress.failed);
     this.updateTimes(job, this.app.store.now());
     setText(this.params, job.params === undefined ? "loading…" : JSON.stringify(job.params, null, 2));
     let position = 0;
@@ -123,16 +156,36 @@ export class JobView {
 
   /** Elapsed time of the job and (when shown) its steps: ticks while they run. */
   updateTimes(job, now) {
-    const s = elapsedSeconds(job, now);
+    // A job took until its last step settled: a cancelled job's steps may settle after it.
+    const end = settledAt(job);
+    const s = elapsedSeconds({ started_at: job.started_at, finished_at: end }, now);
     setAttr(this.el, "data-elapsed-s", secondsAttr(s));
     let text = "";
-    if (s != null) text = job.finished_at ? `took ${duration(s)}` : `${duration(s)}`;
+    if (s != null) text = end ? `took ${duration(s)}` : `${duration(s)}`;
     setText(this.elapsed, text);
     this.elapsed.title = job.started_at ? `started ${localTime(job.started_at)}` : "";
+    this.updateStarted(job, now);
     for (const step of job.steps.values()) {
       const sv = this.steps.get(step.name);
       if (sv) sv.updateTimes(step, now);
     }
+  }
+
+  /** Open the step of a failure group with its children panel showing that group. */
+  showFailed(group) {
+    if (!this.expanded) this.app.list.toggledByUser(this);
+    const sv = this.steps.get(group.step);
+    if (!sv) return;
+    this.follow = false;
+    sv.setOpen(true);
+    sv.children.showGroup(group);
+    sv.el.scrollIntoView({ block: "start" });
+  }
+
+  updateStarted(job, now) {
+    const began = job.started_at || job.created_at;
+    setText(this.started, began ? ago(began, now) : "");
+    this.started.title = began ? `started ${exactTime(began)}` : "";
   }
 
   showMessage(text) {
@@ -188,6 +241,7 @@ export class JobView {
   }
 
   remove() {
+    this.visibility.disconnect();
     for (const sv of this.steps.values()) sv.close();
     this.el.remove();
   }

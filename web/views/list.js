@@ -46,6 +46,10 @@ export class JobList {
     this.inputs.status.addEventListener("change", () => this.filtersChanged());
     this.inputs.definition.addEventListener("change", () => this.filtersChanged());
     this.olderButton.addEventListener("click", () => this.loadOlder());
+    this.anchor = null; // a linked job kept at the top while the list fills in
+    for (const type of ["wheel", "touchstart", "keydown", "mousedown"]) {
+      window.addEventListener(type, () => (this.anchor = null), { passive: true });
+    }
   }
 
   get filtering() {
@@ -159,6 +163,13 @@ export class JobList {
     }
   }
 
+  /** After a frame's renders: a linked job stays at the top while the list fills in. */
+  keepAnchor() {
+    if (!this.anchor) return;
+    if (performance.now() > this.anchor.until) this.anchor = null;
+    else this.views.get(this.anchor.id)?.el.scrollIntoView({ block: "start" });
+  }
+
   update(id) {
     const job = this.app.store.jobs.get(id);
     const view = this.views.get(id);
@@ -171,8 +182,11 @@ export class JobList {
     const now = store.now();
     for (const [id, view] of this.views) {
       const job = store.jobs.get(id);
-      if (job && (job.status === "running" || [...job.steps.values()].some((s) => s.status === "running"))) {
+      if (!job) continue;
+      if (job.status === "running" || [...job.steps.values()].some((s) => s.status === "running")) {
         view.updateTimes(job, now);
+      } else {
+        view.updateStarted(job, now); // "3 min ago" moves on
       }
     }
   }
@@ -219,7 +233,14 @@ export class JobList {
     if (!view) return;
     view.setExpanded(true);
     this.showMessage("");
-    view.el.scrollIntoView({ block: "nearest" });
+    // A linked job comes to the top, highlighted, with the keyboard focus on its heading.
+    view.el.scrollIntoView({ block: "start" });
+    // Jobs the stream adds above it while the page loads must not push it away: keep it at the
+    // top for a moment, until the reader scrolls.
+    this.anchor = { id, until: performance.now() + 3000 };
+    view.toggle.focus({ preventScroll: true });
+    view.el.classList.add("highlight");
+    setTimeout(() => view.el.classList.remove("highlight"), 2500);
   }
 
   /** Back or forward in history: the URL's job is the one expanded. */
@@ -233,6 +254,9 @@ export class JobList {
 
   setFocus(id, { push, replace = false }) {
     this.focused = id;
+    const job = id && this.app.store.jobs.get(id);
+    if (!id) document.title = "stepstream";
+    else if (job) this.app.store.markJob(job); // its view names it in the tab title
     if (push || replace) this.app.router.go(id, { replace });
   }
 

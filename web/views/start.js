@@ -19,10 +19,16 @@ export class StartForm {
 
   setDefinitions(definitions) {
     this.select.replaceChildren(...definitions.map((d) => new Option(`${d.name} (${d.steps.join(" → ")})`, d.name)));
+    // Nothing to start: say how to define a job instead of a Start that can only fail.
+    const none = definitions.length === 0;
+    this.form.querySelector("button[type=submit]").disabled = none;
+    this.select.disabled = none;
+    this.form.querySelector(".no-definitions").hidden = !none;
   }
 
   async submit() {
     const form = this.form;
+    if (!this.select.value) return;
     let params;
     try {
       params = JSON.parse(form.params.value || "{}");

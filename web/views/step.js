@@ -4,9 +4,11 @@
 import { jobPath, enc } from "../api.js";
 import { COUNT_KEYS, stepKey } from "../store.js";
 import { ChildrenView } from "./children.js";
-import { FailureView, buildBar, buildCounts, fromTemplate, plural, setAttr, setText, updateBar, updateCounts } from "./dom.js";
+import { FailureView, buildBar, buildCounts, fmt, fromTemplate, plural, setAttr, setText, statusWords, updateBar,
+         updateCounts } from "./dom.js";
+import { FailuresView } from "./failures.js";
 import { LogView } from "./log.js";
-import { duration, elapsedSeconds, etaSeconds, localTime, secondsAttr } from "./time.js";
+import { Pace, duration, elapsedSeconds, etaSeconds, localTime, rate, secondsAttr } from "./time.js";
 
 export class StepView {
   constructor(app, jobView, name) {
@@ -23,15 +25,21 @@ export class StepView {
     this.counts = $(".counts");
     this.elapsed = $(".elapsed");
     this.eta = $(".eta");
+    this.rate = $(".rate");
     this.logCount = $(".log-count");
     this.failure = new FailureView($(".step-failure"));
+    this.failures = new FailuresView(app, jobView.id, name, $(".step-failures"), (group) => this.children.showGroup(group));
     setText($(".step-name"), name);
     const download = $("[data-action=download-logs]");
     download.href = `${jobPath(jobView.id)}/logs?format=text&step=${enc(name)}`;
     download.download = `${jobView.id}-${name}.log`;
+    download.setAttribute("aria-label", `Download log of step ${name}`);
+    $(".log").setAttribute("aria-label", `log of step ${name}`);
+    $(".children-toggle").setAttribute("aria-label", `Show children of step ${name}`);
     buildBar(this.bar, `progress of step ${name}`);
     buildCounts(this.counts);
     this.wantOpen = false;
+    this.pace = new Pace();
     this.log = new LogView(app, this, $(".log-tools"), $(".log"));
     this.children = new ChildrenView(app, this, $(".children"));
     this.details.addEventListener("toggle", () => {
@@ -39,6 +47,7 @@ export class StepView {
         this.wantOpen = this.details.open; // the user's choice: stop following the running step
         this.jobView.follow = false;
       }
+      this.failures.setActive(this.details.open);
       if (this.details.open) {
         this.log.activate();
       } else {
@@ -58,11 +67,15 @@ export class StepView {
     setAttr(el, "data-status", step.status);
     for (const key of COUNT_KEYS) setAttr(el, `data-${key}`, String(step.progress[key]));
     setAttr(el, "data-log-count", String(step.log_count));
-    setText(this.status, step.status);
+    const words = statusWords(step);
+    setText(this.status, words.text);
+    setAttr(el, "data-outcome", words.outcome);
     updateBar(this.bar, step.progress); // the step's own counts, never the manager's
     updateCounts(this.counts, step.progress);
     setText(this.logCount, plural(step.log_count, "log line"));
     this.failure.update(step);
+    this.failures.setFailed(step.progress.failed);
+    if (step.status === "running") this.pace.see(step.progress, this.app.store.now());
     this.log.setTotal(step.log_count);
     this.children.setStep(step);
   }
@@ -72,10 +85,24 @@ export class StepView {
     setAttr(this.el, "data-elapsed-s", secondsAttr(s));
     setText(this.elapsed, s == null ? "" : step.finished_at ? `took ${duration(s)}` : duration(s));
     this.elapsed.title = step.started_at ? `started ${localTime(step.started_at)}` : "";
-    const eta = etaSeconds(step, now);
+    const eta = etaSeconds(step, now, this.pace);
     setAttr(this.el, "data-eta-s", secondsAttr(eta));
-    setText(this.eta, eta == null ? "" : `~${duration(eta)} left`);
-    this.eta.title = eta == null ? "" : "at the rate its children have finished so far";
+    const discovering = step.status === "running" && this.pace.growing(now);
+    setAttr(this.el, "data-discovering", discovering ? "true" : null);
+    const rates = step.status === "running" ? this.pace.rates(now) : null;
+    let text = "";
+    let title = "";
+    setText(this.rate, rates && rates.done > 0 ? ` · ${rate(rates.done)}` : "");
+    this.rate.title = rates && rates.done > 0 ? "children finished per second, over the last 30 s" : "";
+    if (discovering) {
+      text = `discovering: ${fmt(step.progress.total)} so far`;
+      title = "still finding work: no estimate until it stops";
+    } else if (eta != null) {
+      text = `~${duration(eta)} left`;
+      title = rates && rates.done > 0 ? `at ${rate(rates.done)}, the rate of the last 30 s` : "at the rate since it started";
+    }
+    setText(this.eta, text);
+    this.eta.title = title;
   }
 
   close() {

@@ -1,0 +1,426 @@
+"""A page that explains at a glance (issue 17), in a real Chromium under the strict CSP: why a
+job failed in words, a completion with failed children that looks different, rows that hold
+still, and an accessible page (axe-core) in light and dark.
+
+Fixtures (`browser`, `page`, `server`, `orch`) come from tests/test_page.py.
+"""
+
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from stepstream import Orchestrator, Step
+from tests.browser import ARTIFACTS, _unavailable
+from tests.test_page import (  # noqa: F401  (fixtures `browser`, `page`, `server`, `orch`)
+    TIMEOUT,
+    browser,
+    orch,
+    page,
+    server,
+    step_row,
+)
+
+pytest.importorskip("playwright")
+from playwright.sync_api import Page, expect  # noqa: E402
+
+pytestmark = pytest.mark.browser
+expect.set_options(timeout=15_000)
+PERMISSION = "PermissionError: record …: upstream rejected the API key"
+
+
+def define_import(orch: Orchestrator, name: str = "import", failing: tuple[int, ...] | None = None) -> None:
+    """read: 12 records; those in `failing` (default: all) fail, every fourth with a ValueError,
+    the others with a PermissionError -> publish."""
+
+    def record(ctx, n):
+        if failing is not None and n not in failing:
+            return
+        if n % 4 == 0:
+            raise ValueError(f"row {n} has no id")
+        raise PermissionError(f"record {n}: upstream rejected the API key")
+
+    def read(ctx):
+        for n in range(12):
+            ctx.spawn(record, n)
+
+    orch.define(name, [Step("read", read), Step("publish", lambda ctx: ctx.log("info", "published"))])
+
+
+def job_el(page: Page, job_id: str):
+    return page.locator(f'[data-job="{job_id}"]')
+
+
+def shoot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+# ---------------------------------------------------------------- failures explained
+
+
+def test_a_failed_job_says_why_in_words_and_leads_to_the_children_and_their_tracebacks(orch, server, page):
+    page.set_viewport_size({"width": 1400, "height": 900})
+    define_import(orch)
+    job_id = orch.start("import")
+    assert orch.wait(job_id, TIMEOUT)["job"]["status"] == "failed"
+    page.goto(server.url + "/")
+    job = job_el(page, job_id)
+    groups = job.locator(".job-failures [data-failure-group]")
+    expect(groups).to_have_count(2)
+    expect(groups.nth(0).locator(".failure-error")).to_have_text(PERMISSION)
+    expect(groups.nth(0).locator("button")).to_have_text("9 children in read")
+    expect(groups.nth(1).locator(".failure-error")).to_have_text("ValueError: row … has no id")
+    expect(groups.nth(1).locator("button")).to_have_text("3 children in read")
+
+    groups.nth(0).locator("button").click()
+    read = step_row(page, job_id, "read")
+    expect(read.locator(".children-group")).to_be_visible()
+    expect(read.locator(".children-group-error")).to_have_text(PERMISSION)
+    rows = read.locator("[data-child]")
+    expect(rows).to_have_count(9)
+    assert set(rows.evaluate_all("rows => rows.map(r => r.dataset.status)")) == {"failed"}
+    expect(read.locator(".child-error").first).to_contain_text("upstream rejected the API key")
+    first = rows.first
+    first.locator(".traceback > summary").click()
+    expect(first.locator("[data-traceback]")).to_contain_text("PermissionError: record")
+    expect(read.locator(".step-failures [data-failure-group]")).to_have_count(2)  # the step says it too
+    shoot(page, "failures-1400.png")
+
+    read.locator(".children-group-clear").click()
+    expect(rows).to_have_count(12)
+    expect(read.locator(".children-group")).to_be_hidden()
+
+
+def test_completed_with_failed_children_looks_different_from_a_clean_completion(orch, server, page):
+    define_import(orch, "clean", failing=())
+    define_import(orch, "partly", failing=(1, 4))
+    clean = orch.start("clean")
+    orch.wait(clean, TIMEOUT)
+    partly = orch.start("partly")
+    final = orch.wait(partly, TIMEOUT)["job"]
+    assert final["status"] == "completed" and final["progress"]["failed"] == 2
+    page.goto(server.url + "/")
+
+    expect(job_el(page, partly)).to_have_attribute("data-status", "completed")  # the server's status
+    expect(job_el(page, partly).locator(":scope > .job-head > .status")).to_have_text("completed, 2 failed")
+    expect(job_el(page, clean).locator(":scope > .job-head > .status")).to_have_text("completed")
+    colour = "el => getComputedStyle(el).color"
+    assert (job_el(page, partly).locator(":scope > .job-head > .status").evaluate(colour)
+            != job_el(page, clean).locator(":scope > .job-head > .status").evaluate(colour))
+    expect(step_row(page, partly, "read").locator(":scope > details > summary > .status")).to_have_text(
+        "completed, 2 failed")
+    groups = job_el(page, partly).locator(".job-failures [data-failure-group]")
+    expect(groups).to_have_count(2)
+    expect(job_el(page, clean).locator(".job-failures")).to_be_hidden()
+    shoot(page, "partly-failed-1280.png")
+
+
+# ---------------------------------------------------------------- progress that means what it says
+
+BAR_VALUES = """id => {
+    const bar = document.querySelector(`[data-job="${id}"] > .job-head [role=progressbar]`);
+    window.__bar = [Number(bar.getAttribute('aria-valuenow'))];
+    new MutationObserver(() => window.__bar.push(Number(bar.getAttribute('aria-valuenow'))))
+        .observe(bar, {attributes: true, attributeFilter: ['aria-valuenow']});
+}"""
+
+
+def test_the_job_bar_never_runs_backwards_when_a_later_step_fans_out(orch, server, gates, page):
+    def quick(ctx, n):
+        pass
+
+    def held(ctx, n):
+        gates["held"].wait(TIMEOUT)
+
+    def first(ctx):
+        for n in range(4):
+            ctx.spawn(quick, n)
+        gates["first"].wait(TIMEOUT)
+
+    def second(ctx):
+        for n in range(40):
+            ctx.spawn(held, n)
+
+    orch.define("two", [Step("first", first), Step("second", second)])
+    job_id = orch.start("two")
+    page.goto(server.url + "/")
+    job = job_el(page, job_id)
+    expect(step_row(page, job_id, "first")).to_have_attribute("data-completed", "4")
+    page.evaluate(BAR_VALUES, job_id)
+    gates["first"].set()
+    expect(step_row(page, job_id, "second")).to_have_attribute("data-total", "40")
+    bar = job.locator(":scope > .job-head [role=progressbar]")
+    expect(bar).to_have_attribute("aria-valuenow", "50")  # one of two steps done; the second at 0 of 40
+    gates["held"].set()
+    expect(job).to_have_attribute("data-status", "completed")
+    expect(bar).to_have_attribute("aria-valuenow", "100")
+    values = page.evaluate("window.__bar")
+    assert values == sorted(values), values
+
+
+def test_a_step_still_discovering_work_says_so_and_estimates_only_once_it_stopped(orch, server, gates, page):
+    def child(ctx, n):
+        if n >= 2:
+            gates["rest"].wait(TIMEOUT)
+
+    def discover(ctx):
+        for n in range(5):
+            ctx.spawn(child, n)
+        gates["more"].wait(TIMEOUT)
+        for n in range(5, 1205):
+            ctx.spawn(child, n)
+        gates["end"].wait(TIMEOUT)
+
+    orch.define("discover", [Step("discover", discover)])
+    job_id = orch.start("discover")
+    page.goto(server.url + "/")
+    row = step_row(page, job_id, "discover")
+    expect(row).to_have_attribute("data-completed", "2")
+    expect(row).to_have_attribute("data-eta-s", re.compile(r"^\d"))  # 3 left, nothing new found lately
+
+    gates["more"].set()
+    expect(row).to_have_attribute("data-total", "1205")
+    expect(row.locator(".eta")).to_have_text(re.compile(r"^discovering: 1,205 so far"))
+    expect(row).to_have_attribute("data-discovering", "true")
+    expect(row).not_to_have_attribute("data-eta-s", re.compile(".*"))
+    shoot(page, "discovering-1280.png")
+
+    # Nothing new for a few seconds: the step stopped finding work, an estimate comes back.
+    expect(row).not_to_have_attribute("data-discovering", "true")
+    expect(row).to_have_attribute("data-eta-s", re.compile(r"^\d"))
+    expect(row.locator(".eta")).to_have_text(re.compile(r"^~.+ left$"))
+    gates.open_all()
+    expect(job_el(page, job_id)).to_have_attribute("data-status", "completed")
+
+
+def test_a_cancelled_job_took_at_least_as_long_as_each_of_its_steps(orch, server, gates, page):
+    def stubborn(ctx, n):
+        while not ctx.cancelled:
+            time.sleep(0.01)
+        time.sleep(0.3)  # stops a little after the cancel
+
+    def work(ctx):
+        for n in range(3):
+            ctx.spawn(stubborn, n)
+
+    orch.define("stubborn", [Step("work", work), Step("after", lambda ctx: None)])
+    job_id = orch.start("stubborn")
+    page.goto(server.url + "/")
+    row = step_row(page, job_id, "work")
+    expect(row).to_have_attribute("data-running", "3")
+    orch.cancel(job_id)
+    final = orch.wait(job_id, TIMEOUT)
+    expect(row).to_have_attribute("data-status", "cancelled")
+    job = job_el(page, job_id)
+    expect(job).to_have_attribute("data-status", "cancelled")
+    expect(job.locator(":scope > .job-head .elapsed")).to_have_text(re.compile(r"^took "))
+    step = next(s for s in final["job"]["steps"] if s["name"] == "work")
+    assert float(job.get_attribute("data-elapsed-s")) >= float(row.get_attribute("data-elapsed-s"))
+    assert step["finished_at"] and float(row.get_attribute("data-elapsed-s")) > 0.3
+
+
+# ---------------------------------------------------------------- rows that read at a glance and hold still
+
+COUNT_BOXES = """el => [...el.querySelectorAll('.count')].map(c => {
+    const r = c.getBoundingClientRect();
+    return [Math.round(r.left), Math.round(r.top)];
+})"""
+WIDE = """() => [...document.querySelectorAll('body *')].filter(el => el.getBoundingClientRect().right > 391)
+    .slice(0, 8).map(el => `${el.tagName}.${el.className} ${Math.round(el.getBoundingClientRect().right)}`)"""
+LONG_NAME = "reconcile_every_customer_invoice_against_the_ledger_and_the_bank_statements"
+
+
+def test_rows_read_at_a_glance_and_hold_still_as_numbers_grow(orch, server, gates, page):
+    page.set_viewport_size({"width": 1400, "height": 900})
+
+    def child(ctx, n):
+        gates["children"].wait(TIMEOUT)
+
+    def many(ctx):
+        for n in range(9):
+            ctx.spawn(child, n)
+        gates["more"].wait(TIMEOUT)
+        for n in range(9, 1205):
+            ctx.spawn(child, n)
+        gates["end"].wait(TIMEOUT)
+
+    orch.define(LONG_NAME, [Step("many", many)])
+    job_id = orch.start(LONG_NAME)
+    page.goto(server.url + "/")
+    job, row = job_el(page, job_id), step_row(page, job_id, "many")
+    expect(row).to_have_attribute("data-total", "9")
+    counts = row.locator(":scope > details > summary > .counts")
+    before = counts.evaluate(COUNT_BOXES)
+    assert len({top for _, top in before}) == 1, before  # one line
+
+    gates["more"].set()
+    expect(row).to_have_attribute("data-total", "1205")
+    expect(counts.locator(".count-total b")).to_have_text("1,205")  # thousands separators
+    assert counts.evaluate(COUNT_BOXES) == before  # nothing moved
+    zero = counts.locator(".count-failed")
+    assert "zero" in zero.get_attribute("class")
+    assert zero.evaluate("el => getComputedStyle(el).opacity") == "1"  # quiet by colour, not faded
+
+    started = job.locator(":scope > .job-head .started")
+    expect(started).to_have_text(re.compile(r"^(just now|\d+ s ago)$"))
+    assert re.match(r"^started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d$", started.get_attribute("title"))
+    # A long name wraps beside its chevron, never leaving it on a line of its own.
+    chevron = job.locator(".toggle .chevron").bounding_box()
+    name = job.locator(".toggle .definition").bounding_box()
+    assert abs(chevron["y"] - name["y"]) < 6 and chevron["x"] < name["x"]
+    shoot(page, "rows-1400.png")
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.emulate_media(color_scheme="dark")
+    row.locator(".children-toggle").click()
+    expect(row.locator("[data-child]").first).to_be_visible()
+    boxes = counts.evaluate(COUNT_BOXES)
+    assert len({top for _, top in boxes}) == 2 and len({left for left, _ in boxes}) == 3  # a 3 x 2 grid
+    shoot(page, "rows-390-dark.png")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, page.evaluate(WIDE)
+    gates.open_all()
+
+
+# ---------------------------------------------------------------- accessible
+
+AXE = Path(__file__).resolve().parent.parent / "node_modules" / "axe-core" / "axe.min.js"
+AXE_RUN = """async () => {
+    const result = await axe.run(document, {resultTypes: ['violations']});
+    return result.violations.filter(v => v.impact === 'serious' || v.impact === 'critical')
+        .map(v => `${v.id} (${v.impact}): ${v.nodes.length} x, e.g. ${v.nodes[0].target.join(' ')}: `
+                  + v.nodes[0].failureSummary);
+}"""
+
+
+def axe_violations(page: Page) -> list[str]:
+    """Serious and critical violations axe-core finds on the page as it is now. (Injected with
+    evaluate: the page's CSP refuses script tags from elsewhere.)"""
+    if not AXE.is_file():
+        _unavailable(f"axe-core is not installed at {AXE}; run `npm ci` (scripts/test does)")
+    if not page.evaluate("typeof axe !== 'undefined'"):
+        page.evaluate(AXE.read_text())
+    return page.evaluate(AXE_RUN)
+
+
+def test_axe_core_finds_no_serious_violation_in_light_and_dark(orch, server, gates, page):
+    page.set_viewport_size({"width": 1400, "height": 900})
+    define_import(orch)
+    define_import(orch, "partly", failing=(1, 4))
+    orch.wait(orch.start("import"), TIMEOUT)
+    orch.wait(orch.start("partly"), TIMEOUT)
+
+    def child(ctx, n):
+        ctx.log("debug" if n % 2 else "warning", f"child {n} working")
+        if n == 0:
+            raise ValueError("child 0 broke")
+        gates["children"].wait(TIMEOUT)
+
+    def spawn(ctx):
+        for n in range(6):
+            ctx.spawn(child, n)
+        gates["step"].wait(TIMEOUT)
+
+    orch.define("held", [Step("spawn", spawn), Step("after", lambda ctx: None)])
+    held = orch.start("held")
+    page.goto(f"{server.url}/?job={held}")
+    row = step_row(page, held, "spawn")
+    expect(row).to_have_attribute("data-running", "3")  # the handler holds the 4th worker
+    row.locator(".children-toggle").click()
+    expect(row.locator("[data-child]")).to_have_count(6)
+    for scheme in ("light", "dark"):
+        page.emulate_media(color_scheme=scheme)
+        found = axe_violations(page)
+        assert found == [], "\n".join([scheme, *found])
+        shoot(page, f"axe-{scheme}-1400.png")
+    gates.open_all()
+
+
+def test_each_job_has_a_heading_labelled_buttons_and_a_keyboard_scrollable_log(orch, server, gates, page):
+    define_import(orch, "partly", failing=(1, 4))
+    done = orch.start("partly")
+    orch.wait(done, TIMEOUT)
+    page.goto(f"{server.url}/?job={done}")
+    job = job_el(page, done)
+    expect(page.get_by_role("heading", name=re.compile(rf"^partly {done}"))).to_have_count(1)
+    expect(page.get_by_role("button", name=f"Delete partly {done}")).to_be_visible()
+    expect(page.get_by_role("button", name=f"Rerun partly {done}")).to_be_visible()
+    read = step_row(page, done, "read")
+    read.locator(":scope > details > summary").click()
+    log = read.locator(".log")
+    expect(log.locator("li")).not_to_have_count(0)
+    assert log.get_attribute("tabindex") == "0" and log.get_attribute("aria-label") == "log of step read"
+    expect(job).to_have_attribute("data-status", "completed")
+
+
+def test_a_deep_link_brings_its_job_to_the_top_with_focus_and_names_it_in_the_tab_title(orch, server, page):
+    define_import(orch, "partly", failing=(1, 4))
+    define_import(orch, "clean", failing=())
+    for _ in range(10):  # older jobs below it
+        orch.wait(orch.start("clean"), TIMEOUT)
+    linked = orch.start("partly")
+    orch.wait(linked, TIMEOUT)
+    for _ in range(12):  # newer jobs above it: the linked one starts below the fold
+        orch.wait(orch.start("clean"), TIMEOUT)
+    page.set_viewport_size({"width": 1280, "height": 700})
+    page.goto(f"{server.url}/?job={linked}")
+    job = job_el(page, linked)
+    expect(job).to_have_attribute("data-expanded", "true")
+    expect(page).to_have_title("partly completed, 2 failed · stepstream")
+    page.wait_for_function(
+        "id => document.activeElement && document.activeElement.closest(`[data-job='${id}']`) !== null", arg=linked)
+    expect(job).to_have_class(re.compile(r"\bhighlight\b"))
+    top = job.evaluate("el => el.getBoundingClientRect().top")
+    assert 40 <= top <= 80, top  # at the top, just below the sticky header
+    shoot(page, "deep-link-1280.png")
+
+
+# ---------------------------------------------------------------- empty states
+
+
+def test_with_no_definitions_start_is_disabled_and_the_page_says_how_to_define_one(orch, server, page):
+    page.goto(server.url + "/")
+    form = page.locator("#start-form")
+    expect(form.locator(".no-definitions")).to_be_visible()
+    expect(form.locator(".no-definitions")).to_contain_text("orch.define(")
+    expect(form.get_by_role("button", name="Start")).to_be_disabled()
+    assert axe_violations(page) == []
+
+
+# ---------------------------------------------------------------- a light children panel
+
+WATCH_ROWS = """tbody => {
+    window.__rowsAdded = 0;
+    for (const tr of tbody.rows) tr.__seen = true;
+    new MutationObserver(records => records.forEach(r => window.__rowsAdded += r.addedNodes.length))
+        .observe(tbody, {childList: true});
+}"""
+
+
+def test_the_children_panel_updates_rows_in_place_as_children_finish(orch, server, gates, page):
+    def child(ctx, n):
+        gates[f"child.{n}"].wait(TIMEOUT)
+
+    def spawn(ctx):
+        for n in range(6):
+            ctx.spawn(child, n)
+
+    orch.define("six", [Step("spawn", spawn)])
+    job_id = orch.start("six")
+    page.goto(server.url + "/")
+    row = step_row(page, job_id, "spawn")
+    expect(row).to_have_attribute("data-running", "4")
+    row.locator(".children-toggle").click()
+    expect(row.locator('[data-child][data-status="running"]')).to_have_count(4)
+    tbody = row.locator(".children-table tbody")
+    tbody.evaluate(WATCH_ROWS)
+    for n in range(6):
+        gates[f"child.{n}"].set()
+    expect(row.locator('[data-child][data-status="completed"]')).to_have_count(6)
+    assert page.evaluate("window.__rowsAdded") == 0  # no row was rebuilt or moved
+    assert tbody.evaluate("tb => [...tb.rows].every(tr => tr.__seen)")
