@@ -269,7 +269,7 @@ async def failures(request: Request) -> Response:
     orch, job_id = _orch(request), request.path_params["job_id"]
     query = {"step": _text_param(request, "step"), "error": _text_param(request, "error"),
              "limit": _limit(request, "children"), "cursor": _int_param(request, "cursor", default=0, minimum=0)}
-    return SafeJSONResponse(await run_in_threadpool(failure_groups.collect, orch, job_id, **query))
+    return SafeJSONResponse(await _storage(request, failure_groups.collect, orch, job_id, **query))
 
 
 async def cancel(request: Request) -> Response:
