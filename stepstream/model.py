@@ -119,6 +119,19 @@ def child_retry(failed: bool, attempt: int, retries: int, cancelled: bool) -> bo
     return failed and not cancelled and attempt <= retries
 
 
+def child_outcome(failed: bool, cancelled: bool) -> str:
+    """The terminal status of a child's last attempt: a cancel wins, then how it ended."""
+    if cancelled:
+        return CANCELLED
+    return FAILED if failed else COMPLETED
+
+
+def is_settled(status: str, step_statuses: list[str]) -> bool:
+    """A manager is settled when it and every one of its steps are terminal: nothing about it
+    will change again (what `settled` on the wire says, so no client derives it)."""
+    return is_terminal(status) and all(is_terminal(s) for s in step_statuses)
+
+
 MAX_LOST_ATTEMPTS = 3  # a child whose worker vanished this many times fails instead of running again
 
 

@@ -325,9 +325,6 @@ def test_delete_removes_a_finished_job_and_refuses_one_still_running(backend_orc
 
 
 def test_deleting_a_step_or_a_child_is_refused_saying_its_kind_and_manager(backend_orch, backend, request):
-    known_difference(request, backend, "sqlite", "a step or child of a finished job that memory let go of: "
-                     "delete() says 'job X is not a manager job; use its manager M' where the others say "
-                     "'job X is a step job; ...' (Store._delete_kept, stepstream/store.py)")
     orch = backend_orch
     job = orch.start("a", plan(backend.token, a=step(child())))
     snap = ended(orch, backend, job)
@@ -745,9 +742,6 @@ def test_bad_use_raises_clear_errors_and_changes_nothing(backend_orch, backend):
 
 
 def test_a_spawn_into_a_finished_step_is_refused_as_a_conflict(backend_orch, backend, request):
-    known_difference(request, backend, "sqlite", "a finished job that memory let go of (read from SQLite) "
-                     "answers a spawn into its step with NotFound ('no job with id'), not Conflict: "
-                     "Store.add_child looks the step up in memory only (stepstream/store.py)")
     orch = backend_orch
     job = orch.wait(orch.start("a", plan(backend.token, a=step(child()))), TIMEOUT)["job"]
     orch.wait(orch.start("a", plan(backend.token)), TIMEOUT)  # a newer finished job
@@ -783,10 +777,6 @@ def test_stats_count_jobs_by_status_and_children_by_outcome(backend_orch, backen
 
 
 def test_stats_count_a_job_as_soon_as_wait_has_returned_it(backend_orch, backend, request):
-    known_difference(request, backend, "sqlite", "stats() counts finished jobs as written to SQLite and "
-                     "unfinished ones from memory: a job that has finished but whose end is not written yet "
-                     "is counted nowhere (a few ms usually; as long as the writes wait or fail) "
-                     "(Store.stats, stepstream/store.py)")
     orch = backend_orch
     job = orch.start("a", plan(backend.token, a=step(child(), hold=True)))
     with backend.writes_held(orch):  # a slow disk, say: what was done is not written yet

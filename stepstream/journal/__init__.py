@@ -14,6 +14,7 @@ processes fits the same protocol.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -65,7 +66,7 @@ class Journal(Protocol):
 
     def end_seq(self, manager_id: str) -> int | None: ...
 
-    def count_by_status(self) -> dict[str, int]: ...
+    def count_by_status(self, exclude: Collection[str] = ...) -> dict[str, int]: ...
 
     def child(self, child_id: str) -> dict | None: ...
 

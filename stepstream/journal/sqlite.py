@@ -15,6 +15,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Collection
 from datetime import datetime
 from pathlib import Path
 
@@ -257,9 +258,11 @@ class SqliteJournal:
         row = self._reader().execute("SELECT end_seq FROM managers WHERE id=?", (manager_id,)).fetchone()
         return row[0] if row else None
 
-    def count_by_status(self) -> dict[str, int]:
-        """Finished managers by status."""
-        rows = self._reader().execute("SELECT status, count(*) FROM managers WHERE settled=1 GROUP BY status")
+    def count_by_status(self, exclude: Collection[str] = ()) -> dict[str, int]:
+        """Finished managers by status, but for those in `exclude`."""
+        marks = ",".join("?" * len(exclude))
+        rows = self._reader().execute(f"SELECT status, count(*) FROM managers WHERE settled=1 AND id NOT IN ({marks}) "
+                                      "GROUP BY status", tuple(exclude))
         return dict(rows.fetchall())
 
     def child(self, child_id: str) -> dict | None:

@@ -3,7 +3,7 @@ server and worker processes.
 
 A change (a child ending, a log line, a cancel) is computed in the process where it happens by
 the same `Store` code and `model` rules as in one process: the jobs it needs are loaded (one
-script, one seq), applied to a scratch `Store`, and the result is committed by one Lua script
+script, one seq), applied by the one `Engine`, and the result is committed by one Lua script
 that first checks that nothing it was computed from has changed since (else it is computed again
 from a fresh read), then writes the jobs, moves the counters, takes one seq per event and appends
 the events, the log lines and the work it made runnable — all or nothing. So seq order is commit
@@ -34,12 +34,12 @@ import redis
 from .. import model, wire
 from .. import params as params_rules
 from ..encoding import dumps
+from ..engine import Engine
 from ..events import Event, Gone
 from ..jobs import Job, new_id
 from ..logs import LogBucket, Record, query
 from ..model import CHILD, MANAGER, PENDING, RUNNING, STEP, Conflict, InvalidRequest, NotFound, iso
-from ..store import Store
-from ..text import safe_str
+from ..text import MAX_LOG_CHARS, bounded, safe_str
 from . import codec, scripts
 from .spawns import Batch, Spawn, Spawner
 from .tail import Tail
@@ -249,7 +249,7 @@ class RedisStore:
 
     # ------------------------------------------------------------------ changes
 
-    def _change(self, job_id: str | None, apply: Callable[[Store, dict[str, Job]], Any], *,
+    def _change(self, job_id: str | None, apply: Callable[[Engine, dict[str, Job]], Any], *,
                 children: Iterable[str] = (), ordinal: int = 0, known: dict[str, Job] | None = None,
                 ack: Entry | list[Entry] | None = None, counter_guard: bool = True) -> Any:
         """Load, apply with the store's own code, commit with guards; again on a conflict.
@@ -267,12 +267,12 @@ class RedisStore:
             else:
                 jobs = self._job(job_id, *children)[1] if job_id is not None else {}
             before = {i: codec.values(j) for i, j in jobs.items()}
-            scratch = Store.scratch(list(jobs.values()), max_logs_per_step=self.max_logs_per_step, ordinal=ordinal)
-            result = apply(scratch, jobs)
-            events = scratch.take_events()
+            engine = Engine(dict(jobs), max_logs_per_step=self.max_logs_per_step, ordinal=ordinal)
+            result = apply(engine, jobs)
+            events = engine.take().events
             if not events and all(codec.values(j) == before.get(i) for i, j in jobs.items()):
                 return result  # nothing changed (a late return, say)
-            change, payloads, probe, settled = self._compose(scratch, jobs, before, events, secrets.token_hex(8),
+            change, payloads, probe, settled = self._compose(engine, jobs, before, events, secrets.token_hex(8),
                                                              counter_guard)
             if acks:
                 change["ack"] = [entry.id.decode() for entry in acks]
@@ -291,11 +291,11 @@ class RedisStore:
             return result
         raise Conflict("the job kept changing while this change was computed; try again")
 
-    def _compose(self, scratch: Store, jobs: dict[str, Job], before: dict[str, dict[str, Any]],
+    def _compose(self, engine: Engine, jobs: dict[str, Job], before: dict[str, dict[str, Any]],
                  events: list[Event], once: str, counter_guard: bool = True
                  ) -> tuple[dict, list[str], str | None, list[Job]]:
         events = _last_progress(events)
-        after = {job.id: job for job in scratch.held_jobs()}
+        after = engine.jobs
         sets: list[list] = []
         incrs: list[list] = []
         guards: list[list] = []
@@ -303,7 +303,7 @@ class RedisStore:
         zadd: list[list] = []
         zrem: list[list] = []
         delete: list[str] = []
-        counted = collections.Counter(scratch.counters)
+        counted = collections.Counter(engine.counters)
         for kind in _PROGRESS:  # the progress events kept, not the ones computed (the metric counts events emitted)
             counted[kind] = sum(1 for e in events if e.type == kind)
         counters: list[list] = [["counters", name, n] for name, n in counted.items() if n]
@@ -416,14 +416,14 @@ class RedisStore:
     # ------------------------------------------------------------------ commands
 
     def create_manager(self, definition: str, step_names: list[str], params: dict, *,
-                       params_json: str | None = None, rerun_of: str | None = None) -> tuple[Job, None]:
+                       params_json: str | None = None, rerun_of: str | None = None) -> tuple[Job, list[Job]]:
         ordinal = int(self._retrying(lambda: self.redis.incr(self.prefix + "ordinal")))
         made = self._change(None, lambda s, jobs: s.create_manager(
             definition, step_names, params, params_json=params_json, rerun_of=rerun_of), ordinal=ordinal)
-        return made[0], None  # the first step's handler is queued for a worker
+        return made[0], []  # the first step's handler is queued for a worker by the commit
 
     def add_child(self, fn: Callable[..., Any], args: tuple, kwargs: dict, retries: int, *,
-                  step_id: str | None = None, parent_id: str | None = None) -> Job:
+                  step_id: str | None = None, parent_id: str | None = None) -> tuple[Job, list[Job]]:
         """A new pending child. A thread's first spawn on a link is committed at once; its next
         ones are queued and committed in batches (`spawns`): their child is returned at once."""
         name = codec.callable_name(fn)
@@ -442,7 +442,7 @@ class RedisStore:
         if batch is None:
             created = self._change(link, lambda s, jobs: self._create(s, [spawn]), children=(link,))
             self._spawner.begin(link, self._known_after(link, created))
-            return created[0]
+            return created[0], []  # queued for the workers by the commit
         linked = batch.known[link]
         if self.cancelled(linked):  # as the store says it (the commit would refuse it later)
             self._spawner.settle(raise_error=False)  # what is queued is committed or dropped: this says it
@@ -451,13 +451,13 @@ class RedisStore:
         self._spawner.add(batch, spawn)
         child = Job(CHILD, "", time.time())
         child.id = child.name = spawn.child_id  # all a spawner needs of it: its id
-        return child
+        return child, []
 
     @staticmethod
-    def _create(scratch: Store, spawns: list[Spawn]) -> list[Job]:
+    def _create(engine: Engine, spawns: list[Spawn]) -> list[Job]:
         created = []
         for spawn in spawns:
-            child = scratch.add_child(spawn.fn, spawn.args, spawn.kwargs, spawn.retries, step_id=spawn.step_id,
+            child = engine.add_child(spawn.fn, spawn.args, spawn.kwargs, spawn.retries, step_id=spawn.step_id,
                                       parent_id=spawn.parent_id, child_id=spawn.child_id)
             child.fn = spawn.name  # stored by name: found once, in add_child
             created.append(child)
@@ -482,9 +482,9 @@ class RedisStore:
         return child.status == RUNNING
 
     def end_child(self, child: Job, error: str | None, traceback: str | None = None,
-                  attempt: int | None = None) -> tuple[bool, None]:
+                  attempt: int | None = None) -> list[Job]:
         self._end(child, self.settle_spawns(error), traceback, attempt)
-        return False, None  # a retry or the next step is queued by the commit itself
+        return []  # a retry or the next step is queued for the workers by the commit itself
 
     def _end(self, child: Job, error: str | None, traceback: str | None, attempt: int | None,
              finished_at: float | None = None) -> None:
@@ -492,14 +492,15 @@ class RedisStore:
                      known=_hold(child.manager, [child]),
                      ack=self.work.entry_of(child.id))
 
-    def handler_returned(self, step: Job, error: str | None, traceback: str | None = None) -> None:
+    def handler_returned(self, step: Job, error: str | None, traceback: str | None = None) -> list[Job]:
         error = self.settle_spawns(error)
         self._change(step.id, lambda s, jobs: s.handler_returned(jobs[step.id], error, traceback),
                      ack=self.work.entry_of(step.id))
+        return []  # the next step's handler is queued by the commit
 
     def log(self, job_id: str, level: str, message: str) -> Record | None:
         model.level_rank(level)
-        message = safe_str(message)  # bounded by the store's own `log`, once (cut twice, a line said so wrongly)
+        message = bounded(safe_str(message), MAX_LOG_CHARS)
         self._spawner.wait()  # after the spawns before it
         return self._change(job_id, lambda s, jobs: s.log(job_id, level, message))
 
@@ -532,6 +533,10 @@ class RedisStore:
             if pending:
                 self._change(job_id, lambda s, jobs: s.cancel_pending(job_id), children=pending)
         return cancelled
+
+    def cancel_for_shutdown(self) -> list[str]:
+        """Nothing: the jobs are the deployment's, run on by the other processes."""
+        return []
 
     def abandon(self, manager_id: str, reason: str) -> None:
         """Nothing to do: with Redis, work of a process that stops is taken over by the others."""
@@ -612,9 +617,9 @@ class RedisStore:
         `jobs`: the entry's job as read with it, if it was."""
         known = jobs if jobs is not None and entry.job_id in jobs else None
         if entry.kind == "child":
-            def begin(scratch: Store, jobs: dict[str, Job]) -> tuple[Job, bool]:
+            def begin(engine: Engine, jobs: dict[str, Job]) -> tuple[Job, bool]:
                 child = jobs[entry.job_id]
-                return child, self._begin_entry(scratch, child, entry)
+                return child, self._begin_entry(engine, child, entry)
 
             child, began = self._change(entry.job_id, begin, children=[entry.job_id], known=known)
             return child if began else self._not_begun(child)
@@ -629,17 +634,17 @@ class RedisStore:
         return None
 
     @staticmethod
-    def _begin_entry(scratch: Store, child: Job, entry: Entry) -> bool:
+    def _begin_entry(engine: Engine, child: Job, entry: Entry) -> bool:
         """Begin the child attempt `entry` names, if it is still to run (a lost one is settled)."""
         if child.kind != CHILD or child.attempt != entry.attempt:
             return False  # superseded by a later attempt's entry
         if child.status == PENDING and child.manager.cancelled:
-            scratch.cancel_pending(child.manager.id)  # its cancel has not reached it yet
+            engine.cancel_pending(child.manager.id)  # its cancel has not reached it yet
             return False
         if child.status == PENDING:
-            return scratch.begin_child(child)
+            return engine.begin_child(child)
         if child.status == RUNNING and entry.redelivered:
-            scratch.lose_attempt(child, entry.attempt, LOST_CHILD)
+            engine.lose_attempt(child, entry.attempt, LOST_CHILD)
         return False
 
     def _not_begun(self, child: Job) -> None:
@@ -685,10 +690,10 @@ class RedisStore:
             known = _hold(manager, [e.child for e in mine] + [job for _, job in joining])
             acks = [entry for entry in (self.work.entry_of(e.child.id) for e in mine) if entry is not None]
 
-            def apply(scratch: Store, jobs: dict[str, Job]) -> list[tuple[Entry, Job, bool]]:
+            def apply(engine: Engine, jobs: dict[str, Job]) -> list[tuple[Entry, Job, bool]]:
                 for e in mine:
-                    scratch.end_child(jobs[e.child.id], e.error, e.traceback, e.attempt, e.finished_at)
-                return [(entry, jobs[entry.job_id], self._begin_entry(scratch, jobs[entry.job_id], entry))
+                    engine.end_child(jobs[e.child.id], e.error, e.traceback, e.attempt, e.finished_at)
+                return [(entry, jobs[entry.job_id], self._begin_entry(engine, jobs[entry.job_id], entry))
                         for entry, _ in joining]
 
             begun = self._change(mine[-1].child.id, apply, children=[*(e.child.id for e in mine[:-1]),

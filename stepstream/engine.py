@@ -1,0 +1,478 @@
+"""The transitions of the job graph: one engine that every backend applies.
+
+`Engine` changes the jobs a change touches and records what happened: the events (numbered
+from its `seq`), the jobs whose stored state changed, the work that became runnable and the
+managers that settled. It holds no lock and does no I/O, and it never calls back into whoever
+holds the jobs: the memory backend applies a change under its lock and then writes the result to
+its ring and journal; the Redis backend applies it to jobs it loaded and commits the result in
+one script. The rules themselves (which status follows which) are pure functions in `model`.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import model, wire
+from .events import Event
+from .jobs import Job
+from .logs import LogBucket, Record
+from .model import (
+    CANCELLED,
+    CHILD,
+    FAILED,
+    MANAGER,
+    PENDING,
+    RUNNING,
+    SKIPPED,
+    SLOT,
+    STEP,
+    Conflict,
+    InvalidRequest,
+    InvalidTransition,
+    NotFound,
+    iso,
+)
+from .text import bounded, clean, safe_str
+
+
+class Change:
+    """What the changes since the last `Engine.take()` did."""
+
+    __slots__ = ("events", "managers", "children", "runnable", "settled", "deleted", "finished")
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []  # in seq order
+        self.managers: dict[str, Job] = {}  # managers whose stored state changed
+        self.children: dict[str, Job] = {}  # children whose stored state changed
+        self.runnable: list[Job] = []  # step handlers to start, child attempts to run
+        self.settled: list[Job] = []  # managers that settled (`end` emitted)
+        self.deleted: list[str] = []  # managers deleted
+        self.finished = False  # some job reached a terminal status (waiters may want to know)
+
+
+def _with_traceback(line: str, traceback: str | None) -> str:
+    return f"{line}\n{traceback}" if traceback else line
+
+
+def get(jobs: dict[str, Job], job_id: object) -> Job:
+    """The job `job_id` among `jobs`, or NotFound."""
+    job = jobs.get(job_id) if isinstance(job_id, str) else None  # type: ignore[arg-type]
+    if job is None:
+        raise NotFound(f"no job with id {job_id!r}")
+    return job
+
+
+def require_manager(job: Job, action: str = "use") -> Job:
+    """`job` if it is a manager; else the one message that names its manager."""
+    if job.kind != MANAGER:
+        raise InvalidRequest(f"job {job.id} is a {job.kind} job; {action} its manager {job.manager.id}")
+    return job
+
+
+class Engine:
+    """Transitions on `jobs` (a dict the engine adds created jobs to and removes deleted ones
+    from). Not thread-safe: its holder serialises changes."""
+
+    def __init__(self, jobs: dict[str, Job] | None = None, *, seq: int = 0, ordinal: int = 1,
+                 max_logs_per_step: int = 20_000) -> None:
+        self.jobs: dict[str, Job] = {} if jobs is None else jobs
+        self.seq = seq
+        self.max_logs_per_step = max_logs_per_step
+        self.ordinals = itertools.count(ordinal)
+        # Running totals for metrics: events by type, child transitions by status, log lines by level.
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._change = Change()
+
+    def take(self) -> Change:
+        """What the changes since the last call did; the engine starts a new record."""
+        change, self._change = self._change, Change()
+        return change
+
+    # ------------------------------------------------------------------ events
+
+    def _emit(self, type_: str, manager: Job | None, key: str | None, data: dict, manager_id: str = "") -> None:
+        self.seq = seq = self.seq + 1
+        self.counters[type_] += 1
+        data["seq"] = seq
+        self._change.events.append(Event(seq, type_, manager.id if manager is not None else manager_id, key, data))
+        if manager is not None:
+            self._change.managers[manager.id] = manager
+
+    def _emit_status(self, job: Job) -> None:
+        self._emit("job_status", job.manager, None, wire.status_event(job))
+        if job.kind == CHILD:
+            self._change.children[job.id] = job
+
+    def _emit_progress(self, step: Job) -> None:
+        manager = step.manager
+        self._emit("step_progress", manager, step.id, {
+            "manager_id": manager.id, "step_id": step.id, "step_name": step.name,
+            "index": step.index, "status": step.status, "progress": step.progress(),
+            "log_count": step.log_count,
+        })  # fmt: skip
+        self._emit("job_progress", manager, manager.id, {
+            "manager_id": manager.id, "status": manager.status, "progress": manager.progress(),
+            "log_count": manager.log_count,
+        })  # fmt: skip
+
+    def _set_status(self, job: Job, new: str, now: float) -> None:
+        """The one place a status changes; terminal statuses never change again."""
+        if not model.can_transition(job.kind, job.status, new):
+            raise InvalidTransition(f"{job.kind} {job.id} cannot go from {job.status} to {new}")
+        if job.kind == CHILD:
+            self.counters[f"child_{new}"] += 1
+            for counted in (job.step, job.manager):
+                counted.counts[SLOT[job.status]] -= 1
+                counted.counts[SLOT[new]] += 1
+        job.status = new
+        if new == RUNNING:
+            job.started_at = now
+        elif model.is_terminal(new):
+            job.finished_at = now
+            self._change.finished = True
+
+    # ------------------------------------------------------------------ managers
+
+    def create_manager(self, definition: str, step_names: list[str], params: dict, *,
+                       params_json: str | None = None, rerun_of: str | None = None) -> tuple[Job, Job]:
+        """A new running manager with its steps; the first step is started (and runnable)."""
+        now = time.time()
+        manager = Job(MANAGER, definition, now)
+        manager.definition = definition
+        manager.params = params
+        manager.rerun_of = rerun_of
+        manager.params_json = params_json
+        manager.end_seq = None
+        manager.manager = manager
+        manager.step = None
+        manager.index = None
+        manager.bucket = LogBucket(self.max_logs_per_step)
+        manager.steps = []
+        manager.children = []
+        manager.cancelled = False
+        manager.settled = False
+        manager.current = 0
+        for index, name in enumerate(step_names):
+            step = Job(STEP, name, now)
+            step.manager = manager
+            step.step = step
+            step.parent_id = manager.id
+            step.index = index
+            step.bucket = LogBucket(self.max_logs_per_step)
+            step.handler_returned = False
+            step.handler_error = None
+            step.handler_traceback = None
+            manager.steps.append(step)
+        manager.ordinal = next(self.ordinals)
+        self.jobs[manager.id] = manager
+        for step in manager.steps:
+            self.jobs[step.id] = step
+        self._set_status(manager, RUNNING, now)
+        first = manager.steps[0]
+        self._set_status(first, RUNNING, now)
+        self._emit_status(manager)
+        self._append_log(first, "info", f"step {first.name} started", now)
+        self._emit_progress(first)
+        self._change.runnable.append(first)
+        return manager, first
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a manager job: pending children become cancelled, running ones see
+        `ctx.cancelled`, later steps are skipped. Conflict if it is already terminal."""
+        now = time.time()
+        manager = require_manager(get(self.jobs, job_id), "cancel")
+        if model.is_terminal(manager.status):
+            raise Conflict(f"job {job_id} is already {manager.status}")
+        manager.cancelled = True
+        self._set_status(manager, CANCELLED, now)
+        self._emit_status(manager)
+        step = manager.steps[manager.current]
+        if step.counts[SLOT[PENDING]]:
+            self._cancel_held_pending(manager, now)
+            self._emit_progress(step)
+        self._skip_rest(manager, now)
+        self._maybe_finish_step(step, now)
+        return manager
+
+    def delete(self, job_id: str) -> Job:
+        """Remove a settled manager job with its steps and children; `job_deleted`. Conflict
+        while it runs."""
+        manager = require_manager(get(self.jobs, job_id))
+        if not manager.settled:
+            raise Conflict(f"job {job_id} is still {manager.status}; cancel it first")
+        self.deleted(manager.id)
+        self._change.managers.pop(manager.id, None)
+        for job in itertools.chain((manager,), manager.steps, manager.children):
+            self.jobs.pop(job.id, None)
+        return manager
+
+    def deleted(self, manager_id: str) -> None:
+        """Announce that manager `manager_id` is deleted (one only storage still held, say)."""
+        self._emit("job_deleted", None, None, {"manager_id": manager_id}, manager_id=manager_id)
+        self._change.deleted.append(manager_id)
+
+    def interrupt(self, manager: Job, reason: str) -> None:
+        """Settle a manager whose code is gone: running children fail, pending ones are
+        cancelled, its step's handler counts as having raised `reason`."""
+        now = time.time()
+        step = manager.steps[manager.current]
+        for child in manager.children:
+            if child.status in (RUNNING, PENDING):
+                child.error = reason
+                new = FAILED if child.status == RUNNING and not manager.cancelled else CANCELLED
+                self._set_status(child, new, now)
+                self._emit_status(child)
+                if new == FAILED:
+                    self._append_log(child, "error", f"{child.name} failed: {reason}", now)
+        self._emit_progress(step)
+        if step.status == RUNNING:
+            step.handler_returned = True
+            step.handler_error = None if manager.cancelled else reason
+            self._append_log(step, "error", f"step {step.name}: {reason}", now)
+            self._maybe_finish_step(step, now)
+        if not manager.settled:  # e.g. the process stopped between the last step and its manager
+            if not model.is_terminal(manager.status):
+                manager.error = reason
+                self._skip_rest(manager, now)
+                self._set_status(manager, FAILED, now)
+                self._emit_status(manager)
+            self._settle(manager)
+
+    def abandon(self, manager_id: str, reason: str) -> None:
+        """Settle every attempt of a cancelled manager that is still running (code that blocks
+        and may never return) with `reason` as its error. A late return is then ignored."""
+        now = time.time()
+        manager = get(self.jobs, manager_id)
+        if not manager.cancelled or manager.settled:
+            return
+        for child in manager.children:
+            if child.status == RUNNING:
+                self._end_attempt(child, reason, None, now)
+        step = manager.steps[manager.current]
+        if step.status == RUNNING and not step.handler_returned:
+            self._handler_done(step, None, None, now)
+            self._append_log(step, "warning", f"step {step.name} handler abandoned: {reason}", now)
+
+    # ------------------------------------------------------------------ children
+
+    def add_child(self, fn: Callable[..., Any], args: tuple, kwargs: dict, retries: int, *,
+                  step_id: str | None = None, parent_id: str | None = None, child_id: str | None = None) -> Job:
+        """A new pending (and runnable) child inside a running step, found by `step_id` or by
+        `parent_id` (the step itself or any job already inside it). `child_id`: its id, made
+        beforehand (by default a new one)."""
+        if (step_id is None) == (parent_id is None):
+            raise ValueError("give exactly one of step_id= or parent_id=")
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise ValueError(f"retries must be a non-negative int, not {retries!r}")
+        now = time.time()
+        link = get(self.jobs, step_id or parent_id)
+        if step_id is not None and link.kind != STEP:
+            raise InvalidRequest(f"step_id {step_id!r} names a {link.kind} job, not a step")
+        if link.kind == MANAGER:
+            raise InvalidRequest(f"parent_id {parent_id!r} is a manager job; link to a step or a job inside one")
+        step, manager = link.step, link.manager
+        if step.status != RUNNING or manager.cancelled:
+            state = "cancelled" if manager.cancelled else step.status
+            raise Conflict(f"step {step.name!r} of job {manager.id} is {state}; it takes no new children")
+        child = Job(CHILD, bounded(safe_str(getattr(fn, "__name__", None), "child"), 200), now)
+        if child_id is not None:
+            child.id = child_id
+        child.manager, child.step = manager, step
+        child.parent_id = parent_id if parent_id is not None else step.id
+        child.depth = link.depth + 1 if link.kind == CHILD else 1
+        child.fn, child.args, child.kwargs = fn, args, kwargs
+        child.retries, child.attempt = retries, 1
+        self.jobs[child.id] = child
+        child.position = len(manager.children)
+        manager.children.append(child)
+        for counted in (step, manager):
+            counted.total += 1
+            counted.counts[SLOT[PENDING]] += 1
+        self._emit_status(child)
+        self._emit_progress(step)
+        self._change.runnable.append(child)
+        return child
+
+    def begin_child(self, child: Job) -> bool:
+        """pending -> running. False if the child was cancelled before it got a worker."""
+        if child.status != PENDING:
+            return False
+        self._set_status(child, RUNNING, time.time())
+        self._emit_status(child)
+        self._emit_progress(child.step)
+        return True
+
+    def end_child(self, child: Job, error: str | None, traceback: str | None = None, attempt: int | None = None,
+                  finished_at: float | None = None) -> None:
+        """A child's attempt returned (`error` None) or raised (at `finished_at`, by default now).
+        A retry, or the next step, becomes runnable. An attempt that was already settled without
+        it (abandoned at shutdown, say) changes nothing."""
+        if child.status != RUNNING or (attempt is not None and attempt != child.attempt):
+            return
+        self._end_attempt(child, error, traceback, time.time() if finished_at is None else finished_at)
+
+    def _end_attempt(self, child: Job, error: str | None, traceback: str | None, now: float,
+                     retry: bool = True) -> None:
+        manager = child.manager
+        child.error = clean(error) if error is not None else None
+        child.traceback = clean(traceback) if traceback is not None else None
+        # Attempts lost with their worker do not count against the retries.
+        if retry and model.child_retry(error is not None, child.attempt - child.lost, child.retries,
+                                       manager.cancelled):
+            self._set_status(child, PENDING, now)
+            self._append_log(child, "warning", f"{child.name} attempt {child.attempt} of "
+                             f"{child.retries + 1} failed, retrying: {child.error}", now)
+            child.attempt += 1
+            self._emit_status(child)
+            self._emit_progress(child.step)
+            self._change.runnable.append(child)
+            return
+        new = model.child_outcome(error is not None, manager.cancelled)
+        self._set_status(child, new, now)
+        if new == FAILED:
+            self._append_log(child, "error", _with_traceback(f"{child.name} failed: {child.error}", child.traceback),
+                             now)
+        self._emit_status(child)
+        self._emit_progress(child.step)
+        self._maybe_finish_step(child.step, now)
+
+    def lose_attempt(self, child: Job, attempt: int, reason: str) -> bool:
+        """The worker running `attempt` of `child` vanished (a shared deployment). The child runs
+        again as a new attempt (`model.child_rerun_lost`) or fails with `reason`. True if it runs
+        again; False if it failed, or if that attempt had ended anyway."""
+        now = time.time()
+        if child.status != RUNNING or attempt != child.attempt:
+            return False
+        child.lost = (child.lost or 0) + 1
+        if model.child_rerun_lost(child.lost, child.manager.cancelled):
+            self._set_status(child, PENDING, now)
+            self._append_log(child, "warning", f"{child.name} attempt {child.attempt}: {reason}; "
+                             "running it again", now)
+            child.attempt += 1
+            self._emit_status(child)
+            self._emit_progress(child.step)
+            self._change.runnable.append(child)
+            return True
+        self._end_attempt(child, f"{reason} ({child.lost} times)", None, now, retry=False)
+        return False
+
+    def cancel_pending(self, manager_id: str) -> None:
+        """Cancel the pending children held here of a cancelled manager: `cancel`'s work on its
+        children, for a shared deployment, where a manager is cancelled first and its pending
+        children then in parts (or by the worker that takes one)."""
+        now = time.time()
+        manager = get(self.jobs, manager_id)
+        for step in self._cancel_held_pending(manager, now) if manager.cancelled else []:
+            self._emit_progress(step)
+            self._maybe_finish_step(step, now)
+
+    def _cancel_held_pending(self, manager: Job, now: float) -> list[Job]:
+        """Cancel the pending children of `manager` held here; the steps they were in."""
+        steps: dict[str, Job] = {}
+        for child in manager.children:
+            if child.status == PENDING:
+                self._set_status(child, CANCELLED, now)
+                self._emit_status(child)
+                steps[child.step.id] = child.step
+        return list(steps.values())
+
+    # ------------------------------------------------------------------ steps
+
+    def handler_returned(self, step: Job, error: str | None, traceback: str | None = None) -> None:
+        """The step's handler returned or raised. A handler already settled without it
+        (abandoned at shutdown) changes nothing."""
+        if step.handler_returned:
+            return
+        self._handler_done(step, error, traceback, time.time())
+
+    def _handler_done(self, step: Job, error: str | None, traceback: str | None, now: float) -> None:
+        step.handler_returned = True
+        step.handler_error = clean(error) if error is not None else None  # the step's error once it finishes
+        step.handler_traceback = clean(traceback) if traceback is not None else None
+        if error is not None:
+            self._append_log(step, "error", _with_traceback(f"step {step.name} handler raised {step.handler_error}",
+                                                            step.handler_traceback), now)
+        self._maybe_finish_step(step, now)
+
+    def finish_step_if_done(self, step: Job) -> None:
+        """Finish a running step whose handler returned and whose children all ended (a change
+        that ended its last child elsewhere may not have seen the others end)."""
+        self._maybe_finish_step(step, time.time())
+
+    def _maybe_finish_step(self, step: Job, now: float) -> None:
+        if step.status != RUNNING or not model.step_is_done(step.handler_returned, step.counts):
+            return
+        manager = step.manager
+        status = model.step_outcome(step.handler_error is not None, manager.cancelled, step.total, step.counts)
+        if status == FAILED:
+            step.error = step.handler_error or f"all {step.total} children failed"
+            step.traceback = step.handler_traceback
+        self._set_status(step, status, now)
+        self._emit_status(step)
+        counts = ", ".join(f"{n} {k}" for k, n in step.progress().items() if n and k != "total")
+        self._append_log(step, "error" if status == FAILED else "info",
+                         f"step {step.name} {status}" + (f": {counts}" if counts else "")
+                         + (f" ({step.error})" if step.error else ""), now)
+        self._emit_progress(step)
+        if manager.cancelled:
+            self._settle(manager)
+            return
+        outcome = model.manager_outcome(status, step.index == len(manager.steps) - 1)
+        if outcome is None:
+            manager.current = step.index + 1
+            following = manager.steps[manager.current]
+            self._set_status(following, RUNNING, now)
+            self._emit_status(following)
+            self._append_log(following, "info", f"step {following.name} started", now)
+            self._emit_progress(following)
+            self._change.runnable.append(following)
+            return
+        if outcome == FAILED:
+            manager.error = f"step {step.name!r} failed: {step.error}"
+            manager.traceback = step.traceback
+        self._skip_rest(manager, now)
+        self._set_status(manager, outcome, now)
+        self._emit_status(manager)
+        self._settle(manager)
+
+    def _skip_rest(self, manager: Job, now: float) -> None:
+        for later in manager.steps[manager.current + 1 :]:
+            if later.status == PENDING:
+                self._set_status(later, SKIPPED, now)
+                self._emit_status(later)
+                self._emit_progress(later)
+
+    def _settle(self, manager: Job) -> None:
+        """Manager and all its steps are terminal: announce `end`."""
+        manager.settled = True
+        self._emit("end", manager, None, {"manager_id": manager.id, "status": manager.status})
+        manager.end_seq = self.seq
+        self._change.settled.append(manager)
+
+    # ------------------------------------------------------------------ logs
+
+    def log(self, job_id: str, level: str, message: str) -> Record:
+        """A log line under the job that wrote it (`message` already made safe and bounded)."""
+        return self._append_log(get(self.jobs, job_id), level, message, time.time())
+
+    def _append_log(self, job: Job, level: str, message: str, now: float) -> Record:
+        manager, step = job.manager, job.step
+        owner = step if step is not None else manager
+        record = {
+            "seq": self.seq + 1, "ts": iso(now), "level": level, "message": message,
+            "job_id": job.id, "step_id": step.id if step else None,
+            "step_name": step.name if step else None, "manager_id": manager.id,
+        }  # fmt: skip
+        owner.bucket.append(record)
+        self.counters[f"log_{level}"] += 1
+        owner.log_count += 1
+        if owner is not manager:
+            manager.log_count += 1
+        # Absolute counts ride along, so a client never has to count lines itself.
+        self._emit("log", manager, None, {**record, "log_count": owner.log_count,
+                                          "manager_log_count": manager.log_count})
+        return record
