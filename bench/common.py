@@ -47,14 +47,14 @@ def noop(ctx: Any) -> None:  # pragma: no cover - a child or step that does noth
 
 def add_children(store: Store, step: Job, count: int) -> list[Job]:
     """`count` pending no-op children in `step`, straight through the store (no thread pool)."""
-    return [store.add_child(noop, (), {}, 0, step_id=step.id) for _ in range(count)]
+    return [store.add_child(noop, (), {}, 0, step_id=step.id)[0] for _ in range(count)]
 
 
 def run_children(store: Store, step: Job, count: int) -> None:
     """`count` children in `step`, each created, started and completed (3 transitions) before
     the next one is created."""
     for _ in range(count):
-        child = store.add_child(noop, (), {}, 0, step_id=step.id)
+        child = store.add_child(noop, (), {}, 0, step_id=step.id)[0]
         store.begin_child(child)
         store.end_child(child, None)
 

@@ -36,7 +36,7 @@ def progress_cost(sizes=(1_000, 10_000, 100_000), window: int = 1_000, repeat: i
         best, best_scan = float("inf"), float("inf")
         for _ in range(repeat):
             store = Store(replay_size=1 << 16)
-            manager, step = store.create_manager("bench", ["a"], {})
+            manager, [step] = store.create_manager("bench", ["a"], {})
             children = common.add_children(store, step, size)
             best = min(best, _timed_transitions(store, children, window))
 
@@ -86,7 +86,7 @@ def job_wall_time(children: int = 10_000, steps: int = 3, workers: int = 8, hub:
 def store_throughput(children: int = 100_000) -> dict:
     """Child transitions per second through the store alone (no thread pool in the way)."""
     store = Store()
-    manager, step = store.create_manager("bench", ["a"], {})
+    manager, [step] = store.create_manager("bench", ["a"], {})
     start = time.perf_counter()
     common.run_children(store, step, children)
     wall = time.perf_counter() - start

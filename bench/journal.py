@@ -212,13 +212,13 @@ def _templates() -> dict:
     """The JSON of a manager (running, then finished), a child (running, then completed) and a
     child's log event, as a real store makes them."""
     store = Store()
-    manager, fetch = store.create_manager("crawl", ["fetch", "report"], {"pages": 1000})
-    child = store.add_child(common.noop, (), {}, 0, step_id=fetch.id)
+    manager, [fetch] = store.create_manager("crawl", ["fetch", "report"], {"pages": 1000})
+    child = store.add_child(common.noop, (), {}, 0, step_id=fetch.id)[0]
     store.begin_child(child)
     running = {"manager": wire.manager_json(manager), "child": wire.child_json(child)}
     store.log(child.id, "info", "fetched page 0: 200 OK, 5,120 bytes in 0.042 s")
     store.end_child(child, None)
-    report = store.handler_returned(fetch, None)
+    [report] = store.handler_returned(fetch, None)
     store.handler_returned(report, None)
     events, _ = store.events_after(0)
     log = next(e.data for e in events if e.type == "log" and e.data["job_id"] == child.id)

@@ -29,7 +29,7 @@ def _rss() -> int:
 
 
 def _finished_job(store: Store, children: int) -> None:
-    manager, step = store.create_manager("mem", ["a"], {})
+    manager, [step] = store.create_manager("mem", ["a"], {})
     common.run_children(store, step, children)
     store.handler_returned(step, None)
 

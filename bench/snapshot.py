@@ -27,7 +27,7 @@ def build_job(orch: Orchestrator, children: int) -> str:
     """A running 3-step manager whose first step holds `children` children, a third of them
     done, a third running, a third pending (built through the store: no thread pool needed)."""
     store = orch.store
-    manager, step = store.create_manager("snap", ["a", "b", "c"], {})
+    manager, [step] = store.create_manager("snap", ["a", "b", "c"], {})
     for i, child in enumerate(common.add_children(store, step, children)):
         if i % 3:
             store.begin_child(child)

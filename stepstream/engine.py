@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import model, wire
+from . import model, queries, wire
 from .events import Event
 from .jobs import Job
 from .logs import LogBucket, Record
@@ -67,9 +67,8 @@ def get(jobs: dict[str, Job], job_id: object) -> Job:
 
 
 def require_manager(job: Job, action: str = "use") -> Job:
-    """`job` if it is a manager; else the one message that names its manager."""
-    if job.kind != MANAGER:
-        raise InvalidRequest(f"job {job.id} is a {job.kind} job; {action} its manager {job.manager.id}")
+    """`job` if it is a manager (`queries.require_manager`)."""
+    queries.require_manager(job.id, job.kind, job.manager.id, action)
     return job
 
 

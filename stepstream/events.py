@@ -23,6 +23,15 @@ class Event:
         self.data = data  # never changed once emitted
 
 
+def latest_only(events: list[Event]) -> list[Event]:
+    """`events` without the progress events that a later one of the same key supersedes (they
+    carry absolute counts: latest wins). The one merge rule of streams, the journal and Redis."""
+    last = {(e.type, e.key): e.seq for e in events if e.type in MERGEABLE}
+    if len(last) == sum(1 for e in events if e.type in MERGEABLE):
+        return events
+    return [e for e in events if e.type not in MERGEABLE or last[(e.type, e.key)] == e.seq]
+
+
 class Gone(Exception):
     """The requested seq is no longer kept (or was never written)."""
 

@@ -3,9 +3,9 @@ its children and its logs, in the same shapes as the store's own reads."""
 
 from __future__ import annotations
 
-from . import wire
+from . import queries, wire
 from .journal import Journal
-from .model import CHILD, MANAGER, InvalidRequest, NotFound
+from .model import CHILD, MANAGER, NotFound
 
 
 class History:
@@ -32,8 +32,7 @@ class History:
     def manager(self, job_id: str, action: str) -> dict:
         """A manager job's JSON; InvalidRequest naming its manager for any other kind."""
         job = self.job(job_id)
-        if job["kind"] != MANAGER:
-            raise InvalidRequest(f"job {job_id} is a {job['kind']} job; {action} its manager {job['manager_id']}")
+        queries.require_manager(job_id, job["kind"], job.get("manager_id", job_id), action)
         return job
 
     def _step(self, job_id: str, step: str | None) -> tuple[dict, str | None]:
@@ -42,20 +41,13 @@ class History:
         if job["kind"] == MANAGER:
             if step is None:
                 return job, None
-            for candidate in job["steps"]:
-                if candidate["name"] == step:
-                    return job, candidate["id"]
-            raise NotFound(f"job {job_id} has no step {step!r}")
-        if step is not None and step != job["step_name"]:
-            raise InvalidRequest(f"job {job_id} belongs to step {job['step_name']!r}, not {step!r}")
+            return job, queries.step_named(job_id, job["steps"], step, lambda s: s["name"])["id"]
+        queries.check_logs_request(job_id, job["kind"], job["step_name"], step)
         return job, job["step_id"]
 
     def children(self, job_id: str, step: str | None, status: str | None, limit: int, cursor: int) -> dict:
         job = self.job(job_id)
-        if job["kind"] == CHILD:
-            raise InvalidRequest(f"job {job_id} is a child job; list children of its step or manager")
-        if job["kind"] != MANAGER and step is not None and step != job["step_name"]:
-            raise InvalidRequest(f"step {step!r} is not job {job_id}'s step {job['step_name']!r}")
+        queries.check_children_request(job_id, job["kind"], job.get("step_name"), step)
         job, step_id = self._step(job_id, step)
         manager_id = job_id if job["kind"] == MANAGER else job["manager_id"]
         children, next_cursor = self.journal.children(  # type: ignore[union-attr]

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 from . import sse
-from .events import MERGEABLE, Event, EventSource, Gone
+from .events import Event, EventSource, Gone, latest_only
 from .model import NotFound
 from .offload import Offload, StorageUnavailable
 from .sse import encode
@@ -197,18 +197,8 @@ class Hub:
             if event.type == "job_status" and event.data["kind"] == "child" and not request.children:
                 continue
             wanted.append(event)
-        # Latest wins: drop a progress event when a later one for the same step/job follows.
-        seen: set[tuple[str, str]] = set()
-        kept: list[Event] = []
-        for event in reversed(wanted):
-            if event.type in MERGEABLE:
-                key = (event.type, event.key)  # type: ignore[assignment]
-                if key in seen:
-                    self.merged += 1
-                    continue
-                seen.add(key)  # type: ignore[arg-type]
-            kept.append(event)
-        kept.reverse()
+        kept = latest_only(wanted)
+        self.merged += len(wanted) - len(kept)
         return kept, ended
 
     async def _events_after(self, cursor: int, limit: int) -> tuple[list[Event], int]:

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import model, wire
+from . import model, queries, wire
 from .engine import Change, Engine, get, require_manager
 from .events import Event, Gone
 from .history import History
@@ -28,7 +28,7 @@ from .journal import Journal
 from .journal.writer import JournalWriter
 from .logbridge import current_job
 from .logs import LogBucket, Record, query
-from .model import CHILD, MANAGER, STEP, Conflict, InvalidRequest, NotFound, StepstreamError, iso
+from .model import CHILD, MANAGER, STEP, Conflict, NotFound, StepstreamError, iso
 from .text import MAX_LOG_CHARS, bounded, safe_str
 
 logger = logging.getLogger("stepstream")
@@ -562,11 +562,8 @@ class Store:
             job = self._held(job_id)
             if job is None:
                 return self._history.children(job_id, step, status, limit, cursor)
-            if job.kind == CHILD:
-                raise InvalidRequest(f"job {job_id} is a child job; list children of its step or manager")
+            queries.check_children_request(job_id, job.kind, job.step.name if job.step else None, step)
             step_job = job if job.kind == STEP else (self._step_named(job, step) if step else None)
-            if job.kind == STEP and step is not None and step != job.name:
-                raise InvalidRequest(f"step {step!r} is not job {job_id}'s step {job.name!r}")
             found = job.manager.children
             out: list[dict] = []
             position = cursor
@@ -603,8 +600,7 @@ class Store:
                 else:
                     buckets = [job.bucket] + [s.bucket for s in job.steps]
             else:
-                if step is not None and step != job.step.name:
-                    raise InvalidRequest(f"job {job_id} belongs to step {job.step.name!r}, not {step!r}")
+                queries.check_logs_request(job_id, job.kind, job.step.name, step)
                 buckets = [job.step.bucket]
                 only_job = job.id if job.kind == CHILD else None
             records, next_cursor = query(buckets, after=after, before=before, min_level=level,
@@ -614,11 +610,9 @@ class Store:
     def _held(self, job_id: object) -> Job | None:
         return self._jobs.get(job_id) if isinstance(job_id, str) else None
 
-    def _step_named(self, manager: Job, name: str) -> Job:
-        for step in manager.manager.steps:
-            if step.name == name:
-                return step
-        raise NotFound(f"job {manager.manager.id} has no step {name!r}")
+    @staticmethod
+    def _step_named(manager: Job, name: str) -> Job:
+        return queries.step_named(manager.manager.id, manager.manager.steps, name, lambda s: s.name)
 
     def _job_json(self, job: Job) -> dict:
         return wire.job_json(job)

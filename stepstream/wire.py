@@ -27,7 +27,7 @@ def manager_json(m: Any, *, params: bool = True) -> dict:
         "created_at": iso(m.created_at), "started_at": iso(m.started_at),
         "finished_at": iso(m.finished_at), "error": m.error, "traceback": m.traceback,
         "rerun_of": m.rerun_of, "current_step": m.steps[m.current].name,
-        "progress": m.progress(), "log_count": m.log_count,
+        "progress": m.progress(), "log_count": m.log_count, "settled": m.settled,
         "steps": [step_json(s) for s in m.steps],
     }  # fmt: skip
     if params:

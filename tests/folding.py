@@ -31,6 +31,8 @@ def fold(job: dict, events: Iterable[tuple[str, Event]]) -> dict:
             step["status"], step["progress"], step["log_count"] = data["status"], data["progress"], data["log_count"]
         elif type_ == "job_progress":
             job["progress"], job["log_count"] = data["progress"], data["log_count"]
+        elif type_ == "end":
+            job["settled"] = True
         elif type_ == "log":
             job["log_count"] = data["manager_log_count"]
             if data["step_name"] is not None:

@@ -99,7 +99,7 @@ def test_many_threads_spawning_finishing_failing_and_retrying_replay_exactly(see
 
 def test_events_that_left_the_ring_are_reported_gone():
     store = Store(replay_size=16)
-    manager, first = store.create_manager("d", ["a"], {})
+    manager, [first] = store.create_manager("d", ["a"], {})
     for n in range(40):
         store.log(first.id, "info", f"{n}")
     with pytest.raises(Gone):
@@ -120,7 +120,7 @@ class StoreMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.store = self.make_store()
-        self.manager, self.first = self.store.create_manager("d", ["a", "b", "c"], {})
+        self.manager, [self.first] = self.store.create_manager("d", ["a", "b", "c"], {})
         self.snapshots = [self.store.snapshot(self.manager.id)]
 
     def make_store(self) -> Store:
@@ -138,10 +138,10 @@ class StoreMachine(RuleBasedStateMachine):
         step = self.current()
         inside = [c for c in self.manager.children if c.step is step]
         if by_step or not inside:
-            self.store.add_child(noop, (), {}, retries, step_id=step.id)
+            self.store.add_child(noop, (), {}, retries, step_id=step.id)[0]
         else:
             parent = data.draw(st.sampled_from(inside))
-            self.store.add_child(noop, (), {}, retries, parent_id=parent.id)
+            self.store.add_child(noop, (), {}, retries, parent_id=parent.id)[0]
 
     @precondition(lambda self: self.jobs("pending"))
     @rule(data=st.data())

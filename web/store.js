@@ -12,7 +12,7 @@ const MAX_JOBS = 100; // finished, unpinned jobs beyond this leave the page, old
 const LOG_BUFFER = 5000; // log records held for one open step between two renders
 const MAX_FORGOTTEN = 1000; // deleted ids remembered, so a late answer cannot bring one back
 const JOB_FIELDS = ["definition", "status", "params", "created_at", "started_at", "finished_at", "error",
-                    "traceback", "progress", "log_count", "current_step", "rerun_of"];
+                    "traceback", "progress", "log_count", "current_step", "rerun_of", "settled"];
 const STEP_FIELDS = ["status", "progress", "log_count", "started_at", "finished_at", "error", "traceback"];
 const CHILD_FIELDS = ["kind", "name", "status", "manager_id", "step_id", "step_name", "parent_id", "depth",
                       "attempt", "retries", "created_at", "started_at", "finished_at", "error", "traceback"];
@@ -24,11 +24,9 @@ export function zeroProgress() {
 /** The key of one step of one manager job (for its log and its children). */
 export const stepKey = (managerId, stepName) => JSON.stringify([managerId, stepName]);
 
-/** Whether a job may still change: not terminal, or a step still settling. */
+/** Whether a job may still change: until the server says it is settled (its `end`). */
 export function isActive(job) {
-  if (!TERMINAL.has(job.status)) return true;
-  for (const step of job.steps.values()) if (!TERMINAL.has(step.status) && step.status !== "pending") return true;
-  return false;
+  return !job.settled;
 }
 
 export function newestFirst(a, b) {
@@ -98,7 +96,7 @@ export class Store {
     const job = {
       id, seq: -1, arrival: ++this.arrival, definition: "", status: "pending", params: undefined,
       created_at: "", started_at: null, finished_at: null, error: null, traceback: null, rerun_of: null,
-      progress: zeroProgress(), log_count: 0, steps: new Map(),
+      progress: zeroProgress(), log_count: 0, settled: false, steps: new Map(),
     };
     this.jobs.set(id, job);
     this.markOrder();
@@ -247,6 +245,7 @@ export class Store {
       if (!job || d.seq <= job.seq) return;
       job.seq = d.seq;
       job.status = d.status;
+      job.settled = true;
       this.markJob(job);
     },
   };

@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ..encoding import dumps
-from ..events import MERGEABLE
+from ..events import latest_only
 from ..model import LEVEL_RANK, LEVELS
 from . import Batch, Loaded, Unsettled
 
@@ -69,6 +69,14 @@ def connect(path: str | Path, *, synchronous_full: bool = False) -> sqlite3.Conn
     conn.execute(f"PRAGMA synchronous={'FULL' if synchronous_full else 'NORMAL'}")
     conn.execute("PRAGMA foreign_keys=OFF")
     return conn
+
+
+def _manager_json(text: str, settled: int) -> dict:
+    """A manager's JSON as written, with `settled` from its column (rows written before the
+    field was on the wire lack it)."""
+    job = json.loads(text)
+    job["settled"] = bool(settled)
+    return job
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -179,10 +187,7 @@ class SqliteJournal:
         events, logs = [], []
         # A progress event superseded by a later one of the same key in this batch is not kept
         # (latest wins, as in the streams): two thirds of the events, and of the writing.
-        latest = {(e.type, e.key): e.seq for e in batch.events if e.type in MERGEABLE}
-        for event in batch.events:
-            if event.type in MERGEABLE and latest[(event.type, event.key)] != event.seq:
-                continue
+        for event in latest_only(batch.events):
             data = event.data
             events.append((event.seq, event.type, event.manager_id, event.key, dumps(data)))
             if event.type == "log":
@@ -242,8 +247,8 @@ class SqliteJournal:
     # ------------------------------------------------------------------ reads
 
     def manager(self, manager_id: str) -> dict | None:
-        row = self._reader().execute("SELECT job FROM managers WHERE id=?", (manager_id,)).fetchone()
-        return json.loads(row[0]) if row else None
+        row = self._reader().execute("SELECT job, settled FROM managers WHERE id=?", (manager_id,)).fetchone()
+        return _manager_json(*row) if row else None
 
     def manager_of(self, job_id: str) -> str | None:
         conn = self._reader()
@@ -276,9 +281,9 @@ class SqliteJournal:
                              ("substr(id, 1, ?)=?", None if q is None else (len(q), q)),
                              ("ordinal<?", before_ordinal))
         rows = self._reader().execute(
-            f"SELECT ordinal, job FROM managers WHERE {where} ORDER BY ordinal DESC LIMIT ?", (*args, limit)
+            f"SELECT ordinal, job, settled FROM managers WHERE {where} ORDER BY ordinal DESC LIMIT ?", (*args, limit)
         ).fetchall()
-        return [(ordinal, json.loads(text)) for ordinal, text in rows]
+        return [(ordinal, _manager_json(text, settled)) for ordinal, text, settled in rows]
 
     def children(
         self, manager_id: str, *, step_id: str | None, status: str | None, cursor: int, limit: int

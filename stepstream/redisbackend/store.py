@@ -31,14 +31,14 @@ from typing import Any
 
 import redis
 
-from .. import model, wire
+from .. import model, queries, wire
 from .. import params as params_rules
 from ..encoding import dumps
-from ..engine import Engine
-from ..events import Event, Gone
+from ..engine import Engine, require_manager
+from ..events import MERGEABLE, Event, Gone, latest_only
 from ..jobs import Job, new_id
 from ..logs import LogBucket, Record, query
-from ..model import CHILD, MANAGER, PENDING, RUNNING, STEP, Conflict, InvalidRequest, NotFound, iso
+from ..model import CHILD, MANAGER, PENDING, RUNNING, STEP, Conflict, NotFound, iso
 from ..text import MAX_LOG_CHARS, bounded, safe_str
 from . import codec, scripts
 from .spawns import Batch, Spawn, Spawner
@@ -97,19 +97,6 @@ def _ends(event: Event, job: Job) -> bool:
     if event.manager_id != job.manager.id:
         return False
     return event.type in ("end", "job_deleted") or (event.type == "job_status" and event.data["job_id"] == job.id)
-
-
-def _last_progress(events: list[Event]) -> list[Event]:
-    """A change's events with only the last progress event of each step and manager: those
-    carry absolute counts, so the earlier ones of the same commit say nothing the last does not
-    (a batch of 200 spawns stores 200 statuses and 2 progress events, not 600 events)."""
-    last = {(e.type, e.key): i for i, e in enumerate(events) if e.type in _PROGRESS}
-    if len(last) == sum(1 for e in events if e.type in _PROGRESS):
-        return events
-    return [e for i, e in enumerate(events) if e.type not in _PROGRESS or last[(e.type, e.key)] == i]
-
-
-_PROGRESS = ("step_progress", "job_progress")
 
 
 @dataclass
@@ -294,7 +281,7 @@ class RedisStore:
     def _compose(self, engine: Engine, jobs: dict[str, Job], before: dict[str, dict[str, Any]],
                  events: list[Event], once: str, counter_guard: bool = True
                  ) -> tuple[dict, list[str], str | None, list[Job]]:
-        events = _last_progress(events)
+        events = latest_only(events)  # a batch of 200 spawns stores 2 progress events, not 400
         after = engine.jobs
         sets: list[list] = []
         incrs: list[list] = []
@@ -304,7 +291,7 @@ class RedisStore:
         zrem: list[list] = []
         delete: list[str] = []
         counted = collections.Counter(engine.counters)
-        for kind in _PROGRESS:  # the progress events kept, not the ones computed (the metric counts events emitted)
+        for kind in MERGEABLE:  # the progress events kept, not the ones computed (the metric counts events emitted)
             counted[kind] = sum(1 for e in events if e.type == kind)
         counters: list[list] = [["counters", name, n] for name, n in counted.items() if n]
         seqset: list[list] = []
@@ -509,8 +496,7 @@ class RedisStore:
         work cannot starve it); from then on no child of it begins (a worker that takes one
         cancels it instead), and its pending children are cancelled in parts."""
         seq, jobs, manager = self._job(job_id)
-        if manager.kind != MANAGER:
-            raise InvalidRequest(f"job {job_id} is a {manager.kind} job; cancel its manager {manager.manager.id}")
+        require_manager(manager, "cancel")
         if model.is_terminal(manager.status):
             raise Conflict(f"job {job_id} is already {manager.status}")
         # Its step's counts move all along while children begin and end: guarded on them, this
@@ -814,8 +800,7 @@ class RedisStore:
         now = iso(time.time())
         if manager_id is not None:
             seq, jobs, manager = self._job(manager_id)
-            if manager.kind != MANAGER:
-                raise InvalidRequest(f"job {manager_id} is a {manager.kind} job; use its manager {manager.manager.id}")
+            require_manager(manager)
             return {"seq": seq, "time": now, "jobs": [wire.manager_json(codec.with_params(manager))]}, manager.settled
         seq, managers = self._managers_read(recent, [])
         managers.sort(key=lambda m: m.ordinal, reverse=True)
@@ -887,8 +872,7 @@ class RedisStore:
 
     def definition_and_params(self, job_id: str) -> tuple[str, dict]:
         seq, jobs, job = self._job(job_id)
-        if job.kind != MANAGER:
-            raise InvalidRequest(f"job {job_id} is a {job.kind} job; use its manager {job.manager.id}")
+        require_manager(job)
         return job.definition, codec.with_params(job).params
 
     def running_managers(self) -> list[str]:
@@ -950,10 +934,7 @@ class RedisStore:
     def children(self, job_id: str, step: str | None = None, status: str | None = None, limit: int = 100,
                  cursor: int = 0) -> dict:
         seq, jobs, job = self._job(job_id)
-        if job.kind == CHILD:
-            raise InvalidRequest(f"job {job_id} is a child job; list children of its step or manager")
-        if job.kind == STEP and step is not None and step != job.name:
-            raise InvalidRequest(f"step {step!r} is not job {job_id}'s step {job.name!r}")
+        queries.check_children_request(job_id, job.kind, job.step.name if job.step else None, step)
         step_job = job if job.kind == STEP else (self._step_named(job, step) if step else None)
         manager = job.manager
         out: list[dict] = []
@@ -973,10 +954,7 @@ class RedisStore:
 
     @staticmethod
     def _step_named(manager: Job, name: str) -> Job:
-        for step in manager.manager.steps:
-            if step.name == name:
-                return step
-        raise NotFound(f"job {manager.manager.id} has no step {name!r}")
+        return queries.step_named(manager.manager.id, manager.manager.steps, name, lambda s: s.name)
 
     def logs(self, job_id: str, step: str | None = None, level: str = "debug", after: int = 0, limit: int = 1000,
              before: int | None = None) -> dict:
@@ -986,8 +964,7 @@ class RedisStore:
         if job.kind == MANAGER:
             owners = [self._step_named(job, step).id] if step is not None else [job.id] + [s.id for s in job.steps]
         else:
-            if step is not None and step != job.step.name:
-                raise InvalidRequest(f"job {job_id} belongs to step {job.step.name!r}, not {step!r}")
+            queries.check_logs_request(job_id, job.kind, job.step.name, step)
             owners = [job.step.id]
             only_job = job.id if job.kind == CHILD else None
         buckets = [self._bucket(owner, level, only_job, after, before, limit + 1) for owner in owners]
