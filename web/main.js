@@ -11,6 +11,7 @@ import { Store } from "./store.js";
 import { renderConnection } from "./views/connection.js";
 import { JobList } from "./views/list.js";
 import { StartForm } from "./views/start.js";
+import { StorageWatch } from "./views/storage.js";
 
 const RECONCILE_MS = 10000;
 const TICK_MS = 1000;
@@ -118,6 +119,7 @@ function main() {
   setInterval(tick, TICK_MS);
   window.addEventListener("popstate", () => app.list.followUrl(router.jobInUrl()));
   connection.setState("reconnecting");
+  new StorageWatch(document.getElementById("storage")).start();
   loadDefinitions();
   app.commands.syncClock().catch(() => {}); // the stream's snapshot carries the time too
   const linked = router.jobInUrl();

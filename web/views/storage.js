@@ -1,0 +1,45 @@
+// Whether the server can reach its storage: the page says so, apart from its own connection.
+// While storage (SQLite, Redis) is unreachable the stream stays open but carries nothing new, and
+// commands are refused; the banner says why, from `api/health`, until it answers 200 again.
+
+import { setAttr } from "./dom.js";
+
+const EVERY_MS = 5000;
+const DEGRADED_EVERY_MS = 2000;
+
+export class StorageWatch {
+  constructor(el) {
+    this.el = el;
+    this.text = el.querySelector(".storage-text");
+    this.timer = 0;
+  }
+
+  start() {
+    this.check();
+  }
+
+  async check() {
+    clearTimeout(this.timer);
+    let degraded = null;
+    try {
+      const response = await fetch("api/health", { headers: { Accept: "application/json" }, credentials: "same-origin" });
+      if (response.status === 503) {
+        const body = await response.json().catch(() => ({}));
+        degraded = body.storage_error || body.journal_error || "storage does not answer";
+      }
+    } catch (_) {
+      degraded = null; // the server itself is unreachable: the connection indicator says so
+    }
+    this.show(degraded);
+    this.timer = setTimeout(() => this.check(), degraded ? DEGRADED_EVERY_MS : EVERY_MS);
+  }
+
+  show(error) {
+    setAttr(this.el, "data-storage", error ? "degraded" : "ok");
+    this.el.hidden = !error;
+    if (error) {
+      this.text.textContent = `Storage is unreachable (${error}). New jobs and commands wait until it is back; ` +
+        "what you see may be behind, and will catch up by itself.";
+    }
+  }
+}
