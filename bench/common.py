@@ -28,7 +28,7 @@ if ROOT not in sys.path:  # a script's own folder is on the path, the repo root 
 
 if TYPE_CHECKING:
     from stepstream import Orchestrator
-    from stepstream.store import Job, Store
+    from stepstream.backends.memory import Job, MemoryStore
 
 
 def arguments(doc: str | None) -> argparse.ArgumentParser:
@@ -45,12 +45,12 @@ def noop(ctx: Any) -> None:  # pragma: no cover - a child or step that does noth
     pass
 
 
-def add_children(store: Store, step: Job, count: int) -> list[Job]:
+def add_children(store: MemoryStore, step: Job, count: int) -> list[Job]:
     """`count` pending no-op children in `step`, straight through the store (no thread pool)."""
     return [store.add_child(noop, (), {}, 0, step_id=step.id)[0] for _ in range(count)]
 
 
-def run_children(store: Store, step: Job, count: int) -> None:
+def run_children(store: MemoryStore, step: Job, count: int) -> None:
     """`count` children in `step`, each created, started and completed (3 transitions) before
     the next one is created."""
     for _ in range(count):

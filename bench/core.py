@@ -12,11 +12,11 @@ from collections import Counter
 import common
 
 from stepstream import Orchestrator, Step
+from stepstream.backends.memory import MemoryStore
 from stepstream.hub import Hub
-from stepstream.store import Store
 
 
-def _timed_transitions(store: Store, children: list, window: int) -> float:
+def _timed_transitions(store: MemoryStore, children: list, window: int) -> float:
     """Seconds for `window` children to go pending -> running -> completed (2 transitions each)."""
     start = time.perf_counter()
     for child in children[:window]:
@@ -35,7 +35,7 @@ def progress_cost(sizes=(1_000, 10_000, 100_000), window: int = 1_000, repeat: i
     for size in sizes:
         best, best_scan = float("inf"), float("inf")
         for _ in range(repeat):
-            store = Store(replay_size=1 << 16)
+            store = MemoryStore(replay_size=1 << 16)
             manager, [step] = store.create_manager("bench", ["a"], {})
             children = common.add_children(store, step, size)
             best = min(best, _timed_transitions(store, children, window))
@@ -85,7 +85,7 @@ def job_wall_time(children: int = 10_000, steps: int = 3, workers: int = 8, hub:
 
 def store_throughput(children: int = 100_000) -> dict:
     """Child transitions per second through the store alone (no thread pool in the way)."""
-    store = Store()
+    store = MemoryStore()
     manager, [step] = store.create_manager("bench", ["a"], {})
     start = time.perf_counter()
     common.run_children(store, step, children)

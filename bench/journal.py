@@ -36,11 +36,11 @@ import fanout
 import psutil
 
 from stepstream import Orchestrator, Step, wire
+from stepstream.backends.memory import MemoryStore
 from stepstream.events import Event
 from stepstream.journal import Batch
 from stepstream.journal.sqlite import SqliteJournal
 from stepstream.model import COUNTED, SLOT, progress_dict
-from stepstream.store import Store
 from tests.processes import Served, base_of
 
 TARGET_RATIO = 0.70  # journaled throughput, share of in-memory
@@ -211,7 +211,7 @@ def first_answers(storage: tuple[str, ...], paths: list[str],
 def _templates() -> dict:
     """The JSON of a manager (running, then finished), a child (running, then completed) and a
     child's log event, as a real store makes them."""
-    store = Store()
+    store = MemoryStore()
     manager, [fetch] = store.create_manager("crawl", ["fetch", "report"], {"pages": 1000})
     child = store.add_child(common.noop, (), {}, 0, step_id=fetch.id)[0]
     store.begin_child(child)

@@ -20,7 +20,7 @@ import common
 import psutil
 
 from stepstream import wire
-from stepstream.store import Store
+from stepstream.backends.memory import MemoryStore
 
 
 def _rss() -> int:
@@ -28,14 +28,14 @@ def _rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-def _finished_job(store: Store, children: int) -> None:
+def _finished_job(store: MemoryStore, children: int) -> None:
     manager, [step] = store.create_manager("mem", ["a"], {})
     common.run_children(store, step, children)
     store.handler_returned(step, None)
 
 
 def measure(children: int) -> dict:
-    store = Store()
+    store = MemoryStore()
     _finished_job(store, store.replay_size)  # fills the ring: its size is steady from now on
     before = _rss()
     _finished_job(store, children)

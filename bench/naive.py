@@ -25,11 +25,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from stepstream import Orchestrator, wire
+from stepstream.backends.memory import Gone, MemoryStore
 from stepstream.model import COUNTED, progress_dict
-from stepstream.store import Gone, Store
 
 
-def scan_snapshot(store: Store, job_id: str) -> dict:
+def scan_snapshot(store: MemoryStore, job_id: str) -> dict:
     """`{"seq", "job"}` of a manager, each step's progress counted by scanning all children."""
     with store._cond:  # the baseline reads the same state under the same lock
         manager = store._get(job_id)
@@ -49,7 +49,7 @@ def scan_snapshot(store: Store, job_id: str) -> dict:
 class NaiveBroadcaster:
     """Copies every new store event onto every client's queue, from the event loop."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: MemoryStore) -> None:
         self.store = store
         self.queues: set[asyncio.Queue] = set()
         self.cursor = store.seq

@@ -1,7 +1,7 @@
 """The backend protocol: what the orchestrator, the runners, the hub and the server need of storage.
 
-Two backends implement it: `store.Store` (memory, optionally with a SQLite journal) and
-`redisbackend.RedisStore` (a Redis shared by many processes). Both apply every change through the
+Two backends implement it: `backends.memory.MemoryStore` (memory, optionally with a SQLite journal) and
+`backends.redis.RedisStore` (a Redis shared by many processes). Both apply every change through the
 one `engine.Engine`. Calls marked *may block* touch storage (a disk, the network): the server
 runs them off its event loop (`offload.Offload`); the rest never block and may run anywhere.
 """

@@ -327,7 +327,7 @@ def _choose_storage(orch: Orchestrator, args: argparse.Namespace) -> None:
 
 
 def _use_redis(orch: Orchestrator, url: str, workers: int | None, args: argparse.Namespace) -> None:
-    from .redisbackend import StorageUnavailable, safe_url
+    from .backends.redis import StorageUnavailable, safe_url
 
     try:
         redis_url(url)

@@ -1,7 +1,7 @@
 """Jobs, statuses and progress: the status rules of stepstream as pure functions.
 
 Every rule of the contract's "Status rules" section lives in exactly one function here;
-`store.py` applies them under its lock and nothing else re-derives a status.
+`backends/memory.py` applies them under its lock and nothing else re-derives a status.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Plain `def` handlers and children run on a pool of daemon threads; `async def` ones on one
 event-loop thread of the runner's own. When an attempt ends, the backend answers with the work
 that became runnable (a retry, the next step's handler), which runs the same way. The Redis
-deployment has a runner of its own (`redisbackend/worker.py`): its work comes from a shared queue.
+deployment has a runner of its own (`backends/redis/worker.py`): its work comes from a shared queue.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Unlike `concurrent.futures.ThreadPoolExecutor`, whose threads the interpreter joins at exit, these
 are daemon threads: code that blocks forever cannot keep the process from stopping. The
-orchestrator settles what such code was doing before it lets go of it (`Store.abandon`).
+orchestrator settles what such code was doing before it lets go of it (`MemoryStore.abandon`).
 """
 
 from __future__ import annotations

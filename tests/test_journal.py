@@ -16,10 +16,10 @@ from hypothesis import settings
 from hypothesis.stateful import invariant
 
 from stepstream import Orchestrator, Step
+from stepstream.backends.memory import MemoryStore
 from stepstream.events import MERGEABLE
 from stepstream.journal import sqlite as journal_sqlite
 from stepstream.journal.sqlite import SqliteJournal
-from stepstream.store import Store
 from tests.folding import check_progress
 from tests.test_store import StoreMachine, check_history
 
@@ -31,10 +31,10 @@ class JournaledStoreMachine(StoreMachine):
     from the file holds the same jobs (an unfinished one settled as interrupted), the same
     events, and the same logs."""
 
-    def make_store(self) -> Store:
+    def make_store(self) -> MemoryStore:
         self.dir = tempfile.TemporaryDirectory()
         self.path = Path(self.dir.name) / "j.db"
-        return Store(replay_size=1_000_000, journal=SqliteJournal(self.path))
+        return MemoryStore(replay_size=1_000_000, journal=SqliteJournal(self.path))
 
     @invariant()
     def nothing_unwritten_is_visible(self):
@@ -53,7 +53,7 @@ class JournaledStoreMachine(StoreMachine):
                 rows = conn.execute("SELECT seq, type, key, data FROM events")
                 kept = [(s, t, k, json.loads(d)) for s, t, k, d in rows]
             assert_kept(kept, events)
-            reopened = Store(replay_size=1_000_000, journal=SqliteJournal(self.path))
+            reopened = MemoryStore(replay_size=1_000_000, journal=SqliteJournal(self.path))
             after = reopened.snapshot(self.manager.id)["job"]
             if settled:
                 assert after == before

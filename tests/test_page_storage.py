@@ -7,12 +7,12 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser import ARTIFACTS
-from tests.test_page import browser, orch, page, server  # noqa: F401  (fixtures)
+from tests.test_page import browser, orch, page, server  # noqa: F401, F811  (fixtures)
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
 
-def test_the_page_says_storage_is_unreachable_while_it_is_and_clears_when_it_is_back(orch, server, page):
+def test_the_page_says_storage_is_unreachable_while_it_is_and_clears_when_it_is_back(orch, server, page):  # noqa: F811
     failing: list[str] = []
     real = orch.store.check_storage
     orch.store.check_storage = lambda: failing[0] if failing else real()  # what a Redis PING would answer

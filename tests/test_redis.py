@@ -539,7 +539,7 @@ def test_rerun_delete_and_metrics_through_the_api_of_a_redis_deployment(redis_se
 
 
 def test_a_lost_attempt_does_not_use_up_the_retries_and_a_resent_change_is_applied_once(redis_server):
-    from stepstream.redisbackend.workqueue import Entry
+    from stepstream.backends.redis.workqueue import Entry
 
     orch = Orchestrator(max_workers=0, redis=redis_server.url)
     orch.define("many", [Step("many", many), Step("after", after)])

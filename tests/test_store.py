@@ -11,14 +11,14 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from stepstream import Orchestrator, Step
+from stepstream.backends.memory import Gone, MemoryStore
 from stepstream.model import TERMINAL
-from stepstream.store import Gone, Store
 from tests.folding import check_progress, fold
 
 TIMEOUT = 30
 
 
-def all_events(store: Store) -> list:
+def all_events(store: MemoryStore) -> list:
     events, _ = store.events_after(0, limit=10**9)
     return events
 
@@ -27,7 +27,7 @@ def pairs(events) -> list[tuple[str, dict]]:
     return [(e.type, e.data) for e in events]
 
 
-def check_history(store: Store, manager_id: str, snapshots: list[dict]) -> None:
+def check_history(store: MemoryStore, manager_id: str, snapshots: list[dict]) -> None:
     """Seq is contiguous and increasing, every progress event adds up, and every snapshot taken
     along the way plus the events after it folds into the final snapshot exactly."""
     events = all_events(store)
@@ -98,7 +98,7 @@ def test_many_threads_spawning_finishing_failing_and_retrying_replay_exactly(see
 
 
 def test_events_that_left_the_ring_are_reported_gone():
-    store = Store(replay_size=16)
+    store = MemoryStore(replay_size=16)
     manager, [first] = store.create_manager("d", ["a"], {})
     for n in range(40):
         store.log(first.id, "info", f"{n}")
@@ -123,8 +123,8 @@ class StoreMachine(RuleBasedStateMachine):
         self.manager, [self.first] = self.store.create_manager("d", ["a", "b", "c"], {})
         self.snapshots = [self.store.snapshot(self.manager.id)]
 
-    def make_store(self) -> Store:
-        return Store(replay_size=1_000_000)
+    def make_store(self) -> MemoryStore:
+        return MemoryStore(replay_size=1_000_000)
 
     def current(self):
         return self.manager.steps[self.manager.current]

@@ -106,7 +106,8 @@ def _page() -> set[str]:
 
 
 def test_the_checkout_has_what_these_checks_compare_against() -> None:
-    assert {"stepstream/__init__.py", "stepstream/journal/sqlite.py", "stepstream/redisbackend/store.py"} <= _package()
+    assert {"stepstream/__init__.py", "stepstream/journal/sqlite.py",
+            "stepstream/backends/redis/store.py"} <= _package()
     assert {"index.html", "main.js", "style.css"} <= _page() and any(f.startswith("views/") for f in _page())
 
 

@@ -1,6 +1,6 @@
 """Where the store's history is kept: the storage seam.
 
-The store (`stepstream.store`) holds live jobs, counters, the seq and the replay ring in memory;
+The store (`stepstream.backends.memory`) holds live jobs, counters, the seq and the replay ring in memory;
 a `Journal` is its durable side. The store's writer thread hands it every change in batches
 (`write`), in seq order, and the store reads from it what memory no longer holds: finished jobs
 beyond `max_finished`, their children and logs, and events older than the ring (`events_after`).

@@ -3,7 +3,7 @@
 `RedisStore` stands in for the in-process `Store`; see its module for the keys and the commit.
 """
 
-from ..model import MissingDependency
+from ...model import MissingDependency
 
 # redis-py is an extra (the core needs only the standard library): whatever imports this backend
 # -- `Orchestrator(redis=...)`, `use_redis`, `--redis` -- learns here, in one line, what to install.

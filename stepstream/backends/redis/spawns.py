@@ -44,7 +44,7 @@ class Spawn:
     parent_id: str | None
 
 
-class Batch:
+class SpawnBatch:
     """A thread's spawns on one link, and the jobs its last commit left (for the next one)."""
 
     def __init__(self, link: str, known: Any) -> None:
@@ -61,20 +61,20 @@ class Spawner:
     """Batches of every thread of a process, committed by one thread with `commit(batch, spawns)`
     (which updates `batch.known`)."""
 
-    def __init__(self, commit: Callable[[Batch, list[Spawn]], None]) -> None:
+    def __init__(self, commit: Callable[[SpawnBatch, list[Spawn]], None]) -> None:
         self._commit = commit
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._ready: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()
+        self._ready: queue.SimpleQueue[SpawnBatch | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._busy: set[Batch] = set()
+        self._busy: set[SpawnBatch] = set()
         self._idle = threading.Condition(self._lock)
         self._room = threading.Condition(self._lock)
 
-    def batch(self, link: str) -> Batch | None:
+    def batch(self, link: str) -> SpawnBatch | None:
         """This thread's batch on `link`, if it has one; its spawns on another link are settled
         first (their error raised)."""
-        batch: Batch | None = getattr(self._local, "batch", None)
+        batch: SpawnBatch | None = getattr(self._local, "batch", None)
         if batch is not None and batch.link != link:
             self.settle()
             return None
@@ -84,9 +84,9 @@ class Spawner:
 
     def begin(self, link: str, known: Any) -> None:
         """This thread's next spawns on `link` are queued, starting from `known`."""
-        self._local.batch = Batch(link, known)
+        self._local.batch = SpawnBatch(link, known)
 
-    def add(self, batch: Batch, spawn: Spawn) -> None:
+    def add(self, batch: SpawnBatch, spawn: Spawn) -> None:
         """Queue a spawn; wait while the thread is `MAX_QUEUED` ahead of its commits (so a loop
         that spawns faster than Redis takes them is held back, and a batch that fails drops
         few); a failed batch's error is raised here."""
@@ -109,14 +109,14 @@ class Spawner:
     def wait(self) -> None:
         """Wait until this thread's queued spawns are committed (or failed: the error is kept
         for its next spawn or its code's return)."""
-        batch: Batch | None = getattr(self._local, "batch", None)
+        batch: SpawnBatch | None = getattr(self._local, "batch", None)
         if batch is not None:
             batch.done.wait()
 
     def settle(self, *, raise_error: bool = True) -> BaseException | None:
         """Wait until this thread's queued spawns are committed. Their error, if a batch failed:
         raised (or returned); the thread then starts afresh."""
-        batch: Batch | None = getattr(self._local, "batch", None)
+        batch: SpawnBatch | None = getattr(self._local, "batch", None)
         if batch is None:
             return None
         batch.done.wait()

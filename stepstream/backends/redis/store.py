@@ -2,7 +2,7 @@
 server and worker processes.
 
 A change (a child ending, a log line, a cancel) is computed in the process where it happens by
-the same `Store` code and `model` rules as in one process: the jobs it needs are loaded (one
+the same `MemoryStore` code and `model` rules as in one process: the jobs it needs are loaded (one
 script, one seq), applied by the one `Engine`, and the result is committed by one Lua script
 that first checks that nothing it was computed from has changed since (else it is computed again
 from a fresh read), then writes the jobs, moves the counters, takes one seq per event and appends
@@ -31,17 +31,17 @@ from typing import Any
 
 import redis
 
-from .. import model, queries, wire
-from .. import params as params_rules
-from ..encoding import dumps
-from ..engine import Engine, require_manager
-from ..events import MERGEABLE, Event, Gone, latest_only
-from ..jobs import Job, new_id
-from ..logs import LogBucket, Record, query
-from ..model import CHILD, MANAGER, PENDING, RUNNING, STEP, Conflict, NotFound, iso
-from ..text import MAX_LOG_CHARS, bounded, safe_str
+from ... import model, queries, wire
+from ... import params as params_rules
+from ...encoding import dumps
+from ...engine import Engine, require_manager
+from ...events import MERGEABLE, Event, Gone, latest_only
+from ...jobs import Job, new_id
+from ...logs import LogBucket, Record, query
+from ...model import CHILD, MANAGER, PENDING, RUNNING, STEP, Conflict, NotFound, iso
+from ...text import MAX_LOG_CHARS, bounded, safe_str
 from . import codec, scripts
-from .spawns import Batch, Spawn, Spawner
+from .spawns import Spawn, SpawnBatch, Spawner
 from .tail import Tail
 from .workqueue import GROUP, Entry, WorkQueue
 
@@ -115,7 +115,7 @@ class StorageUnavailable(Exception):
 
 
 class RedisStore:
-    """The `Store` interface (what the orchestrator and the hub use) over a shared Redis."""
+    """The `MemoryStore` interface (what the orchestrator and the hub use) over a shared Redis."""
 
     queued = True  # work runs from the shared queue (`take_work`), not where it was made
     journal = None
@@ -458,7 +458,7 @@ class RedisStore:
             manager.children.remove(child)
         return _graph(manager)
 
-    def _commit_spawns(self, batch: Batch, spawns: list[Spawn]) -> None:
+    def _commit_spawns(self, batch: SpawnBatch, spawns: list[Spawn]) -> None:
         """Commit a batch of queued spawns (the spawner's thread)."""
         created = self._change(batch.link, lambda s, jobs: self._create(s, spawns), children=(batch.link,),
                                known=batch.known)

@@ -12,11 +12,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .attempt import Attempts
-from .backend import Backend
-from .journal import Journal
-from .runner import LocalRunner, Runner
-from .store import Store
+from ..attempt import Attempts
+from ..backend import Backend
+from ..journal import Journal
+from ..runner import LocalRunner, Runner
+from .memory import MemoryStore
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,10 @@ def open_backend(settings: Settings, *, db: str | os.PathLike | None = None, jou
     if redis is not None:
         return open_redis(settings, redis)
     if db is not None:
-        from .journal.sqlite import SqliteJournal
+        from ..journal.sqlite import SqliteJournal
 
         journal = SqliteJournal(db)
-    store = Store(replay_size=settings.replay_size, max_finished=settings.max_finished,
+    store = MemoryStore(replay_size=settings.replay_size, max_finished=settings.max_finished,
                   max_logs_per_step=settings.max_logs_per_step, journal=journal)
     return Opened(store, lambda attempts, workers: LocalRunner(attempts, max(workers, 1)))
 
@@ -60,8 +60,8 @@ def open_redis(settings: Settings, url: str, *, prefix: str = "stepstream:", ret
                retain_days: float | None = None) -> Opened:
     """Every job in the Redis at `url`, shared by every process that uses it. Finished jobs
     beyond `retain_jobs` (default `max_finished`) or older than `retain_days` are let go."""
-    from .redisbackend import RedisStore  # redis-py is needed only here (MissingDependency names the extra)
-    from .redisbackend.worker import RedisWorker
+    from .redis import RedisStore  # redis-py is needed only here (MissingDependency names the extra)
+    from .redis.worker import RedisWorker
 
     store = RedisStore(
         url, prefix=prefix, replay_size=settings.replay_size, max_logs_per_step=settings.max_logs_per_step,

@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..attempt import Attempts
-from ..jobs import Job
-from ..runner import EventLoopThread
-from ..workers import WorkerPool
+from ...attempt import Attempts
+from ...jobs import Job
+from ...runner import EventLoopThread
+from ...workers import WorkerPool
 from .store import RedisStore
 
 SHORT_CHILD = 0.01  # seconds: queued children this quick are taken and ended in batches

@@ -1,6 +1,6 @@
 """The thread-safe store: jobs, transitions, O(1) counters, one seq and the event ring.
 
-Everything that changes state goes through a method of `Store`, under its one lock. A change
+Everything that changes state goes through a method of `MemoryStore`, under its one lock. A change
 updates the job, its step's and manager's counters (two integer updates each), takes the next
 seq and appends an event to the replay ring — all before the lock is released — so a snapshot
 taken at seq S plus the events after S always equals the current state. Work that can block
@@ -19,24 +19,24 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import model, queries, wire
-from .engine import Change, Engine, get, require_manager
-from .events import Event, Gone
-from .history import History
-from .jobs import Job, rebuild
-from .journal import Journal
-from .journal.writer import JournalWriter
-from .logbridge import current_job
-from .logs import LogBucket, Record, query
-from .model import CHILD, MANAGER, STEP, Conflict, NotFound, StepstreamError, iso
-from .text import MAX_LOG_CHARS, bounded, safe_str
+from .. import model, queries, wire
+from ..engine import Change, Engine, get, require_manager
+from ..events import Event, Gone
+from ..history import History
+from ..jobs import Job, rebuild
+from ..journal import Journal
+from ..journal.writer import JournalWriter
+from ..logbridge import current_job
+from ..logs import LogBucket, Record, query
+from ..model import CHILD, MANAGER, STEP, Conflict, NotFound, StepstreamError, iso
+from ..text import MAX_LOG_CHARS, bounded, safe_str
 
 logger = logging.getLogger("stepstream")
 
 INTERRUPTED_BY_STOP = "interrupted: the server stopped while this job ran"
 
 
-class _Guard:
+class _StoreLock:
     """The store's lock, remembering per thread that it is held.
 
     A change can run arbitrary code while the lock is held (a garbage-collector finaliser that
@@ -47,7 +47,7 @@ class _Guard:
 
     __slots__ = ("lock", "local", "store")
 
-    def __init__(self, lock: threading.Condition, store: Store) -> None:
+    def __init__(self, lock: threading.Condition, store: MemoryStore) -> None:
         self.lock = lock
         self.local = threading.local()
         self.store = store
@@ -78,7 +78,7 @@ class _Guard:
         self.local.deferred.append((job_id, level, message))
 
 
-class Store:
+class MemoryStore:
     """The memory backend: every job of this process under one lock, a global seq, a bounded
     replay ring of events, and optionally a journal that keeps them across restarts.
 
@@ -100,7 +100,7 @@ class Store:
         self.max_finished = max_finished
         self.max_logs_per_step = max_logs_per_step
         self._cond = threading.Condition(threading.Lock())
-        self._guard = _Guard(self._cond, self)
+        self._guard = _StoreLock(self._cond, self)
         self._ring: list[Event | None] = [None] * replay_size
         self._jobs: dict[str, Job] = {}
         self._engine = Engine(self._jobs, max_logs_per_step=max_logs_per_step)

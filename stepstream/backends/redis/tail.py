@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import redis
 
-from ..events import Event
+from ...events import Event
 
 logger = logging.getLogger("stepstream")
 

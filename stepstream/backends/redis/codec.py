@@ -10,12 +10,12 @@ import json
 import operator
 from typing import Any
 
-from ..callables import callable_name
-from ..encoding import dumps
-from ..events import Event
-from ..jobs import Job
-from ..logs import LogBucket
-from ..model import CHILD, MANAGER, STEP, progress_dict
+from ...callables import callable_name
+from ...encoding import dumps
+from ...events import Event
+from ...jobs import Job
+from ...logs import LogBucket
+from ...model import CHILD, MANAGER, STEP, progress_dict
 
 COUNTERS = ("total", "c0", "c1", "c2", "c3", "c4", "log_count")
 
