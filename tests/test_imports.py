@@ -4,12 +4,12 @@ import json
 import subprocess
 import sys
 
-CORE = ["stepstream", "stepstream.model", "stepstream.events", "stepstream.wire", "stepstream.backends.memory", "stepstream.backends", "stepstream.engine", "stepstream.runner",
-        "stepstream.attempt", "stepstream.queries", "stepstream.backend", "stepstream.journal.writer",
-        "stepstream.journal", "stepstream.journal.sqlite", "stepstream.orchestrator", "stepstream.logs",
-        "stepstream.workers", "stepstream.params", "stepstream.text", "stepstream.encoding",
-        "stepstream.loader", "stepstream.jobs", "stepstream.history", "stepstream.logbridge", "stepstream.sse",
-        "stepstream.demo"]
+CORE = ["stepstream", "stepstream.model", "stepstream.events", "stepstream.wire", "stepstream.backends",
+        "stepstream.backends.memory", "stepstream.engine", "stepstream.runner", "stepstream.attempt",
+        "stepstream.queries", "stepstream.backend", "stepstream.journal", "stepstream.journal.writer",
+        "stepstream.journal.sqlite", "stepstream.orchestrator", "stepstream.logs", "stepstream.workers",
+        "stepstream.params", "stepstream.text", "stepstream.encoding", "stepstream.loader", "stepstream.jobs",
+        "stepstream.history", "stepstream.logbridge", "stepstream.sse", "stepstream.demo"]
 
 
 def test_core_modules_import_only_the_standard_library():
