@@ -117,8 +117,7 @@ class StorageUnavailable(Exception):
 class RedisStore:
     """The `MemoryStore` interface (what the orchestrator and the hub use) over a shared Redis."""
 
-    queued = True  # work runs from the shared queue (`take_work`), not where it was made
-    journal = None
+    journal = None  # Redis is the durable record itself
     journal_error = None
     storage_error: str | None = None  # set while calls to Redis fail (they are retried)
 
@@ -154,7 +153,6 @@ class RedisStore:
             raise StorageUnavailable(f"cannot reach Redis at {safe_url(url)}: {exc}") from None
         token = secrets.token_hex(6)
         self.run_id = self._retrying(lambda: self._deployment_id(token))
-        self.counters: collections.Counter[str] = collections.Counter()  # unused: stats() reads Redis
         self._committed = 0  # the last seq this process committed
         self._listeners: list[Callable[[], None]] = []
         self._tail = Tail(self.redis, prefix + "events", prefix + "seq", codec.event_from, replay_size,
