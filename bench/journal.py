@@ -35,13 +35,13 @@ import core
 import fanout
 import psutil
 
+from harness.processes import Served, base_of
 from stepstream import Orchestrator, Step, wire
 from stepstream.backends.memory import MemoryStore
 from stepstream.events import Event
 from stepstream.journal import Batch
 from stepstream.journal.sqlite import SqliteJournal
 from stepstream.model import COUNTED, SLOT, progress_dict
-from tests.processes import Served, base_of
 
 TARGET_RATIO = 0.70  # journaled throughput, share of in-memory
 TARGET_ADDED_P50_MS = 20.0

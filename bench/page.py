@@ -23,10 +23,10 @@ from pathlib import Path
 import common  # noqa: F401  (puts the repo root on sys.path, for tests/)
 from playwright.sync_api import sync_playwright
 
+from harness.browser import LAUNCH_ARGS, find_chromium
+from harness.live import LiveServer
 from stepstream import Orchestrator, Step
 from stepstream.server import create_app
-from tests.browser import LAUNCH_ARGS, find_chromium
-from tests.live import LiveServer
 
 STEPS = 5
 

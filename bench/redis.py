@@ -67,9 +67,9 @@ if __name__ != "redis":  # the benchmark itself (imported as `redis`, the rest o
     import httpx
     import psutil
 
+    from harness.processes import Served, base_of
     from harness.redisserver import RedisServer  # not tests/: a benchmark does not import the test suite
     from stepstream import Orchestrator
-    from tests.processes import Served, base_of
 
 APP_MODULE = "ssbench_redis_app"
 APP = f"{APP_MODULE}:make"

@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 import common
 import httpx
 
+from harness.folding import fold
+from harness.live import sse_events
 from stepstream import Orchestrator, Step
 from stepstream.model import Conflict
-from tests.folding import fold
-from tests.live import sse_events
 
 CHILDREN_PER_STEP = 400
 REPLAY_SIZE = 20_000

@@ -22,10 +22,10 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from harness.folding import check_progress, fold
 from stepstream import Orchestrator
 from stepstream.model import TERMINAL
 from tests.behaviour_jobs import define_jobs, open_gates
-from tests.folding import check_progress, fold
 
 BACKENDS = ("memory", "sqlite", "redis")
 

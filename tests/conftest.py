@@ -4,10 +4,10 @@ import threading
 
 import pytest
 
+from harness.live import LiveServer
 from stepstream import Orchestrator, Step
 from stepstream.server import create_app
 from tests.backends import BACKENDS, Backend, closed_all
-from tests.live import LiveServer
 from tests.redisserver import RedisServer, require_redis_server
 
 

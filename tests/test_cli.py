@@ -19,9 +19,9 @@ import httpx
 import pytest
 
 import stepstream
+from harness.live import sse_events
+from harness.processes import Served, base_of, cli_env, stepstream_cli
 from stepstream import demo
-from tests.live import sse_events
-from tests.processes import Served, base_of, cli_env, stepstream_cli
 from tests.redisserver import RedisServer, free_port
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")

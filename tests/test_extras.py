@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import cli_env
+from harness.processes import cli_env
 
 URL = "redis://127.0.0.1:1/0"  # never reached: the error comes first
 LINE = "stepstream: error: the Redis backend needs redis-py: pip install 'stepstream[redis]'\n"

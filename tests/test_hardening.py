@@ -19,10 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harness.folding import check_progress
+from harness.live import LiveServer, sse_events
 from stepstream import Orchestrator, Step
 from stepstream.server import create_app
-from tests.folding import check_progress
-from tests.live import LiveServer, sse_events
 
 TIMEOUT = 20
 SURROGATE_NAME = "caf\udce9.txt"  # what os.listdir gives for a Latin-1 file name on a UTF-8 system

@@ -15,12 +15,12 @@ import pytest
 from hypothesis import settings
 from hypothesis.stateful import invariant
 
+from harness.folding import check_progress
 from stepstream import Orchestrator, Step
 from stepstream.backends.memory import MemoryStore
 from stepstream.events import MERGEABLE
 from stepstream.journal import sqlite as journal_sqlite
 from stepstream.journal.sqlite import SqliteJournal
-from tests.folding import check_progress
 from tests.test_store import StoreMachine, check_history
 
 TIMEOUT = 20
@@ -174,8 +174,8 @@ class Flaky(SqliteJournal):
 
 
 def test_a_failing_journal_is_reported_and_nothing_is_lost_or_shown_early(tmp_path, caplog):
+    from harness.live import LiveServer
     from stepstream.server import create_app
-    from tests.live import LiveServer
 
     journal = Flaky(tmp_path / "f.db")
     orch = Orchestrator(max_workers=2, journal=journal)

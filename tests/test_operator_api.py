@@ -9,8 +9,8 @@ import threading
 import httpx
 import pytest
 
+from harness.live import sse_events
 from stepstream import Step
-from tests.live import sse_events
 
 TIMEOUT = 20
 

@@ -18,11 +18,11 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount
 
+from harness.live import LiveServer
 from stepstream import Orchestrator, Step
 from stepstream.server import create_app
 from tests.browser import ARTIFACTS, LAUNCH_ARGS, _unavailable, find_chromium
 from tests.conftest import Gates
-from tests.live import LiveServer
 
 pytest.importorskip("playwright")
 from playwright.sync_api import Page, expect  # noqa: E402

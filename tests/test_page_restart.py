@@ -18,9 +18,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from harness.live import LiveServer, sse_events
 from stepstream import Orchestrator, Step
 from stepstream.server import create_app
-from tests.live import LiveServer, sse_events
 from tests.test_page import (  # noqa: F401  (fixtures `browser`, `page`)
     CRAWL_HELD,
     CRAWL_HELD_LOGS,

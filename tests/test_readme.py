@@ -16,8 +16,8 @@ import httpx
 import pytest
 import redis
 
-from tests.live import LiveServer, sse_events
-from tests.processes import ROOT, Served, base_of, cli_env
+from harness.live import LiveServer, sse_events
+from harness.processes import ROOT, Served, base_of, cli_env
 from tests.redisserver import RedisServer, free_port, require_redis_server
 
 README = (ROOT / "README.md").read_text()

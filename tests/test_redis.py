@@ -18,11 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.folding import check_progress, fold
+from harness.live import sse_events
+from harness.processes import Served, base_of
 from stepstream import Orchestrator, Step
 from stepstream.model import InvalidParams
-from tests.folding import check_progress, fold
-from tests.live import sse_events
-from tests.processes import Served, base_of
 from tests.redisserver import RedisServer, require_redis_server
 
 pytestmark = pytest.mark.timeout(120)
@@ -510,8 +510,8 @@ def test_the_page_and_api_report_the_same_deployment_id_on_every_server(deployme
 
 
 def test_rerun_delete_and_metrics_through_the_api_of_a_redis_deployment(redis_server):
+    from harness.live import LiveServer
     from stepstream.server import create_app
-    from tests.live import LiveServer
 
     orch = Orchestrator(max_workers=4, redis=redis_server.url)
     orch.define("many", [Step("many", many), Step("after", after)])

@@ -15,12 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.folding import check_progress, fold
+from harness.live import sse_events
+from harness.processes import Served, base_of
 from stepstream import Orchestrator, Step
 from stepstream.events import MERGEABLE
 from stepstream.journal import sqlite as journal_sqlite
-from tests.folding import check_progress, fold
-from tests.live import sse_events
-from tests.processes import Served, base_of
 
 TIMEOUT = 30
 

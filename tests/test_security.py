@@ -22,10 +22,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
+from harness.live import LiveServer, sse_events
 from stepstream import Orchestrator, Step
 from stepstream.server import create_app
 from tests.browser import ARTIFACTS
-from tests.live import LiveServer, sse_events
 from tests.test_page import browser, page  # noqa: F401 - the session's one Chromium, and a CSP-watched page
 
 if TYPE_CHECKING:

@@ -8,10 +8,10 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
+from harness.live import LiveServer, sse_events
 from stepstream import Orchestrator, Step
 from stepstream.server import create_app
 from tests.conftest import mixed_definition
-from tests.live import LiveServer, sse_events
 
 TIMEOUT = 30
 

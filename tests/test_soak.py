@@ -15,8 +15,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 from soak import Segment, SoakClient, check, drive, memory_verdict, run_clients, soak_orchestrator  # noqa: E402
 
+from harness.live import LiveServer  # noqa: E402
 from stepstream.server import create_app  # noqa: E402
-from tests.live import LiveServer  # noqa: E402
 
 SECONDS = 12
 REPLAY_SIZE = 4096  # fills and turns over within the first seconds: the warm-up

@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.folding import fold
-from tests.live import sse_events
-from tests.processes import Served, base_of
+from harness.folding import fold
+from harness.live import sse_events
+from harness.processes import Served, base_of
 from tests.redisserver import RedisServer, require_redis_server
 
 pytestmark = pytest.mark.timeout(180)

@@ -10,10 +10,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from harness.folding import check_progress, fold
 from stepstream import Orchestrator, Step
 from stepstream.backends.memory import Gone, MemoryStore
 from stepstream.model import TERMINAL
-from tests.folding import check_progress, fold
 
 TIMEOUT = 30
 

@@ -14,12 +14,12 @@ import tracemalloc
 import httpx
 import pytest
 
+from harness.folding import check_progress, fold
+from harness.live import LiveServer, free_port, sse_events
+from harness.processes import cli_env
 from stepstream import Orchestrator, Step, demo
 from stepstream.server import create_app
 from tests.conftest import mixed_definition
-from tests.folding import check_progress, fold
-from tests.live import LiveServer, free_port, sse_events
-from tests.processes import cli_env
 
 TIMEOUT = 30
 
