@@ -21,6 +21,7 @@ import common
 import core
 import fanout
 import journal
+import leaving
 import memory
 import snapshot
 
@@ -161,6 +162,14 @@ def rows_of(results: list[dict]) -> list[tuple[str, str, str, str]]:
         elif r["name"] == "memory_children":
             rows.append(("RSS per 100,000 retained children", _fmt(r["mb_per_100k_children"], " MB"),
                          _fmt(r["baseline_mb_per_100k_children"], " MB") + " (dicts)", _fmt(r["ratio"], "×")))
+        elif r["name"] == "leaving_clients":
+            for storage, f in r["results"].items():
+                d, a = f["during_job"], f["after_leaving"]
+                rows.append((f"{r['clients']} clients stop reading, then leave ({storage}): /api/health p50/p99/max, "
+                             "during the job / after they left",
+                             f"{_fmt(d['p50_ms'])}/{_fmt(d['p99_ms'])}/{_fmt(d['max_ms'])} ms / "
+                             f"{_fmt(a['p50_ms'])}/{_fmt(a['p99_ms'])}/{_fmt(a['max_ms'])} ms", "",
+                             "target ≤ 100 ms"))
         elif r["name"] == "fanout":
             by_app = {app: {run["clients"]: run for run in runs} for app, runs in r["runs"].items()}
             for clients, ours in by_app["stepstream"].items():
@@ -247,6 +256,7 @@ def main() -> None:
         ("snapshot cost", lambda: snapshot.snapshot_cost(repeat=20 if q else 50)),
         ("memory", lambda: memory.retained_children(20_000 if q else 100_000)),
         ("stream fan-out", lambda: fanout.fanout(quick=q)),
+        ("stream leaving clients", lambda: leaving.leaving_clients(20_000 if q else 100_000)),
         *journal.benchmarks(q),
         *redisbench.benchmarks(q),
     ]
