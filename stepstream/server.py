@@ -8,6 +8,7 @@ orchestrator's public API.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -78,6 +79,18 @@ def _hub(request: Request) -> Hub:
 async def _storage(request: Request, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """A read of storage, off the event loop, answered within the offload's timeout (else 503)."""
     return await request.app.state.offload.run(fn, *args, **kwargs)
+
+
+async def _durable(request: Request, seq: int) -> None:
+    """Wait until `seq` is durable (nothing is shown that a crash could take back), within the
+    offload's bound: else 503, as for any storage that does not answer."""
+    limit = request.app.state.offload.timeout
+    try:
+        await asyncio.wait_for(_hub(request).wait_visible(seq), limit)
+    except TimeoutError:
+        failing = _orch(request).storage_error
+        raise StorageUnavailable(f"{failing or 'storage'}: the latest changes are not written yet after "
+                                 f"{limit:g} s; try again later") from None
 
 
 async def _command(request: Request, fn: Callable[..., T], *args: Any) -> T:
@@ -161,7 +174,7 @@ async def _json_body(request: Request) -> Any:
 async def _snapshot(request: Request, job_id: str) -> dict:
     """The job's snapshot, once everything it shows is durable (with a journal)."""
     snapshot = await _storage(request, _orch(request).snapshot, job_id)
-    await _hub(request).wait_visible(snapshot["seq"])
+    await _durable(request, snapshot["seq"])
     return snapshot
 
 
@@ -238,7 +251,7 @@ async def list_jobs(request: Request) -> Response:
 
 
 async def _visible(request: Request, answer: dict) -> dict:
-    await _hub(request).wait_visible(answer["seq"])
+    await _durable(request, answer["seq"])
     return answer
 
 

@@ -225,3 +225,43 @@ def test_closing_while_the_journal_fails_ends_promptly_and_says_what_was_not_kep
             reopened.snapshot(job_id)
     finally:
         reopened.shutdown()
+
+
+def test_a_full_database_is_reported_as_full_and_a_new_job_is_refused_at_once(tmp_path):
+    """SQLite rolls a transaction back by itself when the database is full: the error shown is
+    that one (not the failed ROLLBACK's), and `POST /api/jobs` answers 503 at once, creating
+    nothing, until the writes work again."""
+    from harness.live import LiveServer
+    from stepstream.server import create_app
+
+    journal = SqliteJournal(tmp_path / "full.db")
+    orch = Orchestrator(max_workers=1, journal=journal)
+    orch.define("d", [Step("a", lambda ctx: None)])
+    try:
+        with LiveServer(create_app(orch)) as srv:
+            pages = journal._writer.execute("PRAGMA page_count").fetchone()[0]
+            journal._writer.execute(f"PRAGMA max_page_count={pages + 2}")  # a disk that is full
+            manager, _ = orch.store.create_manager("d", ["a"], {}, params_json="{}")
+            for _ in range(200):
+                orch.store.log(manager.steps[0].id, "info", "y" * 2000)
+            deadline = time.monotonic() + TIMEOUT
+            while orch.journal_error is None:
+                assert time.monotonic() < deadline, "the writer never failed"
+                time.sleep(0.01)
+            assert "database or disk is full" in orch.journal_error
+            started = time.monotonic()
+            listing = httpx.get(f"{srv.url}/api/jobs", timeout=TIMEOUT)  # it would show what is not durable
+            assert time.monotonic() - started < 5 and listing.status_code == 503, listing.text
+            started = time.monotonic()
+            refused = httpx.post(f"{srv.url}/api/jobs", json={"definition": "d"}, timeout=TIMEOUT)
+            assert time.monotonic() - started < 3
+            assert refused.status_code == 503 and refused.headers["retry-after"]
+            assert refused.json()["error"]["code"] == "storage_unavailable"
+            assert "database or disk is full" in refused.json()["error"]["message"]
+            journal._writer.execute("PRAGMA max_page_count=1073741823")  # space again
+            assert orch.store.wait_visible(orch.seq, TIMEOUT)
+            listed = httpx.get(f"{srv.url}/api/jobs", timeout=TIMEOUT).json()["jobs"]
+            assert [job["id"] for job in listed] == [manager.id]  # the refused job was never created
+            assert httpx.post(f"{srv.url}/api/jobs", json={"definition": "d"}, timeout=TIMEOUT).status_code == 201
+    finally:
+        orch.shutdown()
