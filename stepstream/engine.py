@@ -18,8 +18,8 @@ from typing import Any
 
 from . import model, queries, wire
 from .events import Event
-from .jobs import Job
-from .logs import LogBucket, Record
+from .jobs import Job, new_manager, new_step
+from .logs import Record
 from .model import (
     CANCELLED,
     CHILD,
@@ -140,32 +140,10 @@ class Engine:
                        params_json: str | None = None, rerun_of: str | None = None) -> tuple[Job, Job]:
         """A new running manager with its steps; the first step is started (and runnable)."""
         now = time.time()
-        manager = Job(MANAGER, definition, now)
-        manager.definition = definition
-        manager.params = params
-        manager.rerun_of = rerun_of
-        manager.params_json = params_json
-        manager.end_seq = None
-        manager.manager = manager
-        manager.step = None
-        manager.index = None
-        manager.bucket = LogBucket(self.max_logs_per_step)
-        manager.steps = []
-        manager.children = []
-        manager.cancelled = False
-        manager.settled = False
-        manager.current = 0
-        for index, name in enumerate(step_names):
-            step = Job(STEP, name, now)
-            step.manager = manager
-            step.step = step
-            step.parent_id = manager.id
-            step.index = index
-            step.bucket = LogBucket(self.max_logs_per_step)
-            step.handler_returned = False
-            step.handler_error = None
-            step.handler_traceback = None
-            manager.steps.append(step)
+        manager = new_manager(definition, now, self.max_logs_per_step)
+        manager.params, manager.params_json, manager.rerun_of = params, params_json, rerun_of
+        for name in step_names:
+            new_step(manager, name, now, self.max_logs_per_step)
         manager.ordinal = next(self.ordinals)
         self.jobs[manager.id] = manager
         for step in manager.steps:

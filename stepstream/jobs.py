@@ -58,32 +58,50 @@ class Job:
         return progress_dict(self.total, self.counts)
 
 
+def new_manager(definition: str, created_at: float, logs_per_step: int) -> Job:
+    """A manager Job with every field a manager has, at its starting values."""
+    manager = Job(MANAGER, definition, created_at)
+    manager.definition = definition
+    manager.params, manager.params_json, manager.rerun_of = {}, None, None
+    manager.end_seq, manager.ordinal = None, 0
+    manager.manager, manager.step, manager.index = manager, None, None
+    manager.bucket = LogBucket(logs_per_step)
+    manager.steps, manager.children = [], []
+    manager.cancelled, manager.settled, manager.current = False, False, 0
+    return manager
+
+
+def new_step(manager: Job, name: str, created_at: float, logs_per_step: int) -> Job:
+    """The next step of `manager`, with every field a step has, added to its steps."""
+    step = Job(STEP, name, created_at)
+    step.manager, step.step, step.parent_id, step.index = manager, step, manager.id, len(manager.steps)
+    step.bucket = LogBucket(logs_per_step)
+    step.handler_returned, step.handler_error, step.handler_traceback = False, None, None
+    manager.steps.append(step)
+    return step
+
+
 def rebuild(kept: Unsettled, logs_per_step: int) -> Job:
     """A manager job with its steps and children as the journal last wrote them (code-less: a
     child's function is gone with the process). Counts are recounted from the children."""
     data = kept.job
-    manager = _job_from(MANAGER, data)
-    manager.definition, manager.params = data["definition"], data.get("params", {})
+    manager = _with_common(new_manager(data["definition"], 0.0, logs_per_step), data)
+    manager.params = data.get("params", {})
     manager.params_json = json.dumps(manager.params)
-    manager.rerun_of, manager.end_seq, manager.ordinal = data.get("rerun_of"), None, kept.ordinal
-    manager.manager, manager.step, manager.index = manager, None, None
-    manager.cancelled, manager.settled = data["status"] == CANCELLED, False
+    manager.rerun_of, manager.ordinal = data.get("rerun_of"), kept.ordinal
+    manager.cancelled = data["status"] == CANCELLED
     manager.log_count = data["log_count"]
     manager.bucket = _bucket(logs_per_step, kept.logs.get(None, []))
-    manager.steps, manager.children, manager.current = [], [], 0
     steps_by_id = {}
     for index, step_data in enumerate(data["steps"]):
-        step = _job_from(STEP, step_data)
-        step.manager, step.step, step.parent_id, step.index = manager, step, manager.id, index
+        step = _with_common(new_step(manager, step_data["name"], 0.0, logs_per_step), step_data)
         step.log_count = step_data["log_count"]
         step.bucket = _bucket(logs_per_step, kept.logs.get(step.id, []))
-        step.handler_returned, step.handler_error, step.handler_traceback = False, None, None
-        manager.steps.append(step)
         steps_by_id[step.id] = step
         if step_data["name"] == data["current_step"]:
             manager.current = index
     for position, child_data in enumerate(kept.children):
-        child = _job_from(CHILD, child_data)
+        child = _with_common(Job(CHILD, child_data["name"], 0.0), child_data)
         child.manager, child.step = manager, steps_by_id[child_data["step_id"]]
         child.parent_id, child.depth, child.position = child_data["parent_id"], child_data["depth"], position
         child.attempt, child.retries = child_data["attempt"], child_data["retries"]
@@ -95,10 +113,9 @@ def rebuild(kept: Unsettled, logs_per_step: int) -> Job:
     return manager
 
 
-def _job_from(kind: str, data: dict) -> Job:
-    """A Job with the fields every kind has, from its JSON."""
-    name = data["name"] if kind != MANAGER else data["definition"]
-    job = Job(kind, name, _epoch(data.get("created_at")) or time.time())
+def _with_common(job: Job, data: dict) -> Job:
+    """`job` with the fields every kind has taken from its JSON."""
+    job.created_at = _epoch(data.get("created_at")) or time.time()
     job.id, job.status = data["id"], data["status"]
     job.started_at, job.finished_at = _epoch(data.get("started_at")), _epoch(data.get("finished_at"))
     job.error, job.traceback = data.get("error"), data.get("traceback")
