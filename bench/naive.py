@@ -97,7 +97,7 @@ class NaiveBroadcaster:
         self._pump()  # older events go to the other clients only
         snap, _ = self.store.stream_snapshot(None)
         self.queues.add(queue)  # events up to the snapshot's seq that arrive later are skipped
-        run_id = self.store.run_id
+        run_id = self.store.store_id
         try:
             yield ServerSentEvent(json.dumps(snap), event="snapshot", id=f"{run_id}-{snap['seq']}")
             while True:

@@ -39,7 +39,7 @@ class Gone(Exception):
 class EventSource(Protocol):
     """What the stream hub needs of a store: ids, the seq, wake-ups, events and snapshots."""
 
-    run_id: str
+    store_id: str  # the first part of every event id: which store (a database, a Redis, a run in memory) made it
 
     @property
     def seq(self) -> int: ...

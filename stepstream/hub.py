@@ -148,10 +148,10 @@ class Hub:
     def parse_last_event_id(self, value: str | None) -> int | None:
         """The seq of a Last-Event-ID from this run of the server, or None (fresh snapshot) for
         anything else: another run's id, garbage, a seq of absurd length or non-ASCII digits."""
-        return sse.parse_event_id(value, self.store.run_id)
+        return sse.parse_event_id(value, self.store.store_id)
 
     def event_id(self, seq: int) -> str:
-        return sse.event_id(self.store.run_id, seq)
+        return sse.event_id(self.store.store_id, seq)
 
     def _encoding(self, event: Event) -> bytes:
         """The event's SSE bytes, made once and shared by every connection that sends it (the

@@ -209,7 +209,7 @@ async def health(request: Request) -> Response:
         except StorageUnavailable as exc:
             failing = str(exc)
     return SafeJSONResponse({"status": "degraded" if failing else "ok", "seq": orch.seq, "time": iso_now(),
-                             "run_id": hub.store.run_id, "streams": hub.connections,
+                             "run_id": hub.store.store_id, "store_id": hub.store.store_id, "streams": hub.connections,
                              "storage_error": failing, "journal_error": orch.journal_error},
                             status_code=503 if failing else 200, headers={"Retry-After": "2"} if failing else None)
 

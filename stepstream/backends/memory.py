@@ -95,7 +95,7 @@ class MemoryStore:
     ) -> None:
         if replay_size < 16 or max_finished < 1 or max_logs_per_step < 1:
             raise ValueError("replay_size >= 16, max_finished >= 1 and max_logs_per_step >= 1")
-        self.run_id = secrets.token_hex(6)  # tells event ids of one process run from another
+        self.store_id = secrets.token_hex(6)  # tells event ids of one store (a database, a run in memory) from another
         self.replay_size = replay_size
         self.max_finished = max_finished
         self.max_logs_per_step = max_logs_per_step
@@ -127,8 +127,8 @@ class MemoryStore:
         """Continue where the journal left off: its store id (event ids stay valid), its seq
         and ordinals; jobs it holds unfinished are rebuilt and settled as interrupted, with
         events like any change. Then the writer thread starts."""
-        loaded = journal.load(self.run_id, self.max_logs_per_step)
-        self.run_id = loaded.store_id
+        loaded = journal.load(self.store_id, self.max_logs_per_step)
+        self.store_id = loaded.store_id
         self._engine.seq = self._floor = loaded.seq
         self._engine.ordinals = itertools.count(loaded.ordinal + 1)
         self._writer = JournalWriter(journal, self._guard, loaded.seq, self._on_durable)

@@ -152,7 +152,7 @@ class RedisStore:
         except redis.RedisError as exc:
             raise StorageUnavailable(f"cannot reach Redis at {safe_url(url)}: {exc}") from None
         token = secrets.token_hex(6)
-        self.run_id = self._retrying(lambda: self._deployment_id(token))
+        self.store_id = self._retrying(lambda: self._deployment_id(token))
         self._committed = 0  # the last seq this process committed
         self._listeners: list[Callable[[], None]] = []
         self._tail = Tail(self.redis, prefix + "events", prefix + "seq", codec.event_from, replay_size,
