@@ -45,13 +45,17 @@ class Change:
     __slots__ = ("events", "managers", "children", "runnable", "settled", "deleted", "finished")
 
     def __init__(self) -> None:
+        # Made for every change, so only what every change needs is made here; the rest on use.
         self.events: list[Event] = []  # in seq order
-        self.managers: dict[str, Job] = {}  # managers whose stored state changed
-        self.children: dict[str, Job] = {}  # children whose stored state changed
+        self.managers: dict[str, Job] = _NONE  # managers whose stored state changed (engines that record them)
+        self.children: dict[str, Job] = _NONE  # children whose stored state changed (likewise)
         self.runnable: list[Job] = []  # step handlers to start, child attempts to run
         self.settled: list[Job] = []  # managers that settled (`end` emitted)
-        self.deleted: list[str] = []  # managers deleted
+        self.deleted: list[str] = []  # managers deleted (rare: two small lists cost less than a test on use)
         self.finished = False  # some job reached a terminal status (waiters may want to know)
+
+
+_NONE: dict = {}  # what a change that records no jobs holds: never written to
 
 
 def _with_traceback(line: str, traceback: str | None) -> str:
@@ -77,8 +81,9 @@ class Engine:
     from). Not thread-safe: its holder serialises changes."""
 
     def __init__(self, jobs: dict[str, Job] | None = None, *, seq: int = 0, ordinal: int = 1,
-                 max_logs_per_step: int = 20_000) -> None:
+                 max_logs_per_step: int = 20_000, record_jobs: bool = True) -> None:
         self.jobs: dict[str, Job] = {} if jobs is None else jobs
+        self.record_jobs = record_jobs  # note the managers and children changed (for a journal)
         self.seq = seq
         self.max_logs_per_step = max_logs_per_step
         self.ordinals = itertools.count(ordinal)
@@ -97,14 +102,20 @@ class Engine:
         self.seq = seq = self.seq + 1
         self.counters[type_] += 1
         data["seq"] = seq
-        self._change.events.append(Event(seq, type_, manager.id if manager is not None else manager_id, key, data))
-        if manager is not None:
-            self._change.managers[manager.id] = manager
+        change = self._change
+        change.events.append(Event(seq, type_, manager.id if manager is not None else manager_id, key, data))
+        if manager is not None and self.record_jobs:
+            if change.managers is _NONE:
+                change.managers = {}
+            change.managers[manager.id] = manager
 
     def _emit_status(self, job: Job) -> None:
         self._emit("job_status", job.manager, None, wire.status_event(job))
-        if job.kind == CHILD:
-            self._change.children[job.id] = job
+        if job.kind == CHILD and self.record_jobs:
+            change = self._change
+            if change.children is _NONE:
+                change.children = {}
+            change.children[job.id] = job
 
     def _emit_progress(self, step: Job) -> None:
         manager = step.manager
@@ -182,7 +193,8 @@ class Engine:
         if not manager.settled:
             raise Conflict(f"job {job_id} is still {manager.status}; cancel it first")
         self.deleted(manager.id)
-        self._change.managers.pop(manager.id, None)
+        if self._change.managers is not _NONE:
+            self._change.managers.pop(manager.id, None)
         for job in itertools.chain((manager,), manager.steps, manager.children):
             self.jobs.pop(job.id, None)
         return manager

@@ -103,7 +103,7 @@ class MemoryStore:
         self._guard = _StoreLock(self._cond, self)
         self._ring: list[Event | None] = [None] * replay_size
         self._jobs: dict[str, Job] = {}
-        self._engine = Engine(self._jobs, max_logs_per_step=max_logs_per_step)
+        self._engine = Engine(self._jobs, max_logs_per_step=max_logs_per_step, record_jobs=journal is not None)
         self._managers: dict[str, Job] = {}  # creation order
         self._finished: deque[Job] = deque()
         self._listeners: list[Callable[[], None]] = []
@@ -323,13 +323,21 @@ class MemoryStore:
 
     def begin_child(self, child: Job) -> bool:
         """pending -> running. False if the child was cancelled before it got a worker."""
-        return self._change(lambda engine: engine.begin_child(child))[0]
+        with self._guard:  # the hot path: written out rather than through _change
+            began = self._engine.begin_child(child)
+            self._apply()
+        self._notify()
+        return began
 
     def end_child(self, child: Job, error: str | None, traceback: str | None = None,
                   attempt: int | None = None) -> list[Job]:
         """A child's attempt returned (`error` None) or raised. Returns the work to run next (a
         retry, the next step's handler). A late return of a settled attempt changes nothing."""
-        return self._change(lambda engine: engine.end_child(child, error, traceback, attempt))[1]
+        with self._guard:
+            self._engine.end_child(child, error, traceback, attempt)
+            runnable = self._apply()
+        self._notify()
+        return runnable
 
     def handler_returned(self, step: Job, error: str | None, traceback: str | None = None) -> list[Job]:
         """The step's handler returned or raised. Returns the work to run next."""
