@@ -424,3 +424,76 @@ def test_the_children_panel_updates_rows_in_place_as_children_finish(orch, serve
     expect(row.locator('[data-child][data-status="completed"]')).to_have_count(6)
     assert page.evaluate("window.__rowsAdded") == 0  # no row was rebuilt or moved
     assert tbody.evaluate("tb => [...tb.rows].every(tr => tr.__seen)")
+
+
+# ---------------------------------------------------------------- the page's state in its URL
+
+
+def filters_shown(page: Page) -> dict:
+    return page.evaluate("""() => Object.fromEntries(['search', 'status', 'definition'].map(
+        f => [f, document.querySelector(`[data-filter=${f}]`).value]))""")
+
+
+def shown(page: Page) -> list[str]:
+    return page.eval_on_selector_all("[data-job]", "els => els.map(el => el.dataset.job)")
+
+
+def expanded(page: Page) -> list[str]:
+    return page.eval_on_selector_all("[data-job][data-expanded=true]", "els => els.map(el => el.dataset.job)")
+
+
+def test_filters_and_the_open_job_live_in_the_url_across_reload_history_and_sharing(orch, server, browser, page):
+    define_import(orch, "clean", failing=())
+    define_import(orch, "broken")
+    cleans = [orch.start("clean") for _ in range(3)]
+    brokens = [orch.start("broken") for _ in range(2)]
+    for job_id in cleans + brokens:
+        orch.wait(job_id, TIMEOUT)
+    page.goto(server.url + "/")
+    expect(page.locator("[data-job]")).to_have_count(5)
+
+    page.select_option("[data-filter=status]", "failed")
+    expect(page).to_have_url(f"{server.url}/?status=failed")
+    expect(page.locator("[data-job]")).to_have_count(2)
+    page.select_option("[data-filter=definition]", "broken")
+    expect(page).to_have_url(f"{server.url}/?status=failed&definition=broken")
+    target = brokens[0]
+    page.fill("[data-filter=search]", target[:-2])
+    expect(page).to_have_url(f"{server.url}/?status=failed&definition=broken&q={target[:-2]}")
+    page.locator(f'[data-job="{target}"] > .job-head .toggle').click()
+    with_job = f"{server.url}/?status=failed&definition=broken&q={target[:-2]}&job={target}"
+    expect(page).to_have_url(with_job)
+
+    page.reload()  # kept across a reload
+    expect(job_el(page, target)).to_have_attribute("data-expanded", "true")
+    assert filters_shown(page) == {"search": target[:-2], "status": "failed", "definition": "broken"}
+    assert shown(page) == [i for i in brokens[::-1] if i.startswith(target[:-2])]
+
+    shared = browser.new_context(viewport={"width": 390, "height": 844}).new_page()  # a link sent to someone
+    shared.goto(with_job)
+    expect(job_el(shared, target)).to_have_attribute("data-expanded", "true")
+    expect(shared.locator("[data-filter=definition]")).to_have_value("broken")
+    expect(shared.locator("[data-filter=status]")).to_have_value("failed")
+    expect(shared.locator("[data-job]")).to_have_count(len(shown(page)))
+    shoot(shared, "url-state-390.png")
+    shared.context.close()
+    page.set_viewport_size({"width": 1400, "height": 900})
+    shoot(page, "url-state-1400.png")
+
+    page.go_back()  # closes the job, filters stay
+    expect(page).to_have_url(f"{server.url}/?status=failed&definition=broken&q={target[:-2]}")
+    expect(job_el(page, target)).to_have_attribute("data-expanded", "false")
+    page.go_back()  # the search goes
+    expect(page).to_have_url(f"{server.url}/?status=failed&definition=broken")
+    expect(page.locator("[data-filter=search]")).to_have_value("")
+    page.go_back()
+    expect(page.locator("[data-filter=definition]")).to_have_value("")
+    expect(page.locator("[data-job]")).to_have_count(2)
+    page.go_back()
+    expect(page).to_have_url(f"{server.url}/")
+    expect(page.locator("[data-filter=status]")).to_have_value("")
+    expect(page.locator("[data-job]")).to_have_count(5)
+    page.go_forward()
+    expect(page.locator("[data-filter=status]")).to_have_value("failed")
+    expect(page.locator("[data-job]")).to_have_count(2)
+    assert expanded(page) == []

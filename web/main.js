@@ -116,7 +116,7 @@ function main() {
     if (document.visibilityState === "visible") app.commands.reconcile();
   }, RECONCILE_MS);
   setInterval(tick, TICK_MS);
-  window.addEventListener("popstate", () => app.list.followUrl(router.jobInUrl()));
+  window.addEventListener("popstate", () => app.list.followUrl(router.readUrl()));
   connection.setState("reconnecting");
   loadDefinitions();
   app.commands.syncClock().catch(() => {}); // the stream's snapshot carries the time too

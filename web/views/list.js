@@ -1,6 +1,7 @@
 // The list of manager jobs: live from the stream, narrowed by the filters (search by id or
 // prefix, status, definition), with "load older" paging through the jobs API so any job,
-// however old, can be found. Also which jobs are expanded, and the `?job=` in the URL.
+// however old, can be found. Also which jobs are expanded. The filters and the open job are in the
+// URL (router.js): shared by a link, kept across a reload, followed by back and forward.
 
 import { ApiError } from "../api.js";
 import { TERMINAL, newestFirst } from "../store.js";
@@ -23,7 +24,7 @@ export class JobList {
       status: root.querySelector("[data-filter=status]"),
       definition: root.querySelector("[data-filter=definition]"),
     };
-    this.filter = { q: "", status: "", definition: "" };
+    this.filter = { q: "", status: "", definition: "" }; // the filters applied (the URL's)
     this.views = new Map(); // manager id -> JobView (of the jobs shown)
     this.loaded = new Set(); // ids the listing API returned for the current filter
     this.next = undefined; // cursor of the next older page; null when there is none
@@ -45,6 +46,7 @@ export class JobList {
     });
     this.inputs.status.addEventListener("change", () => this.filtersChanged());
     this.inputs.definition.addEventListener("change", () => this.filtersChanged());
+    this.followFilters(app.router.readUrl());
     this.olderButton.addEventListener("click", () => this.loadOlder());
     this.anchor = null; // a linked job kept at the top while the list fills in
     for (const type of ["wheel", "touchstart", "keydown", "mousedown"]) {
@@ -64,32 +66,63 @@ export class JobList {
   }
 
   setDefinitions(names) {
-    const select = this.inputs.definition;
-    const chosen = select.value;
-    select.replaceChildren(select.options[0], ...names.map((name) => new Option(name, name)));
-    select.value = chosen;
+    this.definitions = names;
+    this.showFilters();
   }
 
+  /** The inputs show the filters applied. A definition (or status) that is not among the
+   *  options (a link to a definition since removed) gets an option of its own. */
+  showFilters() {
+    const f = this.filter;
+    const select = this.inputs.definition;
+    const names = [...(this.definitions || [])];
+    if (f.definition && !names.includes(f.definition)) names.push(f.definition);
+    const current = [...select.options].slice(1).map((o) => o.value);
+    if (current.join("\n") !== names.join("\n")) {
+      select.replaceChildren(select.options[0], ...names.map((name) => new Option(name, name)));
+    }
+    select.value = f.definition;
+    const status = this.inputs.status;
+    if (f.status && ![...status.options].some((o) => o.value === f.status)) status.append(new Option(f.status, f.status));
+    status.value = f.status;
+    if (this.inputs.q.value.trim() !== f.q) this.inputs.q.value = f.q;
+  }
+
+  /** The reader changed a filter: apply it and put it in the URL (a history entry). */
   filtersChanged() {
     const filter = {
       q: this.inputs.q.value.trim(),
       status: this.inputs.status.value,
       definition: this.inputs.definition.value,
     };
-    if (JSON.stringify(filter) === JSON.stringify(this.filter)) return;
+    if (!this.applyFilter(filter)) return;
+    const searched = filter.q !== this.app.router.readUrl().q;
+    this.app.router.go(filter, { kind: searched ? "search" : "filter" });
+  }
+
+  /** Apply the URL's filters (at load, back and forward): no history entry. */
+  followFilters(url) {
+    this.applyFilter({ q: url.q, status: url.status, definition: url.definition });
+    this.showFilters();
+  }
+
+  /** Narrow the list to `filter`; false if it is the one applied already. */
+  applyFilter(filter) {
+    if (JSON.stringify(filter) === JSON.stringify(this.filter)) return false;
     this.filter = filter;
     this.loaded.clear();
     this.next = undefined;
+    this.token += 1; // a page still loading for the old filter is dropped
     this.pin();
     this.app.store.markOrder();
     if (this.filtering) this.loadOlder(); // the first page: old jobs that match, not just the live ones
+    return true;
   }
 
+  /** Show every job (a job was opened that the filters hide); the URL follows with the job. */
   clearFilters() {
-    this.inputs.q.value = "";
-    this.inputs.status.value = "";
-    this.inputs.definition.value = "";
-    this.filtersChanged();
+    this.applyFilter({ q: "", status: "", definition: "" });
+    this.showFilters();
   }
 
   /** The next page of `GET api/jobs` for the current filter; its jobs join the store. */
@@ -227,7 +260,10 @@ export class JobList {
     if (this.focused !== id) return;
     const job = this.app.store.jobs.get(id);
     if (!job) return;
-    if (!this.matches(job)) this.clearFilters();
+    if (!this.matches(job)) {
+      this.clearFilters(); // the same history entry as the job's
+      this.app.router.go({ ...this.filter, job: id }, { replace: true });
+    }
     this.app.renderNow();
     const view = this.views.get(id);
     if (!view) return;
@@ -243,8 +279,10 @@ export class JobList {
     setTimeout(() => view.el.classList.remove("highlight"), 2500);
   }
 
-  /** Back or forward in history: the URL's job is the one expanded. */
-  followUrl(id) {
+  /** Back or forward in history: the URL's filters apply and its job is the one expanded. */
+  followUrl(url) {
+    this.followFilters(url);
+    const id = url.job;
     const previous = this.focused;
     if (previous && previous !== id) this.views.get(previous)?.setExpanded(false);
     if (id) this.open(id, { push: false });
@@ -257,7 +295,7 @@ export class JobList {
     const job = id && this.app.store.jobs.get(id);
     if (!id) document.title = "stepstream";
     else if (job) this.app.store.markJob(job); // its view names it in the tab title
-    if (push || replace) this.app.router.go(id, { replace });
+    if (push || replace) this.app.router.go({ job: id }, { replace, kind: "job" });
   }
 
   showMessage(text) {
