@@ -20,6 +20,7 @@ from tests.browser import ARTIFACTS, _unavailable
 from tests.test_page import (  # noqa: F401  (fixtures `browser`, `page`, `server`, `orch`)
     TIMEOUT,
     browser,
+    open_job,
     orch,
     page,
     server,
@@ -253,6 +254,7 @@ def test_rows_read_at_a_glance_and_hold_still_as_numbers_grow(orch, server, gate
     orch.define(LONG_NAME, [Step("many", many)])
     job_id = orch.start(LONG_NAME)
     page.goto(server.url + "/")
+    open_job(page, job_id)
     job, row = job_el(page, job_id), step_row(page, job_id, "many")
     expect(row).to_have_attribute("data-total", "9")
     counts = row.locator(":scope > details > summary > .counts")
@@ -413,6 +415,7 @@ def test_the_children_panel_updates_rows_in_place_as_children_finish(orch, serve
     orch.define("six", [Step("spawn", spawn)])
     job_id = orch.start("six")
     page.goto(server.url + "/")
+    open_job(page, job_id)
     row = step_row(page, job_id, "spawn")
     expect(row).to_have_attribute("data-running", "4")
     row.locator(".children-toggle").click()
@@ -497,3 +500,41 @@ def test_filters_and_the_open_job_live_in_the_url_across_reload_history_and_shar
     expect(page.locator("[data-filter=status]")).to_have_value("failed")
     expect(page.locator("[data-job]")).to_have_count(2)
     assert expanded(page) == []
+
+
+# ---------------------------------------------------------------- the list stays a list
+
+
+def test_the_newest_running_job_does_not_open_by_itself_and_hide_the_list(orch, server, gates, page):
+    define_import(orch, "clean", failing=())
+    older = [orch.start("clean") for _ in range(3)]
+    for job_id in older:
+        orch.wait(job_id, TIMEOUT)
+
+    def held(ctx):
+        ctx.log("info", "waiting")
+        gates["held"].wait(TIMEOUT)
+
+    orch.define("held", [Step("wait", held)])
+    running = orch.start("held")
+    page.goto(server.url + "/")
+    job = job_el(page, running)
+    expect(job.locator(":scope > .job-head .status")).to_have_text("running")
+    expect(page.locator("[data-job]")).to_have_count(4)
+    expect(page.locator("[data-connection]")).to_have_attribute("data-connection", "live")
+    orch.start("held")  # a newer running job arrives: nothing opens either
+    expect(page.locator("[data-job]")).to_have_count(5)
+    page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+    assert expanded(page) == []
+    expect(step_row(page, running, "wait")).to_be_hidden()
+    expect(job_el(page, older[0])).to_be_in_viewport()  # the list is there to read, not pushed away
+    assert page.url == server.url + "/"
+    page.set_viewport_size({"width": 390, "height": 844})
+    shoot(page, "list-closed-390.png")
+    page.set_viewport_size({"width": 1400, "height": 900})
+    shoot(page, "list-closed-1400.png")
+
+    job.locator(":scope > .job-head .toggle").click()  # the reader opens it
+    expect(job).to_have_attribute("data-expanded", "true")
+    expect(step_row(page, running, "wait").locator(".log li", has_text="waiting")).to_have_count(1)
+    gates.open_all()

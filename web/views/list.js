@@ -4,7 +4,7 @@
 // URL (router.js): shared by a link, kept across a reload, followed by back and forward.
 
 import { ApiError } from "../api.js";
-import { TERMINAL, newestFirst } from "../store.js";
+import { newestFirst } from "../store.js";
 import { JobView } from "./job.js";
 import { setText } from "./dom.js";
 
@@ -29,8 +29,6 @@ export class JobList {
     this.loaded = new Set(); // ids the listing API returned for the current filter
     this.next = undefined; // cursor of the next older page; null when there is none
     this.token = 0;
-    this.autoExpand = true; // until the user opens or closes a job, keep the newest running one open
-    this.autoExpanded = null;
     this.focused = null; // the job in the URL
 
     let typing = 0;
@@ -185,15 +183,6 @@ export class JobList {
     setText(this.empty, this.filtering ? "No jobs match these filters." : "No jobs yet. Start one above.");
     this.olderButton.hidden = this.next === null;
     if (this.next === null) setText(this.olderNote, jobs.length ? "No older jobs." : "");
-    if (this.autoExpand && jobs.length) {
-      const target = jobs.find((job) => !TERMINAL.has(job.status)) || jobs[0];
-      if (this.autoExpanded !== target.id) {
-        const previous = this.views.get(this.autoExpanded);
-        if (previous) previous.setExpanded(false);
-        this.views.get(target.id).setExpanded(true);
-        this.autoExpanded = target.id;
-      }
-    }
   }
 
   /** After a frame's renders: a linked job stays at the top while the list fills in. */
@@ -226,7 +215,6 @@ export class JobList {
 
   /** The user opened or closed a job with its toggle. */
   toggledByUser(view) {
-    this.autoExpand = false;
     view.setExpanded(!view.expanded);
     if (view.expanded) this.setFocus(view.id, { push: true });
     else if (this.focused === view.id) this.setFocus(null, { push: true });
@@ -235,7 +223,6 @@ export class JobList {
 
   /** Show job `id` expanded, fetching it if the page does not hold it (however old). */
   async open(id, { push }) {
-    this.autoExpand = false;
     const previous = this.focused;
     this.setFocus(id, { push });
     this.pin();
