@@ -538,3 +538,75 @@ def test_the_newest_running_job_does_not_open_by_itself_and_hide_the_list(orch, 
     expect(job).to_have_attribute("data-expanded", "true")
     expect(step_row(page, running, "wait").locator(".log li", has_text="waiting")).to_have_count(1)
     gates.open_all()
+
+
+# ---------------------------------------------------------------- the steps over time
+
+BAR_BOX = """el => { const r = el.querySelector('.tl-bar').getBoundingClientRect(); return [r.left, r.width]; }"""
+
+
+def test_an_open_job_shows_its_steps_on_one_time_axis_live_with_a_text_alternative(orch, server, gates, page):
+    page.set_viewport_size({"width": 1400, "height": 900})
+
+    def quick(ctx, n):
+        pass
+
+    def waits(ctx, n):
+        gates[f"load.{n}"].wait(TIMEOUT)
+
+    def prepare(ctx):
+        for n in range(10):
+            ctx.spawn(quick, n)
+        gates["prepare"].wait(TIMEOUT)
+
+    def load(ctx):
+        for n in range(4):
+            ctx.spawn(waits, n)
+
+    orch.define("phases", [Step("prepare", prepare), Step("load", load), Step("report", lambda ctx: None)])
+    job_id = orch.start("phases")
+    page.goto(f"{server.url}/?job={job_id}")
+    job = job_el(page, job_id)
+    timeline = job.locator("[data-timeline]")
+    expect(timeline).to_be_visible()
+    expect(timeline).to_have_accessible_name(re.compile("steps over time", re.I))
+    rows = timeline.locator("[data-timeline-step]")
+    expect(rows).to_have_count(3)
+    prepare_row, load_row, report_row = (timeline.locator(f'[data-timeline-step="{n}"]')
+                                         for n in ("prepare", "load", "report"))
+    expect(prepare_row).to_have_attribute("data-status", "running")
+    gates["prepare"].set()
+    expect(load_row).to_have_attribute("data-status", "running")
+    expect(load_row).to_have_attribute("data-start-s", re.compile(r"^\d"))
+    expect(prepare_row).to_have_attribute("data-end-s", re.compile(r"^\d"))
+    assert float(prepare_row.get_attribute("data-end-s")) <= float(load_row.get_attribute("data-start-s")) + 0.05
+    assert load_row.get_attribute("data-end-s") is None
+    expect(report_row.locator(".tl-bar")).to_be_hidden()
+    expect(report_row).to_contain_text("not started")
+    # Words for what the bars draw: when each step began and ended.
+    expect(prepare_row).to_contain_text(re.compile(r"took \d"))
+    expect(load_row).to_contain_text(re.compile(r"running for \d"))
+
+    before = load_row.evaluate(BAR_BOX)
+    page.wait_for_function(  # a running step's bar grows with the clock
+        """([id, width]) => document.querySelector(`[data-job='${id}'] [data-timeline-step='load'] .tl-bar`)
+            .getBoundingClientRect().width > width + 20""", arg=[job_id, before[1]])
+    for n in range(4):  # children finish one by one: the step's finish rate as a sparkline
+        gates[f"load.{n}"].set()
+        expect(step_row(page, job_id, "load")).to_have_attribute("data-completed", str(n + 1))
+        if n < 3:
+            page.wait_for_timeout(300)  # spread in time, so the rate has a shape
+    expect(job).to_have_attribute("data-status", "completed")
+    spark = load_row.locator("svg.tl-spark")
+    expect(spark).to_have_attribute("role", "img")
+    expect(spark).to_have_attribute("aria-label", re.compile(r"children finished per second, at most \S+/"))
+    expect(load_row).to_have_attribute("data-end-s", re.compile(r"^\d"))
+    expect(report_row).to_have_attribute("data-status", "completed")
+    final = load_row.evaluate(BAR_BOX)
+    page.wait_for_timeout(1200)  # a tick: a finished job's bars stay put
+    assert load_row.evaluate(BAR_BOX) == final
+    shoot(page, "timeline-1400.png")
+    page.set_viewport_size({"width": 390, "height": 844})
+    job.scroll_into_view_if_needed()
+    shoot(page, "timeline-390.png")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, page.evaluate(WIDE)

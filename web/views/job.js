@@ -7,6 +7,7 @@ import { FailureView, buildBar, buildCounts, fromTemplate, jobFraction, plural, 
          updateCounts, updateJobBar } from "./dom.js";
 import { FailuresView } from "./failures.js";
 import { StepView } from "./step.js";
+import { Timeline } from "./timeline.js";
 import { ago, duration, elapsedSeconds, exactTime, localTime, secondsAttr } from "./time.js";
 
 const CONFIRM = {
@@ -57,6 +58,7 @@ export class JobView {
     this.body = $(".job-body");
     this.params = $(".params-json");
     this.stepList = $(".steps");
+    this.timeline = new Timeline($(".timeline"));
     this.message = $(".job-message");
     setText($(".job-id"), job.id);
     this.body.id = `job-body-${job.id}`;
@@ -169,6 +171,7 @@ export class JobView {
       const sv = this.steps.get(step.name);
       if (sv) sv.updateTimes(step, now);
     }
+    if (this.expanded) this.timeline.update(job, this.steps, end ? Date.parse(end) : now);
   }
 
   /** Open the step of a failure group with its children panel showing that group. */
