@@ -25,6 +25,7 @@ from tests.test_page import (  # noqa: F401  (fixtures `browser`, `page`, `serve
     page,
     server,
     step_row,
+    watch_page,
 )
 
 pytest.importorskip("playwright")
@@ -610,3 +611,81 @@ def test_an_open_job_shows_its_steps_on_one_time_axis_live_with_a_text_alternati
     job.scroll_into_view_if_needed()
     shoot(page, "timeline-390.png")
     assert page.evaluate("document.documentElement.scrollWidth") <= 390, page.evaluate(WIDE)
+
+
+# ---------------------------------------------------------------- logs and ids
+
+NO_CLIPBOARD = "delete Navigator.prototype.clipboard;"  # as on a page served over plain http
+
+
+def test_logs_start_at_info_name_their_child_and_ids_copy_with_a_visible_confirmation(orch, server, gates, browser):
+    def child(ctx, n):
+        ctx.log("info", f"child {n} working")
+        ctx.log("debug", f"child {n} detail")
+        gates["children"].wait(TIMEOUT)
+
+    def work(ctx):
+        ctx.log("debug", "handler detail")
+        for n in range(3):
+            ctx.spawn(child, n)
+        gates["work"].wait(TIMEOUT)
+
+    orch.define("chatty", [Step("work", work)])
+    job_id = orch.start("chatty")
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    problems = watch_page(page)
+    page.goto(server.url + "/")
+    open_job(page, job_id)
+    row = step_row(page, job_id, "work")
+    log = row.locator(".log")
+    expect(log.locator("li", has_text="working")).to_have_count(3)
+    expect(row.locator(".level")).to_have_value("info")
+    expect(log.locator("li[data-level=debug]")).to_have_count(0)
+    expect(row.locator(".log-note")).to_contain_text("info and above")
+
+    # A child's line names its child; a click shows that child in the step's children.
+    line = log.locator("li", has_text="child 1 working")
+    who = line.locator("button[data-log-child]")
+    child_id = who.get_attribute("data-log-child")
+    assert orch.snapshot(child_id)["job"]["step_name"] == "work"
+    expect(who).to_have_text(child_id)
+    expect(who).to_have_accessible_name(f"Show child {child_id} of step work")
+    expect(log.locator("li", has_text="step work started").locator("button")).to_have_count(0)  # the step's own
+    who.click()
+    rows = row.locator("[data-child]")
+    expect(rows).to_have_count(1)
+    expect(rows).to_have_attribute("data-child", child_id)
+    expect(row.locator(".children-only")).to_be_visible()
+    shoot(page, "log-child-1400.png")
+    row.locator(".children-only-clear").click()
+    expect(rows).to_have_count(3)
+
+    # Ids copy with a labelled button and a visible confirmation.
+    copy = job_el(page, job_id).get_by_role("button", name=f"Copy id of job {job_id}")
+    copy.click()
+    expect(job_el(page, job_id).locator(".job-head .copy-note")).to_have_text("copied")
+    assert page.evaluate("navigator.clipboard.readText()") == job_id
+    first = rows.first
+    kid = first.get_attribute("data-child")
+    first.get_by_role("button", name=f"Copy id of child {kid}").click()
+    expect(first.locator(".copy-note")).to_have_text("copied")
+    assert page.evaluate("navigator.clipboard.readText()") == kid
+    page.set_viewport_size({"width": 390, "height": 844})
+    shoot(page, "log-child-390.png")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, page.evaluate(WIDE)
+    context.close()
+    assert not problems, problems
+
+    # Without the Clipboard API the id is selected, ready for Ctrl+C, and the page says so.
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context.add_init_script(NO_CLIPBOARD)
+    page = context.new_page()
+    page.goto(f"{server.url}/?job={job_id}")
+    page.get_by_role("button", name=f"Copy id of job {job_id}").click()
+    note = job_el(page, job_id).locator(".job-head .copy-note")
+    expect(note).to_have_text(re.compile(r"^(copied|selected: press Ctrl\+C)$"))
+    assert page.evaluate("String(getSelection())") == job_id
+    context.close()
+    gates.open_all()

@@ -3,7 +3,7 @@
 
 import { jobPath } from "../api.js";
 import { TERMINAL, isActive } from "../store.js";
-import { FailureView, buildBar, buildCounts, fromTemplate, jobFraction, plural, setAttr, setText, statusWords,
+import { FailureView, buildBar, buildCounts, copyId, fromTemplate, jobFraction, plural, setAttr, setText, statusWords,
          updateCounts, updateJobBar } from "./dom.js";
 import { FailuresView } from "./failures.js";
 import { StepView } from "./step.js";
@@ -64,6 +64,9 @@ export class JobView {
     this.body.id = `job-body-${job.id}`;
     this.toggle.setAttribute("aria-controls", this.body.id);
     this.labelled = ""; // the definition the buttons' labels name
+    const copy = $("[data-copy]");
+    copy.setAttribute("aria-label", `Copy id of job ${job.id}`);
+    copy.addEventListener("click", () => copyId(job.id, $(".job-id"), $(".copy-note")));
     this.actions["download-logs"].href = `${jobPath(job.id)}/logs?format=text`;
     this.actions["download-logs"].download = `${job.id}.log`;
     buildBar(this.bar, `progress of job ${job.id}`);

@@ -19,7 +19,7 @@ export class LogView {
     this.levelSelect = tools.querySelector(".level");
     this.earlierButton = tools.querySelector(".earlier");
     this.note = tools.querySelector(".log-note");
-    this.level = "debug";
+    this.level = "info"; // debug lines are there on demand
     this.total = 0;
     this.active = false;
     this.reset();
@@ -28,6 +28,10 @@ export class LogView {
       if (this.active) this.load();
     });
     this.earlierButton.addEventListener("click", () => this.loadEarlier());
+    list.addEventListener("click", (event) => {
+      const who = event.target.closest("button[data-log-child]");
+      if (who) this.sv.children.showChild(who.dataset.logChild);
+    });
   }
 
   reset() {
@@ -159,14 +163,14 @@ export class LogView {
     const dropped = this.trim();
     if (this.rebuild || this.fresh.length >= this.lines.length) {
       const fragment = document.createDocumentFragment();
-      for (const record of this.lines) fragment.append(logLineElement(record));
+      for (const record of this.lines) fragment.append(logLineElement(record, this.sv.name));
       list.replaceChildren(fragment);
     } else {
       const inDom = this.lines.length - this.fresh.length + dropped;
       for (let n = Math.min(dropped, inDom); n > 0; n--) list.firstElementChild.remove();
       if (this.fresh.length) {
         const fragment = document.createDocumentFragment();
-        for (const record of this.fresh) fragment.append(logLineElement(record));
+        for (const record of this.fresh) fragment.append(logLineElement(record, this.sv.name));
         list.append(fragment);
       }
     }
@@ -185,11 +189,23 @@ export class LogView {
   }
 }
 
-function logLineElement(record) {
+function logLineElement(record, stepName) {
   const li = document.createElement("li");
   li.dataset.seq = String(record.seq);
   li.dataset.level = record.level;
   // Text only, never HTML: log lines come from job code and may contain anything.
-  li.textContent = `${localTime(record.ts)} ${record.level.padEnd(7)} ${record.message}`;
+  const head = `${localTime(record.ts)} ${record.level.padEnd(7)} `;
+  if (record.job_id && record.job_id !== record.step_id && record.job_id !== record.manager_id) {
+    // Written by a child: which one, a click from its row in the step's children.
+    const who = document.createElement("button");
+    who.type = "button";
+    who.className = "log-child";
+    who.dataset.logChild = record.job_id;
+    who.textContent = record.job_id;
+    who.setAttribute("aria-label", `Show child ${record.job_id} of step ${stepName}`);
+    li.append(head, who, ` ${record.message}`);
+  } else {
+    li.textContent = `${head}${record.message}`;
+  }
   return li;
 }
