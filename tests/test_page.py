@@ -376,7 +376,7 @@ def test_reconnects_after_a_server_restart_and_converges(orch, gates, page):
         gates["agents.note"].set()
         snap = held_at(orch, job_id, "agents", AGENTS_HELD, AGENTS_HELD_LOGS + 1)
 
-        outage.refuse = 2  # the browser's own retry and the page's first backoff retry both fail
+        outage.refuse = 2  # the first retry (after the server's `retry:`) and the first backoff retry both fail
         server.start()
         expect(connection(page)).to_have_attribute("data-connection", "live")
         assert outage.refused == 2

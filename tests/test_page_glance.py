@@ -689,3 +689,58 @@ def test_logs_start_at_info_name_their_child_and_ids_copy_with_a_visible_confirm
     assert page.evaluate("String(getSelection())") == job_id
     context.close()
     gates.open_all()
+
+
+# ---------------------------------------------------------------- a big step's panel stays light
+
+COUNT_EVENTSOURCES = """(() => {
+  window.__eventSources = 0;
+  const Real = window.EventSource;
+  window.EventSource = class extends Real { constructor(...a) { super(...a); window.__eventSources += 1; } };
+})();"""
+
+
+def test_a_burst_of_a_thousand_children_finishing_keeps_the_panel_bounded_and_in_place(orch, server, page):
+    """Structure only (the timing is bench/page.py --panel): the panel holds one page of rows,
+    updated in place, and the streams are read with fetch, whose chunks the page hands over in
+    slices (EventSource dispatches a whole network chunk, thousands of events, in one task)."""
+    import asyncio
+
+    n = 1000
+    gate: dict = {}
+
+    async def child(ctx, k):
+        if "event" not in gate:
+            gate["loop"], gate["event"] = asyncio.get_running_loop(), asyncio.Event()
+        ctx.log("info", f"child {k} waiting")
+        await gate["event"].wait()
+
+    def fan(ctx):
+        for k in range(n):
+            ctx.spawn(child, k)
+
+    orch.define("wide", [Step("fan", fan)])
+    page.add_init_script(COUNT_EVENTSOURCES)
+    job_id = orch.start("wide")
+    page.goto(f"{server.url}/?job={job_id}")
+    row = step_row(page, job_id, "fan")
+    expect(row).to_have_attribute("data-running", str(n))
+    row.locator(".children-toggle").click()
+    rows = row.locator("[data-child]")
+    expect(rows).to_have_count(50)  # one page, whatever the step's size
+    expect(row.locator(".children-next")).to_be_enabled()
+    expect(row.locator('[data-child][data-status="running"]')).to_have_count(50)
+    row.locator(".children-table tbody").evaluate(WATCH_ROWS)
+    gate["loop"].call_soon_threadsafe(gate["event"].set)
+    expect(job_el(page, job_id)).to_have_attribute("data-status", "completed")
+    expect(row.locator('[data-child][data-status="completed"]')).to_have_count(50)
+    assert page.evaluate("window.__rowsAdded") == 0  # each row changed in place
+    assert rows.count() == 50
+    expect(row.locator(".log li[data-seq]")).not_to_have_count(0)
+    assert page.evaluate("window.__eventSources") == 0
+    page.set_viewport_size({"width": 1400, "height": 900})
+    row.locator(".children-table").scroll_into_view_if_needed()
+    shoot(page, "panel-1000-1400.png")
+    page.set_viewport_size({"width": 390, "height": 844})
+    shoot(page, "panel-1000-390.png")
+

@@ -9,6 +9,8 @@ const LEVEL_RANK = { debug: 0, info: 1, warning: 2, error: 3 };
 const LOG_TAIL = 500; // log lines kept in the DOM per open step
 const LOG_MAX = 5000; // ceiling once the user loaded earlier lines
 const LOG_PAGE = 5000; // the logs API's largest page
+const BURST = 100; // this many new lines in one frame is a burst: the log is redrawn at most
+const BURST_MS = 250; // once per this long while it lasts (nobody reads 500 lines a frame)
 
 export class LogView {
   constructor(app, stepView, tools, list) {
@@ -44,6 +46,8 @@ export class LogView {
     this.failure = "";
     this.loading = false;
     this.rebuild = true;
+    this.drawnAt = 0; // the last render, for bursts
+    this.later = 0;
     this.app.redraw(this);
   }
 
@@ -156,6 +160,17 @@ export class LogView {
   }
 
   render() {
+    if (!this.rebuild && this.fresh.length >= BURST) {
+      const wait = this.drawnAt + BURST_MS - performance.now();
+      if (wait > 0) {
+        if (!this.later) this.later = setTimeout(() => {
+          this.later = 0;
+          this.app.redraw(this);
+        }, wait);
+        return;
+      }
+    }
+    this.drawnAt = performance.now();
     const list = this.list;
     const changed = this.rebuild || this.fresh.length > 0;
     // Follow the tail only if the reader is already at the bottom (reads layout: only on change).
