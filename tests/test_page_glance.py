@@ -744,3 +744,36 @@ def test_a_burst_of_a_thousand_children_finishing_keeps_the_panel_bounded_and_in
     page.set_viewport_size({"width": 390, "height": 844})
     shoot(page, "panel-1000-390.png")
 
+
+# ---------------------------------------------------------------- search
+
+
+def test_search_matches_any_part_of_an_id_and_the_definition_name(orch, server, page):
+    define_import(orch, "nightly_import", failing=())
+    define_import(orch, "reconcile", failing=())
+    imports = [orch.start("nightly_import") for _ in range(2)]
+    others = [orch.start("reconcile") for _ in range(3)]
+    for job_id in imports + others:
+        orch.wait(job_id, TIMEOUT)
+    page.set_viewport_size({"width": 1400, "height": 900})
+    page.goto(server.url + "/")
+    expect(page.locator("[data-job]")).to_have_count(5)
+    search = page.locator("[data-filter=search]")
+    expect(search).to_have_accessible_name(re.compile("definition", re.I))
+
+    search.fill("IMPORT")  # part of a definition's name, any case
+    expect(page.locator("[data-job]")).to_have_count(2)
+    assert sorted(shown(page)) == sorted(imports)
+    expect(page).to_have_url(f"{server.url}/?q=IMPORT")
+    shoot(page, "search-1400.png")
+
+    # A part of one id that is not its start (the server's `q` is a prefix) and no other id holds.
+    target, everyone = others[1], imports + others
+    parts = [target[i:j] for i in range(2, len(target)) for j in range(i + 2, len(target) + 1)]
+    middle = min((p for p in parts if sum(p in i for i in everyone) == 1), key=len)
+    search.fill(middle)
+    expect(page.locator("[data-job]")).to_have_count(1)
+    assert shown(page) == [target]
+    page.set_viewport_size({"width": 390, "height": 844})
+    shoot(page, "search-390.png")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, page.evaluate(WIDE)

@@ -1,5 +1,5 @@
-// The list of manager jobs: live from the stream, narrowed by the filters (search by id or
-// prefix, status, definition), with "load older" paging through the jobs API so any job,
+// The list of manager jobs: live from the stream, narrowed by the filters (search: any part of
+// an id or of a definition's name; status; definition), with "load older" paging through the jobs API so any job,
 // however old, can be found. Also which jobs are expanded. The filters and the open job are in the
 // URL (router.js): shared by a link, kept across a reload, followed by back and forward.
 
@@ -56,9 +56,13 @@ export class JobList {
     return Boolean(this.filter.q || this.filter.status || this.filter.definition);
   }
 
+  /** Whether a job passes the filters. The search matches any part of the id or of the
+   *  definition's name among the jobs the page holds; older jobs come from the server's `q`
+   *  (an id prefix). */
   matches(job) {
     const f = this.filter;
-    return (!f.q || job.id.toLowerCase().startsWith(f.q.toLowerCase())) &&
+    const q = f.q.toLowerCase();
+    return (!q || job.id.toLowerCase().includes(q) || job.definition.toLowerCase().includes(q)) &&
       (!f.status || job.status === f.status) &&
       (!f.definition || job.definition === f.definition);
   }
