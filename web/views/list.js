@@ -1,7 +1,8 @@
 // The list of manager jobs: live from the stream, narrowed by the filters (search: any part of
-// an id or of a definition's name; status; definition), with "load older" paging through the jobs API so any job,
-// however old, can be found. Also which jobs are expanded. The filters and the open job are in the
-// URL (router.js): shared by a link, kept across a reload, followed by back and forward.
+// an id or of a definition's name; status; definition), with "load older" paging through the
+// jobs API so any job, however old, can be found. Also which jobs are expanded (only by the
+// reader: nothing opens by itself). The filters and the open job are in the URL (router.js):
+// shared by a link, kept across a reload, followed by back and forward.
 
 import { ApiError } from "../api.js";
 import { newestFirst } from "../store.js";
