@@ -264,6 +264,14 @@ def step_row(page: Page, job_id: str, step: str):
     return page.locator(f'[data-job="{job_id}"] [data-step="{step}"]')
 
 
+def open_job(page: Page, job_id: str):
+    """Open a job as a reader does, with a click on its heading (no job opens by itself)."""
+    job = page.locator(f'[data-job="{job_id}"]')
+    job.locator(":scope > .job-head .toggle").click()
+    expect(job).to_have_attribute("data-expanded", "true")
+    return job
+
+
 # ---------------------------------------------------------------- tests
 
 
@@ -303,6 +311,7 @@ def test_rows_and_the_running_steps_log_update_live_without_reload(orch, server,
     orch.define("held", held_definition(gates))
     job_id = orch.start("held")
     page.goto(server.url + "/")
+    open_job(page, job_id)
     page.evaluate("window.__same_page = true")  # gone if anything reloads the page
 
     crawl, agents = step_row(page, job_id, "crawl"), step_row(page, job_id, "agents")
@@ -357,6 +366,7 @@ def test_reconnects_after_a_server_restart_and_converges(orch, gates, page):
     try:
         job_id = orch.start("held")
         page.goto(server.url + "/")
+        open_job(page, job_id)
         expect_page_at(page, held_at(orch, job_id, "crawl", CRAWL_HELD, CRAWL_HELD_LOGS))
         page.evaluate("window.__same_page = true")
 
@@ -366,7 +376,7 @@ def test_reconnects_after_a_server_restart_and_converges(orch, gates, page):
         gates["agents.note"].set()
         snap = held_at(orch, job_id, "agents", AGENTS_HELD, AGENTS_HELD_LOGS + 1)
 
-        outage.refuse = 2  # the browser's own retry and the page's first backoff retry both fail
+        outage.refuse = 2  # the first retry (after the server's `retry:`) and the first backoff retry both fail
         server.start()
         expect(connection(page)).to_have_attribute("data-connection", "live")
         assert outage.refused == 2
@@ -392,6 +402,7 @@ def test_log_lines_and_errors_are_text_and_run_nothing(orch, server, gates, page
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
     job_id = orch.start("hostile", {"note": HOSTILE})
     page.goto(server.url + "/")
+    open_job(page, job_id)
     row = step_row(page, job_id, "hostile")
     expect(row.locator(".log li", has_text=HOSTILE)).to_have_count(1)
 
@@ -413,6 +424,7 @@ def test_works_mounted_under_a_prefix(orch, gates, page):
         page.goto(server.url + "/ops/queue")  # the app redirects to add the trailing slash
         expect(connection(page)).to_have_attribute("data-connection", "live")
         expect(page.locator("select[name=definition] option[value=held]")).to_have_count(1)
+        open_job(page, job_id)
         held_at(orch, job_id, "crawl", CRAWL_HELD, CRAWL_HELD_LOGS)
         expect(step_row(page, job_id, "crawl").locator(".log li[data-seq]")).to_have_count(CRAWL_HELD_LOGS)
 

@@ -20,10 +20,12 @@ from tests.browser import ARTIFACTS, _unavailable
 from tests.test_page import (  # noqa: F401  (fixtures `browser`, `page`, `server`, `orch`)
     TIMEOUT,
     browser,
+    open_job,
     orch,
     page,
     server,
     step_row,
+    watch_page,
 )
 
 pytest.importorskip("playwright")
@@ -253,6 +255,7 @@ def test_rows_read_at_a_glance_and_hold_still_as_numbers_grow(orch, server, gate
     orch.define(LONG_NAME, [Step("many", many)])
     job_id = orch.start(LONG_NAME)
     page.goto(server.url + "/")
+    open_job(page, job_id)
     job, row = job_el(page, job_id), step_row(page, job_id, "many")
     expect(row).to_have_attribute("data-total", "9")
     counts = row.locator(":scope > details > summary > .counts")
@@ -413,6 +416,7 @@ def test_the_children_panel_updates_rows_in_place_as_children_finish(orch, serve
     orch.define("six", [Step("spawn", spawn)])
     job_id = orch.start("six")
     page.goto(server.url + "/")
+    open_job(page, job_id)
     row = step_row(page, job_id, "spawn")
     expect(row).to_have_attribute("data-running", "4")
     row.locator(".children-toggle").click()
@@ -424,3 +428,352 @@ def test_the_children_panel_updates_rows_in_place_as_children_finish(orch, serve
     expect(row.locator('[data-child][data-status="completed"]')).to_have_count(6)
     assert page.evaluate("window.__rowsAdded") == 0  # no row was rebuilt or moved
     assert tbody.evaluate("tb => [...tb.rows].every(tr => tr.__seen)")
+
+
+# ---------------------------------------------------------------- the page's state in its URL
+
+
+def filters_shown(page: Page) -> dict:
+    return page.evaluate("""() => Object.fromEntries(['search', 'status', 'definition'].map(
+        f => [f, document.querySelector(`[data-filter=${f}]`).value]))""")
+
+
+def shown(page: Page) -> list[str]:
+    return page.eval_on_selector_all("[data-job]", "els => els.map(el => el.dataset.job)")
+
+
+def expanded(page: Page) -> list[str]:
+    return page.eval_on_selector_all("[data-job][data-expanded=true]", "els => els.map(el => el.dataset.job)")
+
+
+def test_filters_and_the_open_job_live_in_the_url_across_reload_history_and_sharing(orch, server, browser, page):
+    define_import(orch, "clean", failing=())
+    define_import(orch, "broken")
+    cleans = [orch.start("clean") for _ in range(3)]
+    brokens = [orch.start("broken") for _ in range(2)]
+    for job_id in cleans + brokens:
+        orch.wait(job_id, TIMEOUT)
+    page.goto(server.url + "/")
+    expect(page.locator("[data-job]")).to_have_count(5)
+
+    page.select_option("[data-filter=status]", "failed")
+    expect(page).to_have_url(f"{server.url}/?status=failed")
+    expect(page.locator("[data-job]")).to_have_count(2)
+    page.select_option("[data-filter=definition]", "broken")
+    expect(page).to_have_url(f"{server.url}/?status=failed&definition=broken")
+    target = brokens[0]
+    page.fill("[data-filter=search]", target[:-2])
+    expect(page).to_have_url(f"{server.url}/?status=failed&definition=broken&q={target[:-2]}")
+    page.locator(f'[data-job="{target}"] > .job-head .toggle').click()
+    with_job = f"{server.url}/?status=failed&definition=broken&q={target[:-2]}&job={target}"
+    expect(page).to_have_url(with_job)
+
+    page.reload()  # kept across a reload
+    expect(job_el(page, target)).to_have_attribute("data-expanded", "true")
+    assert filters_shown(page) == {"search": target[:-2], "status": "failed", "definition": "broken"}
+    assert shown(page) == [i for i in brokens[::-1] if i.startswith(target[:-2])]
+
+    shared = browser.new_context(viewport={"width": 390, "height": 844}).new_page()  # a link sent to someone
+    shared.goto(with_job)
+    expect(job_el(shared, target)).to_have_attribute("data-expanded", "true")
+    expect(shared.locator("[data-filter=definition]")).to_have_value("broken")
+    expect(shared.locator("[data-filter=status]")).to_have_value("failed")
+    expect(shared.locator("[data-job]")).to_have_count(len(shown(page)))
+    shoot(shared, "url-state-390.png")
+    shared.context.close()
+    page.set_viewport_size({"width": 1400, "height": 900})
+    shoot(page, "url-state-1400.png")
+
+    page.go_back()  # closes the job, filters stay
+    expect(page).to_have_url(f"{server.url}/?status=failed&definition=broken&q={target[:-2]}")
+    expect(job_el(page, target)).to_have_attribute("data-expanded", "false")
+    page.go_back()  # the search goes
+    expect(page).to_have_url(f"{server.url}/?status=failed&definition=broken")
+    expect(page.locator("[data-filter=search]")).to_have_value("")
+    page.go_back()
+    expect(page.locator("[data-filter=definition]")).to_have_value("")
+    expect(page.locator("[data-job]")).to_have_count(2)
+    page.go_back()
+    expect(page).to_have_url(f"{server.url}/")
+    expect(page.locator("[data-filter=status]")).to_have_value("")
+    expect(page.locator("[data-job]")).to_have_count(5)
+    page.go_forward()
+    expect(page.locator("[data-filter=status]")).to_have_value("failed")
+    expect(page.locator("[data-job]")).to_have_count(2)
+    assert expanded(page) == []
+
+
+# ---------------------------------------------------------------- the list stays a list
+
+
+def test_the_newest_running_job_does_not_open_by_itself_and_hide_the_list(orch, server, gates, page):
+    define_import(orch, "clean", failing=())
+    older = [orch.start("clean") for _ in range(3)]
+    for job_id in older:
+        orch.wait(job_id, TIMEOUT)
+
+    def held(ctx):
+        ctx.log("info", "waiting")
+        gates["held"].wait(TIMEOUT)
+
+    orch.define("held", [Step("wait", held)])
+    running = orch.start("held")
+    page.goto(server.url + "/")
+    job = job_el(page, running)
+    expect(job.locator(":scope > .job-head .status")).to_have_text("running")
+    expect(page.locator("[data-job]")).to_have_count(4)
+    expect(page.locator("[data-connection]")).to_have_attribute("data-connection", "live")
+    orch.start("held")  # a newer running job arrives: nothing opens either
+    expect(page.locator("[data-job]")).to_have_count(5)
+    page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+    assert expanded(page) == []
+    expect(step_row(page, running, "wait")).to_be_hidden()
+    expect(job_el(page, older[0])).to_be_in_viewport()  # the list is there to read, not pushed away
+    assert page.url == server.url + "/"
+    page.set_viewport_size({"width": 390, "height": 844})
+    shoot(page, "list-closed-390.png")
+    page.set_viewport_size({"width": 1400, "height": 900})
+    shoot(page, "list-closed-1400.png")
+
+    job.locator(":scope > .job-head .toggle").click()  # the reader opens it
+    expect(job).to_have_attribute("data-expanded", "true")
+    expect(step_row(page, running, "wait").locator(".log li", has_text="waiting")).to_have_count(1)
+    gates.open_all()
+
+
+# ---------------------------------------------------------------- the steps over time
+
+BAR_BOX = """el => { const r = el.querySelector('.tl-bar').getBoundingClientRect(); return [r.left, r.width]; }"""
+
+
+def test_an_open_job_shows_its_steps_on_one_time_axis_live_with_a_text_alternative(orch, server, gates, page):
+    page.set_viewport_size({"width": 1400, "height": 900})
+
+    def quick(ctx, n):
+        pass
+
+    def waits(ctx, n):
+        gates[f"load.{n}"].wait(TIMEOUT)
+
+    def prepare(ctx):
+        for n in range(10):
+            ctx.spawn(quick, n)
+        gates["prepare"].wait(TIMEOUT)
+
+    def load(ctx):
+        for n in range(4):
+            ctx.spawn(waits, n)
+
+    orch.define("phases", [Step("prepare", prepare), Step("load", load), Step("report", lambda ctx: None)])
+    job_id = orch.start("phases")
+    page.goto(f"{server.url}/?job={job_id}")
+    job = job_el(page, job_id)
+    timeline = job.locator("[data-timeline]")
+    expect(timeline).to_be_visible()
+    expect(timeline).to_have_accessible_name(re.compile("steps over time", re.I))
+    rows = timeline.locator("[data-timeline-step]")
+    expect(rows).to_have_count(3)
+    prepare_row, load_row, report_row = (timeline.locator(f'[data-timeline-step="{n}"]')
+                                         for n in ("prepare", "load", "report"))
+    expect(prepare_row).to_have_attribute("data-status", "running")
+    gates["prepare"].set()
+    expect(load_row).to_have_attribute("data-status", "running")
+    expect(load_row).to_have_attribute("data-start-s", re.compile(r"^\d"))
+    expect(prepare_row).to_have_attribute("data-end-s", re.compile(r"^\d"))
+    assert float(prepare_row.get_attribute("data-end-s")) <= float(load_row.get_attribute("data-start-s")) + 0.05
+    assert load_row.get_attribute("data-end-s") is None
+    expect(report_row.locator(".tl-bar")).to_be_hidden()
+    expect(report_row).to_contain_text("not started")
+    # Words for what the bars draw: when each step began and ended.
+    expect(prepare_row).to_contain_text(re.compile(r"took \d"))
+    expect(load_row).to_contain_text(re.compile(r"running for \d"))
+
+    before = load_row.evaluate(BAR_BOX)
+    page.wait_for_function(  # a running step's bar grows with the clock
+        """([id, width]) => document.querySelector(`[data-job='${id}'] [data-timeline-step='load'] .tl-bar`)
+            .getBoundingClientRect().width > width + 20""", arg=[job_id, before[1]])
+    for n in range(4):  # children finish one by one: the step's finish rate as a sparkline
+        gates[f"load.{n}"].set()
+        expect(step_row(page, job_id, "load")).to_have_attribute("data-completed", str(n + 1))
+        if n < 3:
+            page.wait_for_timeout(300)  # spread in time, so the rate has a shape
+    expect(job).to_have_attribute("data-status", "completed")
+    spark = load_row.locator("svg.tl-spark")
+    expect(spark).to_have_attribute("role", "img")
+    expect(spark).to_have_attribute("aria-label", re.compile(r"children finished per second, at most \S+/"))
+    expect(load_row).to_have_attribute("data-end-s", re.compile(r"^\d"))
+    expect(report_row).to_have_attribute("data-status", "completed")
+    final = load_row.evaluate(BAR_BOX)
+    page.wait_for_timeout(1200)  # a tick: a finished job's bars stay put
+    assert load_row.evaluate(BAR_BOX) == final
+    shoot(page, "timeline-1400.png")
+    page.set_viewport_size({"width": 390, "height": 844})
+    job.scroll_into_view_if_needed()
+    shoot(page, "timeline-390.png")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, page.evaluate(WIDE)
+
+
+# ---------------------------------------------------------------- logs and ids
+
+NO_CLIPBOARD = "delete Navigator.prototype.clipboard;"  # as on a page served over plain http
+
+
+def test_logs_start_at_info_name_their_child_and_ids_copy_with_a_visible_confirmation(orch, server, gates, browser):
+    def child(ctx, n):
+        ctx.log("info", f"child {n} working")
+        ctx.log("debug", f"child {n} detail")
+        gates["children"].wait(TIMEOUT)
+
+    def work(ctx):
+        ctx.log("debug", "handler detail")
+        for n in range(3):
+            ctx.spawn(child, n)
+        gates["work"].wait(TIMEOUT)
+
+    orch.define("chatty", [Step("work", work)])
+    job_id = orch.start("chatty")
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    problems = watch_page(page)
+    page.goto(server.url + "/")
+    open_job(page, job_id)
+    row = step_row(page, job_id, "work")
+    log = row.locator(".log")
+    expect(log.locator("li", has_text="working")).to_have_count(3)
+    expect(row.locator(".level")).to_have_value("info")
+    expect(log.locator("li[data-level=debug]")).to_have_count(0)
+    expect(row.locator(".log-note")).to_contain_text("info and above")
+
+    # A child's line names its child; a click shows that child in the step's children.
+    line = log.locator("li", has_text="child 1 working")
+    who = line.locator("button[data-log-child]")
+    child_id = who.get_attribute("data-log-child")
+    assert orch.snapshot(child_id)["job"]["step_name"] == "work"
+    expect(who).to_have_text(child_id)
+    expect(who).to_have_accessible_name(f"Show child {child_id} of step work")
+    expect(log.locator("li", has_text="step work started").locator("button")).to_have_count(0)  # the step's own
+    who.click()
+    rows = row.locator("[data-child]")
+    expect(rows).to_have_count(1)
+    expect(rows).to_have_attribute("data-child", child_id)
+    expect(row.locator(".children-only")).to_be_visible()
+    shoot(page, "log-child-1400.png")
+    row.locator(".children-only-clear").click()
+    expect(rows).to_have_count(3)
+
+    # Ids copy with a labelled button and a visible confirmation.
+    copy = job_el(page, job_id).get_by_role("button", name=f"Copy id of job {job_id}")
+    copy.click()
+    expect(job_el(page, job_id).locator(".job-head .copy-note")).to_have_text("copied")
+    assert page.evaluate("navigator.clipboard.readText()") == job_id
+    first = rows.first
+    kid = first.get_attribute("data-child")
+    first.get_by_role("button", name=f"Copy id of child {kid}").click()
+    expect(first.locator(".copy-note")).to_have_text("copied")
+    assert page.evaluate("navigator.clipboard.readText()") == kid
+    page.set_viewport_size({"width": 390, "height": 844})
+    shoot(page, "log-child-390.png")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, page.evaluate(WIDE)
+    context.close()
+    assert not problems, problems
+
+    # Without the Clipboard API the id is selected, ready for Ctrl+C, and the page says so.
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context.add_init_script(NO_CLIPBOARD)
+    page = context.new_page()
+    page.goto(f"{server.url}/?job={job_id}")
+    page.get_by_role("button", name=f"Copy id of job {job_id}").click()
+    note = job_el(page, job_id).locator(".job-head .copy-note")
+    expect(note).to_have_text(re.compile(r"^(copied|selected: press Ctrl\+C)$"))
+    assert page.evaluate("String(getSelection())") == job_id
+    context.close()
+    gates.open_all()
+
+
+# ---------------------------------------------------------------- a big step's panel stays light
+
+COUNT_EVENTSOURCES = """(() => {
+  window.__eventSources = 0;
+  const Real = window.EventSource;
+  window.EventSource = class extends Real { constructor(...a) { super(...a); window.__eventSources += 1; } };
+})();"""
+
+
+def test_a_burst_of_a_thousand_children_finishing_keeps_the_panel_bounded_and_in_place(orch, server, page):
+    """Structure only (the timing is bench/page.py --panel): the panel holds one page of rows,
+    updated in place, and the streams are read with fetch, whose chunks the page hands over in
+    slices (EventSource dispatches a whole network chunk, thousands of events, in one task)."""
+    import asyncio
+
+    n = 1000
+    gate: dict = {}
+
+    async def child(ctx, k):
+        if "event" not in gate:
+            gate["loop"], gate["event"] = asyncio.get_running_loop(), asyncio.Event()
+        ctx.log("info", f"child {k} waiting")
+        await gate["event"].wait()
+
+    def fan(ctx):
+        for k in range(n):
+            ctx.spawn(child, k)
+
+    orch.define("wide", [Step("fan", fan)])
+    page.add_init_script(COUNT_EVENTSOURCES)
+    job_id = orch.start("wide")
+    page.goto(f"{server.url}/?job={job_id}")
+    row = step_row(page, job_id, "fan")
+    expect(row).to_have_attribute("data-running", str(n))
+    row.locator(".children-toggle").click()
+    rows = row.locator("[data-child]")
+    expect(rows).to_have_count(50)  # one page, whatever the step's size
+    expect(row.locator(".children-next")).to_be_enabled()
+    expect(row.locator('[data-child][data-status="running"]')).to_have_count(50)
+    row.locator(".children-table tbody").evaluate(WATCH_ROWS)
+    gate["loop"].call_soon_threadsafe(gate["event"].set)
+    expect(job_el(page, job_id)).to_have_attribute("data-status", "completed")
+    expect(row.locator('[data-child][data-status="completed"]')).to_have_count(50)
+    assert page.evaluate("window.__rowsAdded") == 0  # each row changed in place
+    assert rows.count() == 50
+    expect(row.locator(".log li[data-seq]")).not_to_have_count(0)
+    assert page.evaluate("window.__eventSources") == 0
+    page.set_viewport_size({"width": 1400, "height": 900})
+    row.locator(".children-table").scroll_into_view_if_needed()
+    shoot(page, "panel-1000-1400.png")
+    page.set_viewport_size({"width": 390, "height": 844})
+    shoot(page, "panel-1000-390.png")
+
+
+# ---------------------------------------------------------------- search
+
+
+def test_search_matches_any_part_of_an_id_and_the_definition_name(orch, server, page):
+    define_import(orch, "nightly_import", failing=())
+    define_import(orch, "reconcile", failing=())
+    imports = [orch.start("nightly_import") for _ in range(2)]
+    others = [orch.start("reconcile") for _ in range(3)]
+    for job_id in imports + others:
+        orch.wait(job_id, TIMEOUT)
+    page.set_viewport_size({"width": 1400, "height": 900})
+    page.goto(server.url + "/")
+    expect(page.locator("[data-job]")).to_have_count(5)
+    search = page.locator("[data-filter=search]")
+    expect(search).to_have_accessible_name(re.compile("definition", re.I))
+
+    search.fill("IMPORT")  # part of a definition's name, any case
+    expect(page.locator("[data-job]")).to_have_count(2)
+    assert sorted(shown(page)) == sorted(imports)
+    expect(page).to_have_url(f"{server.url}/?q=IMPORT")
+    shoot(page, "search-1400.png")
+
+    # A part of one id that is not its start (the server's `q` is a prefix) and no other id holds.
+    target, everyone = others[1], imports + others
+    parts = [target[i:j] for i in range(2, len(target)) for j in range(i + 2, len(target) + 1)]
+    middle = min((p for p in parts if sum(p in i for i in everyone) == 1), key=len)
+    search.fill(middle)
+    expect(page.locator("[data-job]")).to_have_count(1)
+    assert shown(page) == [target]
+    page.set_viewport_size({"width": 390, "height": 844})
+    shoot(page, "search-390.png")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, page.evaluate(WIDE)

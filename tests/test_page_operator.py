@@ -29,6 +29,7 @@ from tests.test_page import (  # noqa: F401  (fixtures `browser`, `page`, `serve
     connection,
     held_at,
     held_definition,
+    open_job,
     orch,
     page,
     server,
@@ -89,7 +90,10 @@ def test_collapsing_a_job_hides_its_steps(orch, server, gates, page):
     job_id = orch.start("held")
     page.goto(server.url + "/")
     job, crawl = job_el(page, job_id), step_row(page, job_id, "crawl")
-    expect(job).to_have_attribute("data-expanded", "true")  # the running job opens by itself
+    expect(job).to_have_attribute("data-expanded", "false")  # nothing opens by itself
+    expect(crawl).to_be_hidden()
+    toggle(page, job_id).click()
+    expect(job).to_have_attribute("data-expanded", "true")
     expect(crawl).to_be_visible()
 
     toggle(page, job_id).click()
@@ -405,6 +409,7 @@ def test_children_show_as_a_tree_with_errors_and_tracebacks(orch, server, gates,
     job_id = orch.start("held")
     held_at(orch, job_id, "crawl", CRAWL_HELD, CRAWL_HELD_LOGS)
     page.goto(server.url + "/")
+    open_job(page, job_id)
     crawl = step_row(page, job_id, "crawl")
     crawl.locator(".children-toggle").click()
     rows = crawl.locator("[data-child]")
@@ -463,6 +468,7 @@ def test_children_update_live_while_the_view_is_open(orch, server, gates, page):
     orch.define("live", [Step("spawn", spawner)])
     job_id = orch.start("live")
     page.goto(server.url + "/")
+    open_job(page, job_id)
     step = step_row(page, job_id, "spawn")
     step.locator(".children-toggle").click()
     expect(step.locator('[data-child][data-status="running"]')).to_have_count(3)
@@ -494,6 +500,7 @@ def test_no_sideways_scroll_on_a_phone(orch, server, gates, page):
     gates["agents.note"].set()
     held_at(orch, job_id, "agents", AGENTS_HELD, AGENTS_HELD_LOGS + 1)
     page.goto(server.url + "/")
+    open_job(page, job_id)
     agents = step_row(page, job_id, "agents")
     expect(agents.locator(".log li[data-seq]")).to_have_count(AGENTS_HELD_LOGS + 1)
     agents.locator(".children-toggle").click()

@@ -34,6 +34,7 @@ from tests.test_page import (  # noqa: F401  (fixtures `browser`, `page`)
     expect_page_at,
     held_at,
     held_definition,
+    open_job,
     page,
 )
 
@@ -108,8 +109,7 @@ def test_a_page_open_across_a_restart_resumes_exactly_and_converges(stop, tmp_pa
         page.on("request", lambda r: "/api/events" in r.url and events_seen.append(r))
         page.goto(srv.url + "/")
         expect(connection(page)).to_have_attribute("data-connection", "live")
-        job = page.locator(f'[data-job="{job_id}"]')
-        expect(job).to_have_attribute("data-expanded", "true")  # the running job opens by itself
+        open_job(page, job_id)  # as a reader does: no job opens by itself
         expect_page_at(page, held_at(orch, job_id, "crawl", CRAWL_HELD, CRAWL_HELD_LOGS))
         expect(page.locator(f'[data-job="{old}"]')).to_have_attribute("data-status", "completed")
 

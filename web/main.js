@@ -117,7 +117,7 @@ function main() {
     if (document.visibilityState === "visible") app.commands.reconcile();
   }, RECONCILE_MS);
   setInterval(tick, TICK_MS);
-  window.addEventListener("popstate", () => app.list.followUrl(router.jobInUrl()));
+  window.addEventListener("popstate", () => app.list.followUrl(router.readUrl()));
   connection.setState("reconnecting");
   new StorageWatch(document.getElementById("storage")).start();
   loadDefinitions();

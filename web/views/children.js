@@ -4,7 +4,7 @@
 
 import { api, enc, jobPath } from "../api.js";
 import { TERMINAL } from "../store.js";
-import { setAttr, setText } from "./dom.js";
+import { copyId, setAttr, setText } from "./dom.js";
 import { duration, elapsedSeconds, localTime } from "./time.js";
 
 const CHILDREN_PAGE = 50;
@@ -27,6 +27,9 @@ export class ChildrenView {
     this.groupChip = root.querySelector(".children-group");
     this.groupError = root.querySelector(".children-group-error");
     this.group = null; // a failure group ({step, error}) narrowing the panel to its children
+    this.onlyChip = root.querySelector(".children-only");
+    this.onlyId = root.querySelector(".children-only-id");
+    this.only = null; // one child's id (from a log line): the panel shows that child alone
     this.cursor = 0;
     this.nextCursor = null;
     this.token = 0;
@@ -44,18 +47,39 @@ export class ChildrenView {
       this.setGroup(null);
       this.load(0);
     });
-    root.querySelector(".children-group-clear").addEventListener("click", () => {
-      this.setGroup(null);
-      this.statusSelect.value = "";
-      this.load(0);
-      this.toggle.focus();
+    for (const clear of root.querySelectorAll(".children-group-clear, .children-only-clear")) {
+      clear.addEventListener("click", () => {
+        this.setGroup(null);
+        this.statusSelect.value = "";
+        this.load(0);
+        this.toggle.focus();
+      });
+    }
+    this.tbody.addEventListener("click", (event) => {
+      const copy = event.target.closest("button.copy");
+      if (!copy) return;
+      const cell = copy.closest("td");
+      copyId(copy.closest("tr").dataset.child, cell.querySelector("code"), cell.querySelector(".copy-note"));
     });
   }
 
-  setGroup(group) {
+  /** Narrow the panel to a failure group (or, with `only`, to one child); null: all children. */
+  setGroup(group, only = null) {
     this.group = group;
     this.groupChip.hidden = !group;
     setText(this.groupError, group ? group.error : "");
+    this.only = only;
+    this.onlyChip.hidden = !only;
+    setText(this.onlyId, only || "");
+  }
+
+  /** Show one child alone (a log line's writer), live while the step runs. */
+  showChild(id) {
+    this.setGroup(null, id);
+    this.statusSelect.value = "";
+    if (this.open) this.load(0);
+    else this.show();
+    this.panel.scrollIntoView({ block: "nearest" });
   }
 
   /** Show only the children of a failure group (`GET api/jobs/{id}/failures?error=`). */
@@ -125,19 +149,22 @@ export class ChildrenView {
     const token = ++this.token;
     const status = this.statusSelect.value;
     const group = this.group;
+    const only = this.only;
     const query = `step=${enc(this.sv.name)}&limit=${CHILDREN_PAGE}&cursor=${cursor}` +
       (group ? `&error=${enc(group.error)}` : status ? `&status=${enc(status)}` : "");
     setText(this.note, "loading…");
     this.app.store.beginChildrenPage(this.key);
     try {
-      const page = await api(`${jobPath(this.managerId)}/${group ? "failures" : "children"}?${query}`);
+      const page = only
+        ? { children: [(await api(jobPath(only))).job], next: null }
+        : await api(`${jobPath(this.managerId)}/${group ? "failures" : "children"}?${query}`);
       if (token !== this.token) return;
       this.cursor = cursor;
       this.nextCursor = page.next;
       this.status = status;
       this.failure = "";
       // A group's page never grows by live events: its children are failed, so final.
-      this.app.store.setChildrenPage(this.key, page.children, !group && page.next == null, status);
+      this.app.store.setChildrenPage(this.key, page.children, !group && !only && page.next == null, status);
     } catch (error) {
       if (token !== this.token) return;
       this.failure = `could not load children: ${error.message}`;
@@ -177,7 +204,7 @@ export class ChildrenView {
     const now = this.app.store.now();
     // Filtered, a page holds some children but not their parents: a flat list, no tree markers
     // that would suggest false parents.
-    const flat = Boolean(this.status || this.group);
+    const flat = Boolean(this.status || this.group || this.only);
     const shape = flat ? "flat" : "tree";
     if (entry.reshape || this.shape !== shape) {
       // Rows came or went: lay the page out again (rows kept, in tree order).
@@ -248,7 +275,14 @@ function childRowElement() {
     tr.append(td);
   }
   const id = document.createElement("code");
-  tr.cells[0].append(id);
+  const copy = document.createElement("button");
+  copy.type = "button";
+  copy.className = "copy";
+  copy.textContent = "copy";
+  const note = document.createElement("span");
+  note.className = "copy-note";
+  note.setAttribute("role", "status");
+  tr.cells[0].append(id, " ", copy, note);
   const error = document.createElement("span");
   const details = document.createElement("details");
   details.className = "traceback";
@@ -270,6 +304,7 @@ function updateChildRow(tr, row, depth, indentDepth, now) {
   const indent = `${Math.min(Math.max((indentDepth ?? depth) - 1, 0), MAX_INDENT) * INDENT_EM}em`;
   if (idCell.style.paddingInlineStart !== indent) idCell.style.paddingInlineStart = indent; // CSSOM: allowed by the CSP
   setText(idCell.firstChild, row.id);
+  setAttr(idCell.children[1], "aria-label", `Copy id of child ${row.id}`);
   idCell.title = row.parent_id ? `spawned by ${row.parent_id}` : "";
   setText(nameCell, row.name || "");
   setText(statusCell, row.status);

@@ -110,6 +110,35 @@ export function updateCounts(el, p) {
   });
 }
 
+/** Copy an id: with the Clipboard API where the page may use it, else the id is selected (in
+ *  `target`) for the reader's Ctrl+C. `note` says which, for a moment. */
+export async function copyId(text, target, note) {
+  let copied = false;
+  try {
+    if (navigator.clipboard && window.isSecureContext) {
+      await navigator.clipboard.writeText(text);
+      copied = true;
+    }
+  } catch (_) {
+    copied = false; // refused (no permission, not focused): fall back to a selection
+  }
+  if (!copied) {
+    const range = document.createRange();
+    range.selectNodeContents(target);
+    const selection = getSelection();
+    selection.removeAllRanges();
+    selection.addRange(range);
+    try {
+      copied = document.execCommand("copy");
+    } catch (_) {
+      copied = false;
+    }
+  }
+  setText(note, copied ? "copied" : "selected: press Ctrl+C");
+  clearTimeout(note.clearing);
+  note.clearing = setTimeout(() => setText(note, ""), 3000);
+}
+
 /** Shows a failure's one-line `error`, and its `traceback` when the reader opens it. */
 export class FailureView {
   constructor(root) {

@@ -3,10 +3,11 @@
 
 import { jobPath } from "../api.js";
 import { TERMINAL, isActive } from "../store.js";
-import { FailureView, buildBar, buildCounts, fromTemplate, jobFraction, plural, setAttr, setText, statusWords,
+import { FailureView, buildBar, buildCounts, copyId, fromTemplate, jobFraction, plural, setAttr, setText, statusWords,
          updateCounts, updateJobBar } from "./dom.js";
 import { FailuresView } from "./failures.js";
 import { StepView } from "./step.js";
+import { Timeline } from "./timeline.js";
 import { ago, duration, elapsedSeconds, exactTime, localTime, secondsAttr } from "./time.js";
 
 const CONFIRM = {
@@ -57,11 +58,15 @@ export class JobView {
     this.body = $(".job-body");
     this.params = $(".params-json");
     this.stepList = $(".steps");
+    this.timeline = new Timeline($(".timeline"));
     this.message = $(".job-message");
     setText($(".job-id"), job.id);
     this.body.id = `job-body-${job.id}`;
     this.toggle.setAttribute("aria-controls", this.body.id);
     this.labelled = ""; // the definition the buttons' labels name
+    const copy = $("[data-copy]");
+    copy.setAttribute("aria-label", `Copy id of job ${job.id}`);
+    copy.addEventListener("click", () => copyId(job.id, $(".job-id"), $(".copy-note")));
     this.actions["download-logs"].href = `${jobPath(job.id)}/logs?format=text`;
     this.actions["download-logs"].download = `${job.id}.log`;
     buildBar(this.bar, `progress of job ${job.id}`);
@@ -169,6 +174,7 @@ export class JobView {
       const sv = this.steps.get(step.name);
       if (sv) sv.updateTimes(step, now);
     }
+    if (this.expanded) this.timeline.update(job, this.steps, end ? Date.parse(end) : now);
   }
 
   /** Open the step of a failure group with its children panel showing that group. */

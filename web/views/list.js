@@ -1,9 +1,11 @@
-// The list of manager jobs: live from the stream, narrowed by the filters (search by id or
-// prefix, status, definition), with "load older" paging through the jobs API so any job,
-// however old, can be found. Also which jobs are expanded, and the `?job=` in the URL.
+// The list of manager jobs: live from the stream, narrowed by the filters (search: any part of
+// an id or of a definition's name; status; definition), with "load older" paging through the
+// jobs API so any job, however old, can be found. Also which jobs are expanded (only by the
+// reader: nothing opens by itself). The filters and the open job are in the URL (router.js):
+// shared by a link, kept across a reload, followed by back and forward.
 
 import { ApiError } from "../api.js";
-import { TERMINAL, newestFirst } from "../store.js";
+import { newestFirst } from "../store.js";
 import { JobView } from "./job.js";
 import { setText } from "./dom.js";
 
@@ -23,13 +25,11 @@ export class JobList {
       status: root.querySelector("[data-filter=status]"),
       definition: root.querySelector("[data-filter=definition]"),
     };
-    this.filter = { q: "", status: "", definition: "" };
+    this.filter = { q: "", status: "", definition: "" }; // the filters applied (the URL's)
     this.views = new Map(); // manager id -> JobView (of the jobs shown)
     this.loaded = new Set(); // ids the listing API returned for the current filter
     this.next = undefined; // cursor of the next older page; null when there is none
     this.token = 0;
-    this.autoExpand = true; // until the user opens or closes a job, keep the newest running one open
-    this.autoExpanded = null;
     this.focused = null; // the job in the URL
 
     let typing = 0;
@@ -45,6 +45,7 @@ export class JobList {
     });
     this.inputs.status.addEventListener("change", () => this.filtersChanged());
     this.inputs.definition.addEventListener("change", () => this.filtersChanged());
+    this.followFilters(app.router.readUrl());
     this.olderButton.addEventListener("click", () => this.loadOlder());
     this.anchor = null; // a linked job kept at the top while the list fills in
     for (const type of ["wheel", "touchstart", "keydown", "mousedown"]) {
@@ -56,40 +57,75 @@ export class JobList {
     return Boolean(this.filter.q || this.filter.status || this.filter.definition);
   }
 
+  /** Whether a job passes the filters. The search matches any part of the id or of the
+   *  definition's name among the jobs the page holds; older jobs come from the server's `q`
+   *  (an id prefix). */
   matches(job) {
     const f = this.filter;
-    return (!f.q || job.id.toLowerCase().startsWith(f.q.toLowerCase())) &&
+    const q = f.q.toLowerCase();
+    return (!q || job.id.toLowerCase().includes(q) || job.definition.toLowerCase().includes(q)) &&
       (!f.status || job.status === f.status) &&
       (!f.definition || job.definition === f.definition);
   }
 
   setDefinitions(names) {
-    const select = this.inputs.definition;
-    const chosen = select.value;
-    select.replaceChildren(select.options[0], ...names.map((name) => new Option(name, name)));
-    select.value = chosen;
+    this.definitions = names;
+    this.showFilters();
   }
 
+  /** The inputs show the filters applied. A definition (or status) that is not among the
+   *  options (a link to a definition since removed) gets an option of its own. */
+  showFilters() {
+    const f = this.filter;
+    const select = this.inputs.definition;
+    const names = [...(this.definitions || [])];
+    if (f.definition && !names.includes(f.definition)) names.push(f.definition);
+    const current = [...select.options].slice(1).map((o) => o.value);
+    if (current.join("\n") !== names.join("\n")) {
+      select.replaceChildren(select.options[0], ...names.map((name) => new Option(name, name)));
+    }
+    select.value = f.definition;
+    const status = this.inputs.status;
+    if (f.status && ![...status.options].some((o) => o.value === f.status)) status.append(new Option(f.status, f.status));
+    status.value = f.status;
+    if (this.inputs.q.value.trim() !== f.q) this.inputs.q.value = f.q;
+  }
+
+  /** The reader changed a filter: apply it and put it in the URL (a history entry). */
   filtersChanged() {
     const filter = {
       q: this.inputs.q.value.trim(),
       status: this.inputs.status.value,
       definition: this.inputs.definition.value,
     };
-    if (JSON.stringify(filter) === JSON.stringify(this.filter)) return;
+    if (!this.applyFilter(filter)) return;
+    const searched = filter.q !== this.app.router.readUrl().q;
+    this.app.router.go(filter, { kind: searched ? "search" : "filter" });
+  }
+
+  /** Apply the URL's filters (at load, back and forward): no history entry. */
+  followFilters(url) {
+    this.applyFilter({ q: url.q, status: url.status, definition: url.definition });
+    this.showFilters();
+  }
+
+  /** Narrow the list to `filter`; false if it is the one applied already. */
+  applyFilter(filter) {
+    if (JSON.stringify(filter) === JSON.stringify(this.filter)) return false;
     this.filter = filter;
     this.loaded.clear();
     this.next = undefined;
+    this.token += 1; // a page still loading for the old filter is dropped
     this.pin();
     this.app.store.markOrder();
     if (this.filtering) this.loadOlder(); // the first page: old jobs that match, not just the live ones
+    return true;
   }
 
+  /** Show every job (a job was opened that the filters hide); the URL follows with the job. */
   clearFilters() {
-    this.inputs.q.value = "";
-    this.inputs.status.value = "";
-    this.inputs.definition.value = "";
-    this.filtersChanged();
+    this.applyFilter({ q: "", status: "", definition: "" });
+    this.showFilters();
   }
 
   /** The next page of `GET api/jobs` for the current filter; its jobs join the store. */
@@ -152,15 +188,6 @@ export class JobList {
     setText(this.empty, this.filtering ? "No jobs match these filters." : "No jobs yet. Start one above.");
     this.olderButton.hidden = this.next === null;
     if (this.next === null) setText(this.olderNote, jobs.length ? "No older jobs." : "");
-    if (this.autoExpand && jobs.length) {
-      const target = jobs.find((job) => !TERMINAL.has(job.status)) || jobs[0];
-      if (this.autoExpanded !== target.id) {
-        const previous = this.views.get(this.autoExpanded);
-        if (previous) previous.setExpanded(false);
-        this.views.get(target.id).setExpanded(true);
-        this.autoExpanded = target.id;
-      }
-    }
   }
 
   /** After a frame's renders: a linked job stays at the top while the list fills in. */
@@ -193,7 +220,6 @@ export class JobList {
 
   /** The user opened or closed a job with its toggle. */
   toggledByUser(view) {
-    this.autoExpand = false;
     view.setExpanded(!view.expanded);
     if (view.expanded) this.setFocus(view.id, { push: true });
     else if (this.focused === view.id) this.setFocus(null, { push: true });
@@ -202,7 +228,6 @@ export class JobList {
 
   /** Show job `id` expanded, fetching it if the page does not hold it (however old). */
   async open(id, { push }) {
-    this.autoExpand = false;
     const previous = this.focused;
     this.setFocus(id, { push });
     this.pin();
@@ -227,7 +252,10 @@ export class JobList {
     if (this.focused !== id) return;
     const job = this.app.store.jobs.get(id);
     if (!job) return;
-    if (!this.matches(job)) this.clearFilters();
+    if (!this.matches(job)) {
+      this.clearFilters(); // the same history entry as the job's
+      this.app.router.go({ ...this.filter, job: id }, { replace: true });
+    }
     this.app.renderNow();
     const view = this.views.get(id);
     if (!view) return;
@@ -243,8 +271,10 @@ export class JobList {
     setTimeout(() => view.el.classList.remove("highlight"), 2500);
   }
 
-  /** Back or forward in history: the URL's job is the one expanded. */
-  followUrl(id) {
+  /** Back or forward in history: the URL's filters apply and its job is the one expanded. */
+  followUrl(url) {
+    this.followFilters(url);
+    const id = url.job;
     const previous = this.focused;
     if (previous && previous !== id) this.views.get(previous)?.setExpanded(false);
     if (id) this.open(id, { push: false });
@@ -257,7 +287,7 @@ export class JobList {
     const job = id && this.app.store.jobs.get(id);
     if (!id) document.title = "stepstream";
     else if (job) this.app.store.markJob(job); // its view names it in the tab title
-    if (push || replace) this.app.router.go(id, { replace });
+    if (push || replace) this.app.router.go({ job: id }, { replace, kind: "job" });
   }
 
   showMessage(text) {

@@ -9,6 +9,8 @@ const LEVEL_RANK = { debug: 0, info: 1, warning: 2, error: 3 };
 const LOG_TAIL = 500; // log lines kept in the DOM per open step
 const LOG_MAX = 5000; // ceiling once the user loaded earlier lines
 const LOG_PAGE = 5000; // the logs API's largest page
+const BURST = 100; // this many new lines in one frame is a burst: the log is redrawn at most
+const BURST_MS = 250; // once per this long while it lasts (nobody reads 500 lines a frame)
 
 export class LogView {
   constructor(app, stepView, tools, list) {
@@ -19,7 +21,7 @@ export class LogView {
     this.levelSelect = tools.querySelector(".level");
     this.earlierButton = tools.querySelector(".earlier");
     this.note = tools.querySelector(".log-note");
-    this.level = "debug";
+    this.level = "info"; // debug lines are there on demand
     this.total = 0;
     this.active = false;
     this.reset();
@@ -28,6 +30,10 @@ export class LogView {
       if (this.active) this.load();
     });
     this.earlierButton.addEventListener("click", () => this.loadEarlier());
+    list.addEventListener("click", (event) => {
+      const who = event.target.closest("button[data-log-child]");
+      if (who) this.sv.children.showChild(who.dataset.logChild);
+    });
   }
 
   reset() {
@@ -40,6 +46,8 @@ export class LogView {
     this.failure = "";
     this.loading = false;
     this.rebuild = true;
+    this.drawnAt = 0; // the last render, for bursts
+    this.later = 0;
     this.app.redraw(this);
   }
 
@@ -152,6 +160,17 @@ export class LogView {
   }
 
   render() {
+    if (!this.rebuild && this.fresh.length >= BURST) {
+      const wait = this.drawnAt + BURST_MS - performance.now();
+      if (wait > 0) {
+        if (!this.later) this.later = setTimeout(() => {
+          this.later = 0;
+          this.app.redraw(this);
+        }, wait);
+        return;
+      }
+    }
+    this.drawnAt = performance.now();
     const list = this.list;
     const changed = this.rebuild || this.fresh.length > 0;
     // Follow the tail only if the reader is already at the bottom (reads layout: only on change).
@@ -159,14 +178,14 @@ export class LogView {
     const dropped = this.trim();
     if (this.rebuild || this.fresh.length >= this.lines.length) {
       const fragment = document.createDocumentFragment();
-      for (const record of this.lines) fragment.append(logLineElement(record));
+      for (const record of this.lines) fragment.append(logLineElement(record, this.sv.name));
       list.replaceChildren(fragment);
     } else {
       const inDom = this.lines.length - this.fresh.length + dropped;
       for (let n = Math.min(dropped, inDom); n > 0; n--) list.firstElementChild.remove();
       if (this.fresh.length) {
         const fragment = document.createDocumentFragment();
-        for (const record of this.fresh) fragment.append(logLineElement(record));
+        for (const record of this.fresh) fragment.append(logLineElement(record, this.sv.name));
         list.append(fragment);
       }
     }
@@ -185,11 +204,23 @@ export class LogView {
   }
 }
 
-function logLineElement(record) {
+function logLineElement(record, stepName) {
   const li = document.createElement("li");
   li.dataset.seq = String(record.seq);
   li.dataset.level = record.level;
   // Text only, never HTML: log lines come from job code and may contain anything.
-  li.textContent = `${localTime(record.ts)} ${record.level.padEnd(7)} ${record.message}`;
+  const head = `${localTime(record.ts)} ${record.level.padEnd(7)} `;
+  if (record.job_id && record.job_id !== record.step_id && record.job_id !== record.manager_id) {
+    // Written by a child: which one, a click from its row in the step's children.
+    const who = document.createElement("button");
+    who.type = "button";
+    who.className = "log-child";
+    who.dataset.logChild = record.job_id;
+    who.textContent = record.job_id;
+    who.setAttribute("aria-label", `Show child ${record.job_id} of step ${stepName}`);
+    li.append(head, who, ` ${record.message}`);
+  } else {
+    li.textContent = `${head}${record.message}`;
+  }
   return li;
 }

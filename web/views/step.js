@@ -8,6 +8,7 @@ import { FailureView, buildBar, buildCounts, fmt, fromTemplate, plural, setAttr,
          updateCounts } from "./dom.js";
 import { FailuresView } from "./failures.js";
 import { LogView } from "./log.js";
+import { Throughput } from "./timeline.js";
 import { Pace, duration, elapsedSeconds, etaSeconds, localTime, rate, secondsAttr } from "./time.js";
 
 export class StepView {
@@ -40,6 +41,7 @@ export class StepView {
     buildCounts(this.counts);
     this.wantOpen = false;
     this.pace = new Pace();
+    this.throughput = new Throughput(); // for the timeline's sparkline
     this.log = new LogView(app, this, $(".log-tools"), $(".log"));
     this.children = new ChildrenView(app, this, $(".children"));
     this.details.addEventListener("toggle", () => {
@@ -76,6 +78,11 @@ export class StepView {
     this.failure.update(step);
     this.failures.setFailed(step.progress.failed);
     if (step.status === "running") this.pace.see(step.progress, this.app.store.now());
+    if (step.status === "running" || (step.finished_at && this.throughput.samples.length)) {
+      // A step's last children may end with it: its end is their time.
+      const now = step.finished_at ? Date.parse(step.finished_at) : this.app.store.now();
+      this.throughput.see(step.progress, now);
+    }
     this.log.setTotal(step.log_count);
     this.children.setStep(step);
   }
