@@ -32,7 +32,7 @@ def fold(job: dict, events: Iterable[tuple[str, Event]]) -> dict:
         elif type_ == "job_progress":
             job["progress"], job["log_count"] = data["progress"], data["log_count"]
         elif type_ == "end":
-            job["settled"] = True
+            job["settled"], job["finished_at"] = True, data.get("finished_at", job["finished_at"])
         elif type_ == "log":
             job["log_count"] = data["manager_log_count"]
             if data["step_name"] is not None:

@@ -436,9 +436,15 @@ class Engine:
                 self._emit_progress(later)
 
     def _settle(self, manager: Job) -> None:
-        """Manager and all its steps are terminal: announce `end`."""
+        """Manager and all its steps are terminal: announce `end`, with the time it finished: a
+        manager cancelled while its step ran finishes when that step does (never before one of
+        its steps)."""
         manager.settled = True
-        self._emit("end", manager, None, {"manager_id": manager.id, "status": manager.status})
+        last = max((s.finished_at for s in manager.steps if s.finished_at is not None), default=None)
+        if last is not None and manager.finished_at is not None and last > manager.finished_at:
+            manager.finished_at = last
+        self._emit("end", manager, None, {"manager_id": manager.id, "status": manager.status,
+                                          "finished_at": iso(manager.finished_at)})
         manager.end_seq = self.seq
         self._change.settled.append(manager)
 

@@ -246,6 +246,7 @@ export class Store {
       job.seq = d.seq;
       job.status = d.status;
       job.settled = true;
+      if (d.finished_at) job.finished_at = d.finished_at; // a cancelled job ends with its last step
       this.markJob(job);
     },
   };

@@ -17,13 +17,10 @@ const CONFIRM = {
             yes: "Yes, delete it", no: "Keep it" },
 };
 
-/** When the job and all its steps had finished (the latest of their `finished_at`), or null
- *  while any of them still runs. */
+/** When the job finished, once it is settled (the server's `finished_at`: a cancelled job ends
+ *  with its last step), or null while it or any of its steps still runs. */
 function settledAt(job) {
-  if (isActive(job) || !job.finished_at) return null;
-  let end = job.finished_at;
-  for (const step of job.steps.values()) if (step.finished_at && Date.parse(step.finished_at) > Date.parse(end)) end = step.finished_at;
-  return end;
+  return isActive(job) ? null : job.finished_at;
 }
 
 export class JobView {
