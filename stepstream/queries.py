@@ -36,6 +36,13 @@ def check_children_request(job_id: str, kind: str, step_name: str | None, step: 
         raise InvalidRequest(f"step {step!r} is not job {job_id}'s step {step_name!r}")
 
 
+def search_matches(q: str, job_id: str, definition: str) -> bool:
+    """What `q` of a job listing finds: any part of a manager's id or of its definition's name,
+    whatever the case (an id prefix, as before, among them)."""
+    q = q.lower()
+    return q in job_id.lower() or q in definition.lower()
+
+
 def check_logs_request(job_id: str, kind: str, step_name: str | None, step: str | None) -> None:
     """A step or child's logs may name its own step only (a manager's: any of its steps)."""
     if kind != MANAGER and step is not None and step != step_name:

@@ -495,7 +495,7 @@ def test_children_are_listed_in_creation_order_by_step_and_status_in_pages(backe
         orch.children(job, step="nope")
 
 
-def test_jobs_are_listed_newest_first_by_status_definition_and_id_prefix_in_pages(backend_orch, backend):
+def test_jobs_are_listed_newest_first_by_status_definition_and_any_part_of_an_id_or_name_in_pages(backend_orch, backend):
     orch = backend_orch
     token = backend.token
     first = orch.start("a", plan(token, a=step(child())))
@@ -519,6 +519,11 @@ def test_jobs_are_listed_newest_first_by_status_definition_and_id_prefix_in_page
     assert ids(q=failed) == [failed]
     assert ids(q="zz") == []
     assert ids(q=first[:2]) == [running, third, failed, first]
+    assert ids(q=failed[-5:]) == [failed]  # the last digits of an id find it
+    assert ids(q=failed[-5:].upper()) == [failed]  # whatever the case
+    named = [(running, "ab"), (third, "a"), (failed, "ab"), (first, "a")]
+    assert ids(q="AB") == [i for i, d in named if "ab" in d or "ab" in i.lower()]  # a definition's name
+    assert ids(q="b", status="failed") == [failed]
     page = orch.jobs(limit=3)
     assert [j["id"] for j in page["jobs"]] == [running, third, failed] and page["next"] is not None
     rest = orch.jobs(limit=3, cursor=page["next"])

@@ -535,7 +535,7 @@ class MemoryStore:
                     (cursor is not None and manager.ordinal >= cursor)
                     or (status is not None and manager.status != status)
                     or (definition is not None and manager.definition != definition)
-                    or (q is not None and not manager.id.startswith(q))
+                    or (q is not None and not queries.search_matches(q, manager.id, manager.definition))
                 ):
                     continue
                 if len(page) == limit:

@@ -278,7 +278,9 @@ class SqliteJournal:
         self, *, status: str | None, definition: str | None, q: str | None, before_ordinal: int | None, limit: int
     ) -> list[tuple[int, dict]]:
         where, args = _where(("status=?", status), ("definition=?", definition),
-                             ("substr(id, 1, ?)=?", None if q is None else (len(q), q)),
+                             # queries.search_matches, in SQL
+                             ("(instr(lower(id), ?) > 0 OR instr(lower(definition), ?) > 0)",
+                              None if q is None else (q.lower(), q.lower())),
                              ("ordinal<?", before_ordinal))
         rows = self._reader().execute(
             f"SELECT ordinal, job, settled FROM managers WHERE {where} ORDER BY ordinal DESC LIMIT ?", (*args, limit)

@@ -59,7 +59,7 @@ export class JobList {
 
   /** Whether a job passes the filters. The search matches any part of the id or of the
    *  definition's name among the jobs the page holds; older jobs come from the server's `q`
-   *  (an id prefix). */
+   *  (the same rule: stepstream/queries.py, search_matches). */
   matches(job) {
     const f = this.filter;
     const q = f.q.toLowerCase();

@@ -905,15 +905,16 @@ class RedisStore:
             if not ids:
                 break
             offset += len(ids)
-            wanted = [i.decode() for i in ids if q is None or i.decode().startswith(q)]
-            if status is not None or definition is not None:
+            wanted = [i.decode() for i in ids]
+            if status is not None or definition is not None or q is not None:
                 pipe = self.redis.pipeline(transaction=False)
                 for manager_id in wanted:
                     pipe.hmget(f"{self.prefix}j:{manager_id}", "status", "definition")
                 rows = self._retrying(pipe.execute)
                 wanted = [m for m, (s, d) in zip(wanted, rows, strict=True) if s is not None
                           and (status is None or json.loads(s) == status)
-                          and (definition is None or json.loads(d) == definition)]
+                          and (definition is None or json.loads(d) == definition)
+                          and (q is None or queries.search_matches(q, m, json.loads(d)))]
             page += wanted
         more = len(page) > limit
         seq, managers = self._managers_read(-1, page[:limit])
