@@ -266,8 +266,8 @@ class Orchestrator:
         return self.store.logs(job_id, **query)
 
     def jobs(self, **query: Any) -> dict:
-        """Manager jobs, newest first: `status=`, `definition=`, `q=` (any part of an id or a definition name), `limit=`,
-        `cursor=` as in `GET /api/jobs`."""
+        """Manager jobs, newest first: `status=`, `definition=`, `q=` (any part of an id or a
+        definition name), `limit=`, `cursor=` as in `GET /api/jobs`."""
         return self.store.list_managers(**query)
 
     def children(self, job_id: str, **query: Any) -> dict:

@@ -495,7 +495,7 @@ def test_children_are_listed_in_creation_order_by_step_and_status_in_pages(backe
         orch.children(job, step="nope")
 
 
-def test_jobs_are_listed_newest_first_by_status_definition_and_any_part_of_an_id_or_name_in_pages(backend_orch, backend):
+def test_jobs_are_listed_newest_first_by_status_definition_and_any_part_of_id_or_name_in_pages(backend_orch, backend):
     orch = backend_orch
     token = backend.token
     first = orch.start("a", plan(token, a=step(child())))
