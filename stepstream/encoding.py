@@ -66,3 +66,14 @@ def dumps(value: Any) -> str:
 
 def dumps_bytes(value: Any) -> bytes:
     return dumps(value).encode("utf-8")
+
+
+def call_summary(args: tuple, kwargs: dict, limit: int = 80) -> str:
+    """A child's arguments in one short line (`"https://a.example/x", depth=2`), to tell one
+    child from another; never raises (each value as the one total encoder writes it)."""
+    try:
+        parts = [dumps(a) for a in args] + [f"{safe_str(k)}={dumps(v)}" for k, v in dict(kwargs).items()]
+    except BaseException:  # noqa: BLE001 - arguments that cannot even be iterated
+        return "…"
+    text = ", ".join(parts)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

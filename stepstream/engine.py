@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import model, queries, wire
+from .encoding import call_summary
 from .events import Event
 from .jobs import Job, new_manager, new_step
 from .logs import Record
@@ -274,6 +275,7 @@ class Engine:
         child.parent_id = parent_id if parent_id is not None else step.id
         child.depth = link.depth + 1 if link.kind == CHILD else 1
         child.fn, child.args, child.kwargs = fn, args, kwargs
+        child.summary = call_summary(args, kwargs)
         child.retries, child.attempt = retries, 1
         self.jobs[child.id] = child
         child.position = len(manager.children)

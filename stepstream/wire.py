@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .encoding import call_summary
 from .model import CHILD, MANAGER, STEP, iso
 
 
@@ -37,7 +38,8 @@ def manager_json(m: Any, *, params: bool = True) -> dict:
 
 def child_json(c: Any) -> dict:
     return {
-        "id": c.id, "kind": CHILD, "name": c.name, "status": c.status,
+        "id": c.id, "kind": CHILD, "name": c.name,
+        "summary": c.summary if c.summary is not None else call_summary(c.args, c.kwargs), "status": c.status,
         "manager_id": c.manager.id, "step_id": c.step.id, "step_name": c.step.name,
         "parent_id": c.parent_id, "depth": c.depth, "attempt": c.attempt, "retries": c.retries,
         "created_at": iso(c.created_at), "started_at": iso(c.started_at),

@@ -306,7 +306,8 @@ function updateChildRow(tr, row, depth, indentDepth, now) {
   setText(idCell.firstChild, row.id);
   setAttr(idCell.children[1], "aria-label", `Copy id of child ${row.id}`);
   idCell.title = row.parent_id ? `spawned by ${row.parent_id}` : "";
-  setText(nameCell, row.name || "");
+  setText(nameCell, row.summary ? `${row.name || ""}(${row.summary})` : row.name || ""); // which call this is
+  nameCell.title = row.summary || "";
   setText(statusCell, row.status);
   setText(attemptCell, row.retries ? `${row.attempt} of ${row.retries + 1}` : String(row.attempt ?? ""));
   const s = elapsedSeconds(row, now);
