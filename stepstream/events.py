@@ -26,8 +26,15 @@ class Event:
 def latest_only(events: list[Event]) -> list[Event]:
     """`events` without the progress events that a later one of the same key supersedes (they
     carry absolute counts: latest wins). The one merge rule of streams, the journal and Redis."""
-    last = {(e.type, e.key): e.seq for e in events if e.type in MERGEABLE}
-    if len(last) == sum(1 for e in events if e.type in MERGEABLE):
+    last: dict[tuple[str, str | None], int] = {}
+    superseded = 0
+    for event in events:
+        if event.type in MERGEABLE:
+            key = (event.type, event.key)
+            if key in last:
+                superseded += 1
+            last[key] = event.seq
+    if not superseded:
         return events
     return [e for e in events if e.type not in MERGEABLE or last[(e.type, e.key)] == e.seq]
 
