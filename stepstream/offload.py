@@ -3,9 +3,10 @@
 The server's event loop serves every page, stream and health check of the process: it must never
 wait on SQLite or Redis. Every read or command that touches storage goes through `Offload.run`,
 which runs it on a small pool of threads of its own and gives up waiting after a timeout (the
-call itself may go on in its thread; a Redis call retries until Redis is back). While storage is
-slow, the calls in flight show it (`stalled`), and a command is refused before it starts, so a
-client is never left not knowing whether it was applied.
+call itself may go on in its thread; a Redis call retries until Redis is back). Whether storage
+answers at all is told by one probe at a time (`StorageProbe`: a Redis PING), so a command is
+refused before it starts while storage does not answer, and a client is never left not knowing
+whether it was applied.
 """
 
 from __future__ import annotations
@@ -35,26 +36,13 @@ class StorageUnavailable(StepstreamError):
 class Offload:
     """A bounded pool of threads for storage calls, and what it knows of storage's health."""
 
-    def __init__(self, *, threads: int = 16, timeout: float = 3.0, stall_after: float = 1.0) -> None:
+    def __init__(self, *, threads: int = 16, timeout: float = 3.0) -> None:
         self.threads = threads
         self.timeout = timeout
-        self.stall_after = stall_after
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="stepstream-storage")
         self._lock = threading.Lock()
         self._started: dict[int, float] = {}  # call number -> when it started (monotonic)
         self._numbers = itertools.count()
-
-    def stalled(self) -> str | None:
-        """Why storage looks stuck: the oldest call in flight has waited longer than
-        `stall_after`; None while every call answers promptly."""
-        with self._lock:
-            oldest = min(self._started.values(), default=None)
-        if oldest is None:
-            return None
-        waited = time.monotonic() - oldest
-        if waited < self.stall_after:
-            return None
-        return f"storage has not answered for {waited:.1f} s"
 
     def _call(self, number: int, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
         try:
@@ -66,13 +54,8 @@ class Offload:
     async def run(self, fn: Callable[..., T], *args: Any, command: bool = False, timeout: float | None = None,
                   **kwargs: Any) -> T:
         """`fn(*args, **kwargs)` on a storage thread. Raises `StorageUnavailable` when every
-        thread is taken, when it takes longer than `timeout` (default `self.timeout`), or, for a
-        `command` (a change), at once while storage is stalled: a change is either refused
-        before it starts or answered."""
-        if command:
-            stalled = self.stalled()
-            if stalled is not None:
-                raise StorageUnavailable(f"{stalled}; nothing was changed, try again later")
+        thread is taken or when it takes longer than `timeout` (default `self.timeout`); for a
+        `command` (a change), the message says it may still be applied."""
         number = next(self._numbers)
         with self._lock:
             if len(self._started) >= self.threads:
@@ -93,3 +76,46 @@ class Offload:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class StorageProbe:
+    """Whether storage answers, asked with `check()` (a Redis PING, say) on the offload's threads,
+    one probe at a time: many health checks and commands share one probe, and a storage that
+    does not answer holds one thread, not one per request."""
+
+    def __init__(self, offload: Offload, check: Callable[[], str | None], *, wait: float = 1.0,
+                 fresh: float = 0.5) -> None:
+        self.offload = offload
+        self.check = check
+        self.wait = wait  # how long a caller waits for a probe's answer
+        self.fresh = fresh  # an answer younger than this is taken as it is
+        self._task: asyncio.Task | None = None
+        self._started = 0.0
+        self._answer: str | None = None
+        self._answered = float("-inf")
+
+    def _thread_call(self) -> str | None:
+        return self.check()
+
+    async def _probe(self) -> str | None:
+        try:
+            answer = await self.offload.run(self._thread_call, timeout=60.0)
+        except StorageUnavailable as exc:
+            answer = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a probe that raises says why storage fails
+            answer = f"{type(exc).__name__}: {exc}"
+        self._answer, self._answered = answer, time.monotonic()
+        return answer
+
+    async def problem(self) -> str | None:
+        """Why storage cannot be used now, or None; within `wait` seconds whatever storage does."""
+        now = time.monotonic()
+        if now - self._answered < self.fresh and (self._task is None or self._task.done()):
+            return self._answer
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._probe())
+            self._started = now
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._task), max(0.0, self._started + self.wait - now))
+        except TimeoutError:
+            return f"storage has not answered for {time.monotonic() - self._started:.1f} s"

@@ -33,7 +33,7 @@ from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .metrics import registry_for
 from .metrics import render as render_metrics
 from .model import LEVELS, STATUSES, Conflict, InvalidParams, InvalidRequest, NotFound, iso
-from .offload import Offload, StorageUnavailable
+from .offload import Offload, StorageProbe, StorageUnavailable
 from .orchestrator import Orchestrator
 from .responses import SafeJSONResponse, error_response
 
@@ -41,7 +41,7 @@ MAX_LIMIT = {"jobs": 200, "children": 1000, "logs": 5000}
 DEFAULT_LIMIT = {"jobs": 50, "children": 100, "logs": 1000}
 EXPORT_PAGE = 5000
 EXPORT_FORMATS = ("json", "ndjson", "text")
-HEALTH_PROBE = 1.0  # seconds a health check waits for storage to answer
+DURABLE_WAIT = 30.0  # seconds an answer waits for a journal that is behind (not failing) to catch up
 
 T = TypeVar("T")
 
@@ -82,21 +82,26 @@ async def _storage(request: Request, fn: Callable[..., T], *args: Any, **kwargs:
 
 
 async def _durable(request: Request, seq: int) -> None:
-    """Wait until `seq` is durable (nothing is shown that a crash could take back), within the
-    offload's bound: else 503, as for any storage that does not answer."""
-    limit = request.app.state.offload.timeout
-    try:
-        await asyncio.wait_for(_hub(request).wait_visible(seq), limit)
-    except TimeoutError:
-        failing = _orch(request).storage_error
-        raise StorageUnavailable(f"{failing or 'storage'}: the latest changes are not written yet after "
-                                 f"{limit:g} s; try again later") from None
+    """Wait until `seq` is durable (nothing is shown that a crash could take back). A journal
+    that is only behind is waited for (up to 30 s); one that fails to write answers 503 within
+    a second of saying so, as any storage that does not answer."""
+    hub, orch = _hub(request), _orch(request)
+    deadline = time.monotonic() + DURABLE_WAIT
+    while True:
+        try:
+            await asyncio.wait_for(hub.wait_visible(seq), 0.5)
+            return
+        except TimeoutError:
+            failing = orch.storage_error
+            if failing is not None or time.monotonic() > deadline:
+                raise StorageUnavailable(f"{failing or 'storage'}: the latest changes are not written yet; "
+                                         "try again later") from None
 
 
 async def _command(request: Request, fn: Callable[..., T], *args: Any) -> T:
     """A change, off the event loop; refused at once (503, nothing changed) while storage is
-    known to fail or is not answering."""
-    failing = _orch(request).storage_error
+    known to fail or does not answer its probe."""
+    failing = _orch(request).storage_error or await request.app.state.probe.problem()
     if failing is not None:
         raise StorageUnavailable(f"{failing}; nothing was changed, try again later")
     return await request.app.state.offload.run(fn, *args, command=True)
@@ -199,15 +204,10 @@ async def metrics(request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
-    """At once, whatever storage does: 200 `ok`, or 503 `degraded` naming the storage error. A
-    probe of storage (a Redis PING) runs only when no call to storage is already stuck."""
-    hub, orch, offload = _hub(request), _orch(request), request.app.state.offload
-    failing = offload.stalled() or orch.storage_error
-    if failing is None:
-        try:
-            failing = await offload.run(orch.check_storage, timeout=HEALTH_PROBE)
-        except StorageUnavailable as exc:
-            failing = str(exc)
+    """Within a second, whatever storage does: 200 `ok`, or 503 `degraded` naming the storage
+    error (from the backend, or from the one shared probe: a Redis PING)."""
+    hub, orch = _hub(request), _orch(request)
+    failing = orch.storage_error or await request.app.state.probe.problem()
     return SafeJSONResponse({"status": "degraded" if failing else "ok", "seq": orch.seq, "time": iso_now(),
                              "run_id": hub.store.store_id, "store_id": hub.store.store_id, "streams": hub.connections,
                              "storage_error": failing, "journal_error": orch.journal_error},
@@ -472,6 +472,7 @@ def create_app(
     )
     app.state.orchestrator = orchestrator
     app.state.offload = hub.offload if hub is not None else Offload()
+    app.state.probe = StorageProbe(app.state.offload, orchestrator.check_storage)
     app.state.hub = hub or Hub(orchestrator.store, offload=app.state.offload, retry_ms=retry_ms)
     app.state.settings = Settings(max_body=max_body, ping=ping)
     app.state.metrics = registry_for(orchestrator, app.state.hub)
