@@ -54,10 +54,11 @@ class History:
             manager_id, step_id=step_id, status=status, cursor=cursor, limit=limit)
         return {"children": children, "next": next_cursor}
 
-    def logs(self, job_id: str, step: str | None, rank: int, after: int, limit: int, before: int | None) -> dict:
+    def logs(self, job_id: str, step: str | None, rank: int, after: int, limit: int, before: int | None,
+             q: str | None = None) -> dict:
         job, step_id = self._step(job_id, step)
         manager_id = job_id if job["kind"] == MANAGER else job["manager_id"]
         records, next_cursor = self.journal.logs(  # type: ignore[union-attr]
             manager_id, step_id=step_id, job_id=job_id if job["kind"] == CHILD else None, min_rank=rank,
-            after=after, before=before, limit=limit)
+            after=after, before=before, limit=limit, text=q)
         return {"logs": records, "next": next_cursor}

@@ -57,6 +57,11 @@ class LogBucket:
         return (self.records[i] for i in range(end - 1, -1, -1))
 
 
+def line_matches(text: str, message: str) -> bool:
+    """What a log search finds: the lines that contain `text`, whatever the case."""
+    return text.lower() in message.lower()
+
+
 def query(
     buckets: Iterable[LogBucket],
     *,
@@ -65,6 +70,7 @@ def query(
     min_level: str = "debug",
     job_id: str | None = None,
     limit: int = 1000,
+    text: str | None = None,
 ) -> tuple[list[Record], int | None]:
     """At most `limit` lines with `after` < seq (< `before`) at `min_level` or above, ascending.
 
@@ -84,7 +90,8 @@ def query(
     for record in merged:
         if backwards and record["seq"] <= after:
             break
-        if LEVEL_RANK[record["level"]] < rank or (job_id is not None and record["job_id"] != job_id):
+        if LEVEL_RANK[record["level"]] < rank or (job_id is not None and record["job_id"] != job_id) or (
+                text is not None and not line_matches(text, record["message"])):
             continue
         if len(out) == limit:
             more = True

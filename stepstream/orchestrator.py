@@ -262,7 +262,8 @@ class Orchestrator:
         return self.store.wait(job_id, timeout)
 
     def logs(self, job_id: str, **query: Any) -> dict:
-        """Log lines of a job: `step=`, `level=`, `after=`, `limit=` as in the HTTP API."""
+        """Log lines of a job: `step=`, `level=`, `after=`, `before=`, `limit=`, `q=` (lines that
+        contain it) as in the HTTP API."""
         return self.store.logs(job_id, **query)
 
     def jobs(self, **query: Any) -> dict:

@@ -295,10 +295,11 @@ async def rerun(request: Request) -> Response:
 
 
 async def logs(request: Request) -> Response:
-    _known_params(request, ("step", "level", "after", "before", "limit", "format"))
+    _known_params(request, ("step", "level", "after", "before", "limit", "format", "q"))
     orch, job_id = _orch(request), request.path_params["job_id"]
     query = {
         "step": _text_param(request, "step"),
+        "q": _text_param(request, "q"),
         "level": _choice_param(request, "level", LEVELS) or "debug",
         "after": _int_param(request, "after", default=0, minimum=0),
     }

@@ -452,6 +452,31 @@ def test_log_pages_follow_the_after_and_before_cursors(backend_orch, backend):
     assert back == all_logs(orch, job)
 
 
+def test_a_log_search_finds_the_lines_that_contain_it_whatever_the_case(backend_orch, backend):
+    orch = backend_orch
+    lines = [["info", "fetched https://a.example/1"], ["error", "Upstream REJECTED the key"],
+             ["info", "fetched https://b.example/2"], ["warning", "Ünïcode rejected twice"]]
+    job = orch.start("a", plan(backend.token, a=step(child(log=["info", "child says rejected"]), logs=lines)))
+    ended(orch, backend, job)
+
+    def check() -> None:
+        found = orch.logs(job, step="a", q="rejected")["logs"]
+        assert [r["message"] for r in found] == ["Upstream REJECTED the key", "Ünïcode rejected twice",
+                                                 "child says rejected"]
+        assert [r["message"] for r in orch.logs(job, q="ÜNÏCODE")["logs"]] == ["Ünïcode rejected twice"]
+        assert [r["message"] for r in orch.logs(job, q="rejected", level="warning")["logs"]] == [
+            "Upstream REJECTED the key", "Ünïcode rejected twice"]
+        assert orch.logs(job, q="nowhere")["logs"] == []
+        page = orch.logs(job, q="rejected", limit=1)
+        assert len(page["logs"]) == 1 and page["next"] is not None
+        rest = orch.logs(job, q="rejected", after=page["next"])["logs"]
+        assert page["logs"] + rest == orch.logs(job, q="rejected")["logs"]
+
+    check()
+    ended(orch, backend, orch.start("a", plan(backend.token)))  # SQLite: the first job is now read from disk
+    check()
+
+
 # ---------------------------------------------------------------- listings
 
 

@@ -594,13 +594,15 @@ class MemoryStore:
         after: int = 0,
         limit: int = 1000,
         before: int | None = None,
+        q: str | None = None,
     ) -> dict:
-        """Log lines of a manager (all of it), a step (it and its children) or a child."""
+        """Log lines of a manager (all of it), a step (it and its children) or a child; `q`: only
+        the lines that contain it (`logs.line_matches`)."""
         rank = model.level_rank(level)
         with self._guard:
             job = self._held(job_id)
             if job is None:
-                return self._history.logs(job_id, step, rank, after, limit, before)
+                return self._history.logs(job_id, step, rank, after, limit, before, q)
             only_job = None
             if job.kind == MANAGER:
                 if step is not None:
@@ -612,7 +614,7 @@ class MemoryStore:
                 buckets = [job.step.bucket]
                 only_job = job.id if job.kind == CHILD else None
             records, next_cursor = query(buckets, after=after, before=before, min_level=level,
-                                         job_id=only_job, limit=limit)
+                                         job_id=only_job, limit=limit, text=q)
             return {"logs": records, "next": next_cursor}
 
     def _held(self, job_id: object) -> Job | None:

@@ -78,9 +78,9 @@ class Journal(Protocol):
         self, manager_id: str, *, step_id: str | None, status: str | None, cursor: int, limit: int
     ) -> tuple[list[dict], int | None]: ...
 
-    def logs(
+    def logs(  # `text`: only the lines that contain it
         self, manager_id: str, *, step_id: str | None, job_id: str | None, min_rank: int, after: int,
-        before: int | None, limit: int,
+        before: int | None, limit: int, text: str | None = ...,
     ) -> tuple[list[dict], int | None]: ...
 
     def events_after(self, seq: int, limit: int) -> list[tuple[int, str, str, str | None, dict]] | None: ...

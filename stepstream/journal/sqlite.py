@@ -21,7 +21,9 @@ from pathlib import Path
 
 from ..encoding import dumps
 from ..events import latest_only
+from ..logs import line_matches
 from ..model import LEVEL_RANK, LEVELS
+from ..queries import search_matches
 from . import Batch, Loaded, Unsettled
 
 MIGRATIONS: list[str] = [
@@ -68,6 +70,9 @@ def connect(path: str | Path, *, synchronous_full: bool = False) -> sqlite3.Conn
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={'FULL' if synchronous_full else 'NORMAL'}")
     conn.execute("PRAGMA foreign_keys=OFF")
+    # The search rules themselves, so SQL finds exactly what memory and Redis find.
+    conn.create_function("line_matches", 2, line_matches, deterministic=True)
+    conn.create_function("search_matches", 3, search_matches, deterministic=True)
     return conn
 
 
@@ -278,9 +283,7 @@ class SqliteJournal:
         self, *, status: str | None, definition: str | None, q: str | None, before_ordinal: int | None, limit: int
     ) -> list[tuple[int, dict]]:
         where, args = _where(("status=?", status), ("definition=?", definition),
-                             # queries.search_matches, in SQL
-                             ("(instr(lower(id), ?) > 0 OR instr(lower(definition), ?) > 0)",
-                              None if q is None else (q.lower(), q.lower())),
+                             ("search_matches(?, id, definition)", q),
                              ("ordinal<?", before_ordinal))
         rows = self._reader().execute(
             f"SELECT ordinal, job, settled FROM managers WHERE {where} ORDER BY ordinal DESC LIMIT ?", (*args, limit)
@@ -300,10 +303,11 @@ class SqliteJournal:
 
     def logs(
         self, manager_id: str, *, step_id: str | None, job_id: str | None, min_rank: int, after: int,
-        before: int | None, limit: int,
+        before: int | None, limit: int, text: str | None = None,
     ) -> tuple[list[dict], int | None]:
         where, args = _where(("manager_id=?", manager_id), ("rank>=?", min_rank), ("seq>?", after),
-                             ("step_id=?", step_id), ("job_id=?", job_id), ("seq<?", before))
+                             ("step_id=?", step_id), ("job_id=?", job_id), ("seq<?", before),
+                             ("line_matches(?, message)", text))
         order = "DESC" if before is not None else "ASC"
         rows = self._reader().execute(
             f"SELECT {RECORD} FROM logs WHERE {where} ORDER BY seq {order} LIMIT ?", (*args, limit + 1)

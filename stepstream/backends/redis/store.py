@@ -37,7 +37,7 @@ from ...encoding import dumps
 from ...engine import Engine, require_manager
 from ...events import MERGEABLE, Event, Gone, latest_only
 from ...jobs import Job, new_id
-from ...logs import LogBucket, Record, query
+from ...logs import LogBucket, Record, line_matches, query
 from ...model import CHILD, MANAGER, PENDING, RUNNING, STEP, Conflict, NotFound, iso
 from ...text import MAX_LOG_CHARS, bounded, safe_str
 from . import codec, scripts
@@ -956,7 +956,7 @@ class RedisStore:
         return queries.step_named(manager.manager.id, manager.manager.steps, name, lambda s: s.name)
 
     def logs(self, job_id: str, step: str | None = None, level: str = "debug", after: int = 0, limit: int = 1000,
-             before: int | None = None) -> dict:
+             before: int | None = None, q: str | None = None) -> dict:
         model.level_rank(level)
         seq, jobs, job = self._job(job_id)
         only_job = None
@@ -966,13 +966,13 @@ class RedisStore:
             queries.check_logs_request(job_id, job.kind, job.step.name, step)
             owners = [job.step.id]
             only_job = job.id if job.kind == CHILD else None
-        buckets = [self._bucket(owner, level, only_job, after, before, limit + 1) for owner in owners]
+        buckets = [self._bucket(owner, level, only_job, after, before, limit + 1, q) for owner in owners]
         records, next_cursor = query(buckets, after=after, before=before, min_level=level, job_id=only_job,
-                                     limit=limit)
+                                     limit=limit, text=q)
         return {"logs": records, "next": next_cursor}
 
     def _bucket(self, owner: str, level: str, only_job: str | None, after: int, before: int | None,
-                wanted: int) -> LogBucket:
+                wanted: int, text: str | None = None) -> LogBucket:
         """The first `wanted` matching lines of one owner's log after `after` (or the last ones
         before `before`), as a bucket for `logs.query`."""
         rank = model.LEVEL_RANK[level]
@@ -991,7 +991,8 @@ class RedisStore:
                 record.pop("log_count", None)
                 record.pop("manager_log_count", None)
                 record["seq"] = int(entry_id.decode().partition("-")[0])
-                if model.LEVEL_RANK[record["level"]] >= rank and (only_job is None or record["job_id"] == only_job):
+                if model.LEVEL_RANK[record["level"]] >= rank and (only_job is None or record["job_id"] == only_job) \
+                        and (text is None or line_matches(text, record["message"])):
                     found.append(record)
             edge = entries[-1][0].decode()
             if before is None:
