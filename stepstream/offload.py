@@ -83,7 +83,7 @@ class StorageProbe:
     one probe at a time: many health checks and commands share one probe, and a storage that
     does not answer holds one thread, not one per request."""
 
-    def __init__(self, offload: Offload, check: Callable[[], str | None], *, wait: float = 1.0,
+    def __init__(self, offload: Offload, check: Callable[[], str | None], *, wait: float = 0.5,
                  fresh: float = 0.5) -> None:
         self.offload = offload
         self.check = check
