@@ -777,3 +777,67 @@ def test_search_matches_any_part_of_an_id_and_the_definition_name(orch, server, 
     page.set_viewport_size({"width": 390, "height": 844})
     shoot(page, "search-390.png")
     assert page.evaluate("document.documentElement.scrollWidth") <= 390, page.evaluate(WIDE)
+
+
+# ---------------------------------------------------------------- search in a step's log
+
+
+def test_a_steps_log_can_be_searched_live_and_cleared_back_to_the_live_tail(orch, server, gates, page):
+    page.set_viewport_size({"width": 1400, "height": 900})
+
+    def work(ctx):
+        for n in range(30):
+            ctx.log("info", f"fetched https://a.example/{n}")
+            if n % 10 == 3:
+                ctx.log("warning", f"Timeout on page {n}, retrying")
+        gates["more"].wait(TIMEOUT)
+        ctx.log("warning", "TIMEOUT on page 99, giving up")
+        ctx.log("info", "fetched https://a.example/99")
+        gates["work"].wait(TIMEOUT)
+
+    orch.define("crawl", [Step("work", work)])
+    job_id = orch.start("crawl")
+    page.goto(f"{server.url}/?job={job_id}")
+    row = step_row(page, job_id, "work")
+    log = row.locator(".log")
+    expect(log.locator("li", has_text="fetched")).to_have_count(30)
+
+    search = row.get_by_role("searchbox", name="Search the log of step work")
+    search.fill("timeout")
+    search.press("Enter")
+    expect(log.locator("li")).to_have_count(3)
+    expect(log.locator("li").first).to_contain_text("Timeout on page 3, retrying")
+    note = row.locator(".log-note")
+    expect(note).to_have_text('3 lines match “timeout” at info and above')
+    shoot(page, "log-search-1400.png")
+
+    gates["more"].set()  # a matching line that arrives while searching joins the results
+    expect(log.locator("li")).to_have_count(4)
+    expect(log.locator("li").last).to_contain_text("TIMEOUT on page 99, giving up")
+    expect(note).to_have_text('4 lines match “timeout” at info and above')
+    expect(log.locator("li", has_text="a.example/99")).to_have_count(0)
+
+    search.fill("no such words")
+    search.press("Enter")
+    expect(note).to_have_text('no line matches “no such words” at info and above')
+    expect(log.locator("li")).to_have_count(0)
+    page.set_viewport_size({"width": 390, "height": 844})
+    search.fill("PAGE 2")
+    search.press("Enter")
+    expect(note).to_have_text('1 line matches “PAGE 2” at info and above')  # any case, any place in the line
+    expect(log.locator("li")).to_contain_text("Timeout on page 23, retrying")
+    shoot(page, "log-search-390.png")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, page.evaluate(WIDE)
+
+    # Escape (or the clear button) goes back to the live tail.
+    search.press("Escape")
+    expect(search).to_have_value("")
+    expect(log.locator("li", has_text="fetched")).to_have_count(31)
+    expect(note).to_contain_text("showing")
+    search.fill("giving up")
+    search.press("Enter")
+    expect(log.locator("li")).to_have_count(1)
+    row.get_by_role("button", name="Clear the search of step work").click()
+    expect(log.locator("li", has_text="fetched")).to_have_count(31)
+    expect(search).to_be_focused()
+    gates.open_all()
