@@ -841,3 +841,62 @@ def test_a_steps_log_can_be_searched_live_and_cleared_back_to_the_live_tail(orch
     expect(log.locator("li", has_text="fetched")).to_have_count(31)
     expect(search).to_be_focused()
     gates.open_all()
+
+
+# ---------------------------------------------------------------- sorting the children panel
+
+NAMES = "tbody => [...tbody.rows].map(tr => tr.querySelector('.child-name').textContent)"
+
+
+def test_the_children_panel_sorts_by_status_or_duration_and_keeps_rows_in_place(orch, server, gates, page):
+    page.set_viewport_size({"width": 1400, "height": 900})
+
+    def child(ctx, n):
+        if n == 1:
+            raise ValueError("child 1 broke")
+        if n >= 2:
+            gates[f"child.{n}"].wait(TIMEOUT)
+
+    def spawn(ctx):
+        for n in range(6):
+            ctx.spawn(child, n)
+
+    orch.define("six", [Step("spawn", spawn)])
+    job_id = orch.start("six")
+    page.goto(f"{server.url}/?job={job_id}")
+    row = step_row(page, job_id, "spawn")
+    expect(row).to_have_attribute("data-running", "4")
+    row.locator(".children-toggle").click()
+    tbody = row.locator(".children-table tbody")
+    expect(row.locator('[data-child][data-status="running"]')).to_have_count(4)
+    gates["child.2"].set()
+    expect(row.locator('[data-child][data-status="completed"]')).to_have_count(2)
+    created = [f"child({n})" for n in range(6)]
+    assert tbody.evaluate(NAMES) == created  # the default: creation order
+    tbody.evaluate(WATCH_ROWS)
+
+    sort = row.get_by_role("combobox", name="Sort")
+    expect(sort).to_have_value("")
+    sort.select_option("status")  # what needs a look first: failed, running, pending, then done
+    expect(row.locator("[data-child]").first).to_have_attribute("data-status", "failed")
+    assert tbody.evaluate(NAMES) == ["child(1)", "child(3)", "child(4)", "child(5)", "child(0)", "child(2)"]
+    shoot(page, "children-sorted-1400.png")
+
+    gates["child.3"].set()  # a row whose status changes moves to its place, the same row
+    expect(row.locator("[data-child]").nth(3)).to_have_attribute("data-status", "completed")
+    assert tbody.evaluate(NAMES) == ["child(1)", "child(4)", "child(5)", "child(0)", "child(2)", "child(3)"]
+
+    sort.select_option("duration")  # the longest first: the running ones, then child 2 and 3
+    statuses = "tbody => [...tbody.rows].map(tr => tr.dataset.status)"
+    expect(row.locator("[data-child]").first).to_have_attribute("data-status", "running")
+    assert tbody.evaluate(statuses)[:2] == ["running", "running"]
+    assert set(tbody.evaluate(NAMES)[2:4]) == {"child(2)", "child(3)"}
+    page.set_viewport_size({"width": 390, "height": 844})
+    shoot(page, "children-sorted-390.png")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, page.evaluate(WIDE)
+
+    sort.select_option("")
+    expect(row.locator("[data-child]").first).to_contain_text("child(0)")
+    assert tbody.evaluate(NAMES) == created
+    assert tbody.evaluate("tb => [...tb.rows].every(tr => tr.__seen)")  # moved, never rebuilt
+    gates.open_all()
