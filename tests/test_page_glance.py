@@ -900,3 +900,52 @@ def test_the_children_panel_sorts_by_status_or_duration_and_keeps_rows_in_place(
     assert tbody.evaluate(NAMES) == created
     assert tbody.evaluate("tb => [...tb.rows].every(tr => tr.__seen)")  # moved, never rebuilt
     gates.open_all()
+
+
+# ---------------------------------------------------------------- which call a child is
+
+LONG_URL = "https://a.example/" + "a-very-long-path-segment/" * 5 + "index.html"
+
+
+def test_a_child_row_shows_its_arguments_and_a_long_one_is_cut_cleanly_with_the_whole_on_hover(
+        orch, server, gates, page):
+    page.set_viewport_size({"width": 1400, "height": 900})
+
+    def fetch(ctx, url, depth, **how):
+        gates["fetch"].wait(TIMEOUT)
+
+    def crawl(ctx):
+        ctx.spawn(fetch, "https://a.example/x", 2)
+        ctx.spawn(fetch, LONG_URL, 3, retry=True)
+
+    orch.define("crawl", [Step("crawl", crawl)])
+    job_id = orch.start("crawl")
+    page.goto(f"{server.url}/?job={job_id}")
+    row = step_row(page, job_id, "crawl")
+    row.locator(".children-toggle").click()
+    names = row.locator("[data-child] .child-name")
+    expect(names).to_have_count(2)
+    expect(names.first).to_have_text('fetch("https://a.example/x", 2)')
+    expect(names.first).to_have_attribute("title", 'fetch("https://a.example/x", 2)')
+    long = names.nth(1)
+    expect(long).to_have_text(re.compile(r'^fetch\("https://a\.example/a-very-long-path-segment/.*…\)$'))
+    whole = long.text_content()
+    expect(long).to_have_attribute("title", whole)  # the whole call on hover
+
+    def cut_cleanly() -> None:
+        box = long.evaluate("""td => {
+            const r = td.getBoundingClientRect(), row = td.closest('tr').getBoundingClientRect();
+            return {cut: td.scrollWidth > td.clientWidth, right: r.right, rowRight: row.right,
+                    ellipsis: getComputedStyle(td).textOverflow, lines: Math.round(r.height)}}""")
+        assert box["cut"] and box["ellipsis"] == "ellipsis", box  # one line, ending in "…"
+        assert box["right"] <= box["rowRight"] + 0.5, box  # inside its row
+
+    cut_cleanly()
+    assert names.first.evaluate("td => td.scrollWidth <= td.clientWidth")  # a short call is whole
+    shoot(page, "child-summary-1400.png")
+    page.set_viewport_size({"width": 390, "height": 844})
+    cut_cleanly()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, page.evaluate(WIDE)
+    long.hover()
+    shoot(page, "child-summary-390.png")
+    gates.open_all()

@@ -341,8 +341,9 @@ function updateChildRow(tr, row, depth, indentDepth, now) {
   setText(idCell.firstChild, row.id);
   setAttr(idCell.children[1], "aria-label", `Copy id of child ${row.id}`);
   idCell.title = row.parent_id ? `spawned by ${row.parent_id}` : "";
-  setText(nameCell, row.summary ? `${row.name || ""}(${row.summary})` : row.name || ""); // which call this is
-  nameCell.title = row.summary || "";
+  const call = row.summary ? `${row.name || ""}(${row.summary})` : row.name || ""; // which call this is
+  setText(nameCell, call);
+  setAttr(nameCell, "title", call || null); // the whole call on hover: a long one is cut with "…"
   setText(statusCell, row.status);
   setText(attemptCell, row.retries ? `${row.attempt} of ${row.retries + 1}` : String(row.attempt ?? ""));
   const s = elapsedSeconds(row, now);
