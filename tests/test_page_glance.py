@@ -777,3 +777,175 @@ def test_search_matches_any_part_of_an_id_and_the_definition_name(orch, server, 
     page.set_viewport_size({"width": 390, "height": 844})
     shoot(page, "search-390.png")
     assert page.evaluate("document.documentElement.scrollWidth") <= 390, page.evaluate(WIDE)
+
+
+# ---------------------------------------------------------------- search in a step's log
+
+
+def test_a_steps_log_can_be_searched_live_and_cleared_back_to_the_live_tail(orch, server, gates, page):
+    page.set_viewport_size({"width": 1400, "height": 900})
+
+    def work(ctx):
+        for n in range(30):
+            ctx.log("info", f"fetched https://a.example/{n}")
+            if n % 10 == 3:
+                ctx.log("warning", f"Timeout on page {n}, retrying")
+        gates["more"].wait(TIMEOUT)
+        ctx.log("warning", "TIMEOUT on page 99, giving up")
+        ctx.log("info", "fetched https://a.example/99")
+        gates["work"].wait(TIMEOUT)
+
+    orch.define("crawl", [Step("work", work)])
+    job_id = orch.start("crawl")
+    page.goto(f"{server.url}/?job={job_id}")
+    row = step_row(page, job_id, "work")
+    log = row.locator(".log")
+    expect(log.locator("li", has_text="fetched")).to_have_count(30)
+
+    search = row.get_by_role("searchbox", name="Search the log of step work")
+    search.fill("timeout")
+    search.press("Enter")
+    expect(log.locator("li")).to_have_count(3)
+    expect(log.locator("li").first).to_contain_text("Timeout on page 3, retrying")
+    note = row.locator(".log-note")
+    expect(note).to_have_text('3 lines match “timeout” at info and above')
+    shoot(page, "log-search-1400.png")
+
+    gates["more"].set()  # a matching line that arrives while searching joins the results
+    expect(log.locator("li")).to_have_count(4)
+    expect(log.locator("li").last).to_contain_text("TIMEOUT on page 99, giving up")
+    expect(note).to_have_text('4 lines match “timeout” at info and above')
+    expect(log.locator("li", has_text="a.example/99")).to_have_count(0)
+
+    search.fill("no such words")
+    search.press("Enter")
+    expect(note).to_have_text('no line matches “no such words” at info and above')
+    expect(log.locator("li")).to_have_count(0)
+    page.set_viewport_size({"width": 390, "height": 844})
+    search.fill("PAGE 2")
+    search.press("Enter")
+    expect(note).to_have_text('1 line matches “PAGE 2” at info and above')  # any case, any place in the line
+    expect(log.locator("li")).to_contain_text("Timeout on page 23, retrying")
+    shoot(page, "log-search-390.png")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, page.evaluate(WIDE)
+
+    # Escape (or the clear button) goes back to the live tail.
+    search.press("Escape")
+    expect(search).to_have_value("")
+    expect(log.locator("li", has_text="fetched")).to_have_count(31)
+    expect(note).to_contain_text("showing")
+    search.fill("giving up")
+    search.press("Enter")
+    expect(log.locator("li")).to_have_count(1)
+    row.get_by_role("button", name="Clear the search of step work").click()
+    expect(log.locator("li", has_text="fetched")).to_have_count(31)
+    expect(search).to_be_focused()
+    gates.open_all()
+
+
+# ---------------------------------------------------------------- sorting the children panel
+
+NAMES = "tbody => [...tbody.rows].map(tr => tr.querySelector('.child-name').textContent)"
+
+
+def test_the_children_panel_sorts_by_status_or_duration_and_keeps_rows_in_place(orch, server, gates, page):
+    page.set_viewport_size({"width": 1400, "height": 900})
+
+    def child(ctx, n):
+        if n == 1:
+            raise ValueError("child 1 broke")
+        if n >= 2:
+            gates[f"child.{n}"].wait(TIMEOUT)
+
+    def spawn(ctx):
+        for n in range(6):
+            ctx.spawn(child, n)
+
+    orch.define("six", [Step("spawn", spawn)])
+    job_id = orch.start("six")
+    page.goto(f"{server.url}/?job={job_id}")
+    row = step_row(page, job_id, "spawn")
+    expect(row).to_have_attribute("data-running", "4")
+    row.locator(".children-toggle").click()
+    tbody = row.locator(".children-table tbody")
+    expect(row.locator('[data-child][data-status="running"]')).to_have_count(4)
+    gates["child.2"].set()
+    expect(row.locator('[data-child][data-status="completed"]')).to_have_count(2)
+    created = [f"child({n})" for n in range(6)]
+    assert tbody.evaluate(NAMES) == created  # the default: creation order
+    tbody.evaluate(WATCH_ROWS)
+
+    sort = row.get_by_role("combobox", name="Sort")
+    expect(sort).to_have_value("")
+    sort.select_option("status")  # what needs a look first: failed, running, pending, then done
+    expect(row.locator("[data-child]").first).to_have_attribute("data-status", "failed")
+    assert tbody.evaluate(NAMES) == ["child(1)", "child(3)", "child(4)", "child(5)", "child(0)", "child(2)"]
+    shoot(page, "children-sorted-1400.png")
+
+    gates["child.3"].set()  # a row whose status changes moves to its place, the same row
+    expect(row.locator("[data-child]").nth(3)).to_have_attribute("data-status", "completed")
+    assert tbody.evaluate(NAMES) == ["child(1)", "child(4)", "child(5)", "child(0)", "child(2)", "child(3)"]
+
+    sort.select_option("duration")  # the longest first: the running ones, then child 2 and 3
+    statuses = "tbody => [...tbody.rows].map(tr => tr.dataset.status)"
+    expect(row.locator("[data-child]").first).to_have_attribute("data-status", "running")
+    assert tbody.evaluate(statuses)[:2] == ["running", "running"]
+    assert set(tbody.evaluate(NAMES)[2:4]) == {"child(2)", "child(3)"}
+    page.set_viewport_size({"width": 390, "height": 844})
+    shoot(page, "children-sorted-390.png")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, page.evaluate(WIDE)
+
+    sort.select_option("")
+    expect(row.locator("[data-child]").first).to_contain_text("child(0)")
+    assert tbody.evaluate(NAMES) == created
+    assert tbody.evaluate("tb => [...tb.rows].every(tr => tr.__seen)")  # moved, never rebuilt
+    gates.open_all()
+
+
+# ---------------------------------------------------------------- which call a child is
+
+LONG_URL = "https://a.example/" + "a-very-long-path-segment/" * 5 + "index.html"
+
+
+def test_a_child_row_shows_its_arguments_and_a_long_one_is_cut_cleanly_with_the_whole_on_hover(
+        orch, server, gates, page):
+    page.set_viewport_size({"width": 1400, "height": 900})
+
+    def fetch(ctx, url, depth, **how):
+        gates["fetch"].wait(TIMEOUT)
+
+    def crawl(ctx):
+        ctx.spawn(fetch, "https://a.example/x", 2)
+        ctx.spawn(fetch, LONG_URL, 3, retry=True)
+
+    orch.define("crawl", [Step("crawl", crawl)])
+    job_id = orch.start("crawl")
+    page.goto(f"{server.url}/?job={job_id}")
+    row = step_row(page, job_id, "crawl")
+    row.locator(".children-toggle").click()
+    names = row.locator("[data-child] .child-name")
+    expect(names).to_have_count(2)
+    expect(names.first).to_have_text('fetch("https://a.example/x", 2)')
+    expect(names.first).to_have_attribute("title", 'fetch("https://a.example/x", 2)')
+    long = names.nth(1)
+    expect(long).to_have_text(re.compile(r'^fetch\("https://a\.example/a-very-long-path-segment/.*…\)$'))
+    whole = long.text_content()
+    expect(long).to_have_attribute("title", whole)  # the whole call on hover
+
+    def cut_cleanly() -> None:
+        box = long.evaluate("""td => {
+            const r = td.getBoundingClientRect(), row = td.closest('tr').getBoundingClientRect();
+            return {cut: td.scrollWidth > td.clientWidth, right: r.right, rowRight: row.right,
+                    ellipsis: getComputedStyle(td).textOverflow, lines: Math.round(r.height)}}""")
+        assert box["cut"] and box["ellipsis"] == "ellipsis", box  # one line, ending in "…"
+        assert box["right"] <= box["rowRight"] + 0.5, box  # inside its row
+
+    cut_cleanly()
+    assert names.first.evaluate("td => td.scrollWidth <= td.clientWidth")  # a short call is whole
+    shoot(page, "child-summary-1400.png")
+    page.set_viewport_size({"width": 390, "height": 844})
+    cut_cleanly()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, page.evaluate(WIDE)
+    long.hover()
+    shoot(page, "child-summary-390.png")
+    gates.open_all()

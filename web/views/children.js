@@ -1,6 +1,7 @@
 // A step's children, fetched a page at a time (never one DOM row per child of a big step) and
 // kept live while open by the job's child stream. Rows are shown as a tree: each child under
-// the job that spawned it.
+// the job that spawned it; sorted by status or duration, the page's rows are a flat list in
+// that order, and a row that changes moves to its new place (the same row, never rebuilt).
 
 import { api, enc, jobPath } from "../api.js";
 import { TERMINAL } from "../store.js";
@@ -10,6 +11,8 @@ import { duration, elapsedSeconds, localTime } from "./time.js";
 const CHILDREN_PAGE = 50;
 const INDENT_EM = 1.2;
 const MAX_INDENT = 6; // deeper children line up at this depth: the row never overflows
+// Sorted by status, what needs a look comes first.
+const STATUS_ORDER = { failed: 0, running: 1, pending: 2, cancelled: 3, completed: 4 };
 
 export class ChildrenView {
   constructor(app, stepView, root) {
@@ -20,6 +23,7 @@ export class ChildrenView {
     this.toggle = root.querySelector(".children-toggle");
     this.panel = root.querySelector(".children-panel");
     this.statusSelect = root.querySelector(".children-status");
+    this.sortSelect = root.querySelector(".children-sort");
     this.tbody = root.querySelector("tbody");
     this.first = root.querySelector(".children-first");
     this.next = root.querySelector(".children-next");
@@ -46,6 +50,11 @@ export class ChildrenView {
     this.statusSelect.addEventListener("change", () => {
       this.setGroup(null);
       this.load(0);
+    });
+    this.sortSelect.addEventListener("change", () => {
+      const entry = this.app.store.children.get(this.key);
+      if (entry) entry.reshape = true; // the same rows, laid out in the new order
+      this.app.redraw(this);
     });
     for (const clear of root.querySelectorAll(".children-group-clear, .children-only-clear")) {
       clear.addEventListener("click", () => {
@@ -193,6 +202,16 @@ export class ChildrenView {
     return ordered;
   }
 
+  /** The page's rows in the chosen order (creation order, as the API gave them, breaks ties). */
+  sortedOrder(rows, sort, now) {
+    const list = [...rows.values()].map((row, index) => ({ row, level: 1, index }));
+    const key = sort === "status"
+      ? ({ row }) => STATUS_ORDER[row.status] ?? 5
+      : ({ row }) => { const s = elapsedSeconds(row, now); return s == null ? Infinity : -s; }; // longest first
+    const keys = new Map(list.map((item) => [item, key(item)]));
+    return list.sort((a, b) => keys.get(a) - keys.get(b) || a.index - b.index);
+  }
+
   render() {
     if (!this.open) return;
     const entry = this.app.store.children.get(this.key);
@@ -204,14 +223,15 @@ export class ChildrenView {
     const now = this.app.store.now();
     // Filtered, a page holds some children but not their parents: a flat list, no tree markers
     // that would suggest false parents.
-    const flat = Boolean(this.status || this.group || this.only);
+    const sort = this.sortSelect.value;
+    const flat = Boolean(this.status || this.group || this.only || sort);
     const shape = flat ? "flat" : "tree";
     if (entry.reshape || this.shape !== shape) {
       // Rows came or went: lay the page out again (rows kept, in tree order).
       entry.reshape = false;
       this.shape = shape;
       setAttr(this.tbody.parentElement, "data-tree", shape);
-      this.ordered = flat ? [...entry.rows.values()].map((row) => ({ row, level: 1 })) : this.treeOrder(entry.rows);
+      this.ordered = sort ? this.sortedOrder(entry.rows, sort, now) : flat ? [...entry.rows.values()].map((row) => ({ row, level: 1 })) : this.treeOrder(entry.rows);
       const fragment = document.createDocumentFragment();
       const seen = new Set();
       for (const { row, level } of this.ordered) {
@@ -239,6 +259,7 @@ export class ChildrenView {
         if (row) update(row);
       }
       if (this.ticked) for (const row of entry.rows.values()) if (row.status === "running") update(row);
+      if (sort && (entry.changed.size || (this.ticked && sort === "duration"))) this.reorder(this.sortedOrder(entry.rows, sort, now));
     }
     entry.changed.clear();
     this.ticked = false;
@@ -254,6 +275,20 @@ export class ChildrenView {
       else note = this.streaming ? "This step has no children yet." : "This step has no children.";
     }
     setText(this.note, note);
+  }
+
+  /** Move the rows whose place changed (the same elements: nothing is rebuilt). */
+  reorder(ordered) {
+    const moved = ordered.some((item, i) => this.ordered[i]?.row.id !== item.row.id);
+    this.ordered = ordered;
+    if (!moved) return;
+    let at = this.tbody.firstElementChild;
+    for (const { row } of ordered) {
+      const tr = this.rows.get(row.id);
+      if (!tr) continue;
+      if (tr === at) at = at.nextElementSibling;
+      else this.tbody.insertBefore(tr, at);
+    }
   }
 
   /** Whether a row's time ticks (some child on the page is running); the next render then
@@ -306,8 +341,9 @@ function updateChildRow(tr, row, depth, indentDepth, now) {
   setText(idCell.firstChild, row.id);
   setAttr(idCell.children[1], "aria-label", `Copy id of child ${row.id}`);
   idCell.title = row.parent_id ? `spawned by ${row.parent_id}` : "";
-  setText(nameCell, row.summary ? `${row.name || ""}(${row.summary})` : row.name || ""); // which call this is
-  nameCell.title = row.summary || "";
+  const call = row.summary ? `${row.name || ""}(${row.summary})` : row.name || ""; // which call this is
+  setText(nameCell, call);
+  setAttr(nameCell, "title", call || null); // the whole call on hover: a long one is cut with "…"
   setText(statusCell, row.status);
   setText(attemptCell, row.retries ? `${row.attempt} of ${row.retries + 1}` : String(row.attempt ?? ""));
   const s = elapsedSeconds(row, now);

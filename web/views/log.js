@@ -1,5 +1,7 @@
-// A step's log: a bounded tail, live while the step is open, with a level filter and
-// "load earlier". Live records come from the store (collected for open logs only).
+// A step's log: a bounded tail, live while the step is open, with a level filter, a search
+// and "load earlier". Live records come from the store (collected for open logs only).
+// While a search is active the lines shown are the ones that contain it (the logs API's `q=`,
+// any case), and live lines that contain it join them.
 
 import { api, enc, jobPath } from "../api.js";
 import { plural, setText } from "./dom.js";
@@ -22,6 +24,30 @@ export class LogView {
     this.earlierButton = tools.querySelector(".earlier");
     this.note = tools.querySelector(".log-note");
     this.level = "info"; // debug lines are there on demand
+    this.searchForm = tools.querySelector(".log-search");
+    this.searchInput = tools.querySelector(".log-q");
+    this.clearButton = tools.querySelector(".log-search-clear");
+    this.q = ""; // the active search ("": the live tail)
+    const name = stepView.name;
+    this.searchForm.setAttribute("aria-label", `search the log of step ${name}`);
+    this.searchInput.setAttribute("aria-label", `Search the log of step ${name}`);
+    this.searchInput.placeholder = "text in a line";
+    tools.querySelector(".log-find").setAttribute("aria-label", `Find in the log of step ${name}`);
+    this.clearButton.setAttribute("aria-label", `Clear the search of step ${name}`);
+    this.searchForm.addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.search(this.searchInput.value);
+    });
+    this.searchInput.addEventListener("keydown", (event) => {
+      if (event.key === "Escape" && (this.q || this.searchInput.value)) {
+        event.preventDefault();
+        this.clearSearch();
+      }
+    });
+    this.clearButton.addEventListener("click", () => this.clearSearch());
+    this.searchInput.addEventListener("search", () => {
+      if (!this.searchInput.value) this.search(""); // the box's own clear (×)
+    });
     this.total = 0;
     this.active = false;
     this.reset();
@@ -49,6 +75,21 @@ export class LogView {
     this.drawnAt = 0; // the last render, for bursts
     this.later = 0;
     this.app.redraw(this);
+  }
+
+  /** Show only the lines that contain `text` (any case); empty: back to the live tail. */
+  search(text) {
+    const q = text.trim();
+    if (q === this.q && !this.failure) return;
+    this.q = q;
+    this.clearButton.hidden = !q;
+    if (this.active) this.load();
+  }
+
+  clearSearch() {
+    this.searchInput.value = "";
+    this.search("");
+    this.searchInput.focus();
   }
 
   setTotal(total) {
@@ -86,6 +127,7 @@ export class LogView {
 
   push(record) {
     if (!this.active || LEVEL_RANK[record.level] < LEVEL_RANK[this.level]) return;
+    if (this.q && !lineMatches(this.q, record.message)) return;
     if (this.buffered) {
       this.buffered.push(record);
       return;
@@ -154,7 +196,7 @@ export class LogView {
     const cursor = before == null ? Number.MAX_SAFE_INTEGER : before;
     const page = await api(
       `${jobPath(this.sv.jobView.id)}/logs?step=${enc(this.sv.name)}&level=${enc(this.level)}` +
-        `&before=${cursor}&limit=${Math.min(keep, LOG_PAGE)}`,
+        `&before=${cursor}&limit=${Math.min(keep, LOG_PAGE)}` + (this.q ? `&q=${enc(this.q)}` : ""),
     );
     return { records: page.logs, more: page.next != null };
   }
@@ -195,13 +237,25 @@ export class LogView {
     this.earlierButton.hidden = !this.active || !this.hasEarlier;
     let note = "";
     if (this.failure) note = this.failure;
-    else if (this.loading && this.buffered) note = "loading…";
-    else if (this.active) {
+    else if (this.loading && this.buffered) note = this.q ? "searching…" : "loading…";
+    else if (this.active && this.q) {
+      const n = this.lines.length;
+      const filter = this.level === "debug" ? "" : ` at ${this.level} and above`;
+      const found = `“${this.q}”${filter}`;
+      if (!n) note = `no line matches ${found}`;
+      else if (this.hasEarlier) note = `the last ${plural(n, "line")} that match ${found}`;
+      else note = `${plural(n, "line")} ${n === 1 ? "matches" : "match"} ${found}`;
+    } else if (this.active) {
       const filter = this.level === "debug" ? "" : `, ${this.level} and above`;
       note = `showing ${this.lines.length} of ${plural(this.total, "line")}${filter}`;
     }
     setText(this.note, note);
   }
+}
+
+/** The logs API's rule (`q=`): the line contains the text, whatever the case. */
+function lineMatches(text, message) {
+  return message.toLowerCase().includes(text.toLowerCase());
 }
 
 function logLineElement(record, stepName) {
