@@ -72,7 +72,7 @@ local key, group, me, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local pending = redis.call('XPENDING', key, group, id, id, 1)
 if #pending == 0 then return {'gone'} end
 local owner, idle, count = pending[1][2], tonumber(pending[1][3]), pending[1][4]
-if string.sub(owner, 1, #ARGV[6]) ~= ARGV[6] and owner ~= me and idle < tonumber(ARGV[5]) then
+if string.sub(owner, 1, #ARGV[6]) ~= ARGV[6] and idle < tonumber(ARGV[5]) then
   return {'busy'}
 end
 local got = redis.call('XCLAIM', key, group, me, 0, id)  -- counts one more delivery
@@ -142,6 +142,7 @@ class CeleryRunner:
             signals.worker_process_init.connect(lambda **_: _RUNNERS[app]._pool_process_started(), weak=False)
             signals.after_setup_logger.connect(lambda **_: install_logging_bridge(logging.INFO), weak=False)
         self.task = app.tasks[TASK_NAME]
+        os.register_at_fork(after_in_child=self._forked)
 
     # ------------------------------------------------------------------ Runner
 
@@ -170,8 +171,22 @@ class CeleryRunner:
             self.start_dispatcher()
 
     def _pool_process_started(self) -> None:
-        self._dispatcher = None  # a thread of the process it was forked from, if any, is not here
         self.start_dispatcher()
+
+    def _forked(self) -> None:
+        """A forked process (a Celery pool process) is a runner of its own: its own consumer name
+        (the claim tells runners apart by it), its own heartbeat, nothing in hand; the threads of
+        the process it was forked from are not here."""
+        work = self.store.work
+        work.consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        work.inflight.clear()
+        work._by_job.clear()
+        work._heartbeat = None
+        work._group_ready = False
+        work._lock = threading.Lock()
+        self.dispatcher_name = f"{DISPATCH}{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._dispatcher = None
+        self._dispatch_lock = threading.Lock()
 
     # ------------------------------------------------------------------ running an entry
 
@@ -268,26 +283,20 @@ class CeleryRunner:
         """Send again the entries idle longer than the visibility timeout: their message was lost,
         or their runner vanished (then the task finds its attempt lost and runs it again)."""
         client, key = self.store.redis, self.store.work.key
-        start = "0-0"
-        for _ in range(20):  # at most 2,000 a sweep; the rest at the next
-            reply = client.xautoclaim(key, GROUP, self.dispatcher_name, self.visibility_ms, start_id=start,
-                                      count=100, justid=True)
-            ids = reply[1] if reply else []
-            deleted = reply[2] if reply and len(reply) > 2 else []
-            if deleted:
-                client.xack(key, GROUP, *deleted)
-            if ids:
-                pipe = client.pipeline(transaction=False)
-                for entry_id in ids:
-                    pipe.xrange(key, entry_id, entry_id)
-                for entry_id, found in zip(ids, pipe.execute(), strict=True):
-                    if found:
-                        self._send(entry_id, found[0][1])
-                    else:
-                        client.xack(key, GROUP, entry_id)
-            start = reply[0] if reply else b"0-0"
-            if start in (b"0-0", "0-0"):
-                return
+        # JUSTID: the delivery count stays (a runner's claim counts, not ours); redis-py then
+        # answers the ids alone, without a cursor: at most 1,000 a sweep, the rest at the next.
+        ids = client.xautoclaim(key, GROUP, self.dispatcher_name, self.visibility_ms, start_id="0-0", count=1000,
+                                justid=True)
+        if not ids:
+            return
+        pipe = client.pipeline(transaction=False)
+        for entry_id in ids:
+            pipe.xrange(key, entry_id, entry_id)
+        for entry_id, found in zip(ids, pipe.execute(), strict=True):
+            if found:
+                self._send(entry_id, found[0][1])
+            else:  # deleted meanwhile: done
+                client.xack(key, GROUP, entry_id)
 
     def _send(self, entry_id: bytes, fields: dict) -> None:
         def text(name: bytes) -> str | None:
