@@ -275,3 +275,19 @@ def test_the_same_task_sent_twice_changes_nothing(deployment, reader, redis_serv
     assert reader.children(job_id)["children"][0]["attempt"] == 1
     assert len(lines(reader, job_id, "working in")) == 1
     assert reader.snapshot(job_id)["seq"] == seq
+
+
+WITHOUT_CELERY = ("import sys\nsys.modules['celery'] = None  # `import celery` raises ModuleNotFoundError\n"
+                  "from stepstream.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+MISSING = "stepstream: error: the Celery runner needs Celery: pip install 'stepstream[celery]'\n"
+
+
+@pytest.mark.parametrize("args", [
+    ["serve", "--redis", "redis://127.0.0.1:1/0", "--celery", "capp:celery_app"],
+    ["worker", "plain:orch", "--redis", "redis://127.0.0.1:1/0", "--celery", "capp:celery_app"],
+])
+def test_choosing_celery_without_celery_is_one_line_naming_the_extra_and_status_2(args, tmp_path):
+    (tmp_path / "plain.py").write_text("from stepstream import Orchestrator\norch = Orchestrator()\n")
+    done = subprocess.run([sys.executable, "-c", WITHOUT_CELERY, *args], cwd=tmp_path, env=cli_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (2, MISSING)
