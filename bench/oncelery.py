@@ -10,7 +10,7 @@ each) and `celery_2` (2 `celery -A … worker -c 2` processes, prefork), on a fr
 with it is the wall time from start to the final state; CPU per process group says where the
 time goes.
 
-Run alone: `python bench/celery.py [--quick]`; `bench/run.py --only celery` runs it there.
+Run alone: `python bench/oncelery.py [--quick]` (not `celery.py`: that name is Celery's).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def _celery_workers(folder: str, url: str, count: int) -> Iterator[list[subproce
                  "--without-heartbeat"], cwd=folder, env=env, stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE, text=True, start_new_session=True)
             started.append(proc)
-        client = rb.redis.Redis.from_url(url)
+        client = sys.modules["redis"].Redis.from_url(url)
         deadline = time.monotonic() + 60
         while len(client.keys("_kombu.binding.*")) == 0 or _children_ready(started) < count:
             if time.monotonic() > deadline:
