@@ -58,11 +58,13 @@ def _celery_workers(folder: str, url: str, count: int) -> Iterator[list[subproce
     started: list[subprocess.Popen] = []
     try:
         for n in range(count):
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", f"{CELERY_MODULE}:celery_app", "worker", "-c",
-                 str(rb.THREADS), "-n", f"w{n}@%h", "--loglevel=WARNING", "--without-gossip", "--without-mingle",
-                 "--without-heartbeat"], cwd=folder, env=env, stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE, text=True, start_new_session=True)
+            # Output to a file, never to a pipe nobody reads: a full pipe stops the worker.
+            with open(os.path.join(folder, f"celery-w{n}.log"), "a") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "celery", "-A", f"{CELERY_MODULE}:celery_app", "worker", "-c",
+                     str(rb.THREADS), "-n", f"w{n}@%h", "--loglevel=WARNING", "--without-gossip",
+                     "--without-mingle", "--without-heartbeat"], cwd=folder, env=env, stdout=log,
+                    stderr=subprocess.STDOUT, start_new_session=True)
             started.append(proc)
         client = sys.modules["redis"].Redis.from_url(url)
         deadline = time.monotonic() + 60

@@ -83,19 +83,27 @@ APP = textwrap.dedent('''
 
 
 class CeleryWorker:
-    """`celery -A capp:celery_app worker` in a process group of its own, stderr read line by line."""
+    """`celery -A capp:celery_app worker` in a process group of its own, stderr read line by line.
 
-    def __init__(self, cwd: Path, redis_url: str, name: str, concurrency: int = 2) -> None:
+    `loglevel="WARNING"`: its stderr is a pipe read only once it is killed (as a supervisor that
+    collects the output afterwards would): a worker that writes a line per task blocks when the
+    pipe is full. It writes no "ready." line then: work sent before it is ready waits in the queue.
+    """
+
+    def __init__(self, cwd: Path, redis_url: str, name: str, concurrency: int = 2, loglevel: str = "INFO") -> None:
         env = cli_env(STEPSTREAM_REDIS=redis_url, STEPSTREAM_VISIBILITY=str(VISIBILITY))
         env["PYTHONPATH"] = os.pathsep.join([str(cwd), env["PYTHONPATH"]])
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "capp:celery_app", "worker", "-c", str(concurrency),
-             "-n", f"{name}@%h", "--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+             "-n", f"{name}@%h", f"--loglevel={loglevel}", "--without-gossip", "--without-mingle",
+             "--without-heartbeat"],
             cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        self.wait_for(" ready.", 60)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        if loglevel == "INFO":
+            self._reader.start()
+            self.wait_for(" ready.", 60)
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
@@ -129,6 +137,9 @@ class CeleryWorker:
         except ProcessLookupError:
             pass
         self.proc.wait(10)
+        if not self._reader.is_alive() and self.proc.stderr is not None and not self.proc.stderr.closed:
+            self.lines.extend(self.proc.stderr.readlines())  # read later: what it wrote until now
+            self.proc.stderr.close()
 
 
 @pytest.fixture
@@ -151,8 +162,8 @@ class Deployment:
         self.servers.append(served)
         return base_of(served.url())
 
-    def worker(self, name: str, concurrency: int = 2) -> CeleryWorker:
-        worker = CeleryWorker(self.cwd, self.redis_url, name, concurrency)
+    def worker(self, name: str, concurrency: int = 2, loglevel: str = "INFO") -> CeleryWorker:
+        worker = CeleryWorker(self.cwd, self.redis_url, name, concurrency, loglevel)
         self.workers.append(worker)
         return worker
 
@@ -202,6 +213,30 @@ def test_a_job_fans_out_over_celery_workers_and_its_counts_and_logs_stream_live(
     assert len(lines(reader, job_id, "done")) == 30  # `logging` lines of children land in their step
     streamed = {e["data"]["message"] for e in events if e["event"] == "log"}
     assert {r["message"] for r in fetched} <= streamed
+
+
+def test_hundreds_of_quick_children_on_quiet_workers_complete_exactly_and_the_workers_stay_quiet(deployment, reader):
+    """Two workers started with `--loglevel=WARNING`, their output read only at the end: 600
+    quick children complete, counted exactly, each child's `logging.info` in its step, and the
+    workers wrote no line per task. (The log bridge used to lower the root logger to INFO, so
+    Celery's handler wrote two lines a task despite WARNING; at about 250 tasks a worker's 64 KiB
+    pipe was full and its processes blocked in write(2): the job never ended.)"""
+    base = deployment.server()
+    a = deployment.worker("a", loglevel="WARNING")
+    b = deployment.worker("b", loglevel="WARNING")
+    job_id = start(base, {"children": 600, "pause": 0.0})
+    try:
+        done = reader.wait(job_id, timeout=60)["job"]
+    except TimeoutError:
+        done = reader.snapshot(job_id)["job"]
+    a.kill()
+    b.kill()
+    per_task = [line for line in a.lines + b.lines if "stepstream.run[" in line]
+    assert not per_task, f"{len(per_task)} lines, e.g. {per_task[:2]}; the job: {done['progress']}"
+    assert done["status"] == "completed", done["progress"]
+    job = check_exact(reader, job_id, 600)
+    assert job["progress"]["completed"] == 600
+    assert len(lines(reader, job_id, " done")) == 600  # the bridge still captures at WARNING
 
 
 def test_a_celery_worker_killed_mid_child_its_children_run_again_counted_once(deployment, reader):

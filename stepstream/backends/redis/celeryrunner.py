@@ -44,7 +44,7 @@ from typing import Any
 
 from ...attempt import Attempts
 from ...jobs import Job
-from ...logbridge import install_logging_bridge
+from ...logbridge import JobLogHandler, install_logging_bridge
 from ...model import MissingDependency
 from .store import RedisStore
 from .workqueue import GROUP, Entry
@@ -95,6 +95,22 @@ TASK_OPTIONS = {"acks_late": True, "reject_on_worker_lost": True, "max_retries":
 _RUNNERS: weakref.WeakKeyDictionary[Any, CeleryRunner] = weakref.WeakKeyDictionary()
 
 
+def _bridge_in_worker(loglevel: Any) -> None:
+    """Attach the log bridge again in a Celery worker whose logging Celery just set up, keeping
+    the worker's own output at its `--loglevel`. The bridge lowers the root logger to INFO (a
+    child's `logging.info` lands in its step); without this, Celery's handler would then write
+    Celery's INFO lines too -- two a task ("received", "succeeded") from a worker started with
+    `--loglevel=WARNING`: noise, and a worker whose stderr is a pipe read slowly (or not at all)
+    stops once the pipe is full."""
+    install_logging_bridge(logging.INFO)
+    level = logging.getLevelName(loglevel.upper()) if isinstance(loglevel, str) else loglevel
+    if not isinstance(level, int):
+        return
+    for handler in logging.getLogger().handlers:
+        if not isinstance(handler, JobLogHandler) and handler.level < level:
+            handler.setLevel(level)
+
+
 def _is_celery_task(fn: Any) -> bool:
     return isinstance(fn, celery.Task)
 
@@ -140,7 +156,7 @@ class CeleryRunner:
             app.task(name=TASK_NAME, **TASK_OPTIONS)(run)
             signals.worker_ready.connect(lambda sender=None, **_: _RUNNERS[app]._worker_ready(sender), weak=False)
             signals.worker_process_init.connect(lambda **_: _RUNNERS[app]._pool_process_started(), weak=False)
-            signals.after_setup_logger.connect(lambda **_: install_logging_bridge(logging.INFO), weak=False)
+            signals.after_setup_logger.connect(lambda loglevel=None, **_: _bridge_in_worker(loglevel), weak=False)
         self.task = app.tasks[TASK_NAME]
         os.register_at_fork(after_in_child=self._forked)
 
