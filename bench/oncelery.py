@@ -27,10 +27,13 @@ import time
 from collections.abc import Callable, Iterator
 
 HERE = os.path.dirname(os.path.realpath(__file__))
-_spec = importlib.util.spec_from_file_location("bench_redis", os.path.join(HERE, "redis.py"))
-rb = importlib.util.module_from_spec(_spec)
-sys.modules["bench_redis"] = rb
-_spec.loader.exec_module(rb)  # hands `redis` over to redis-py first (see bench/redis.py)
+if "bench_redis" in sys.modules:  # loaded by bench/run.py
+    rb = sys.modules["bench_redis"]
+else:
+    _spec = importlib.util.spec_from_file_location("bench_redis", os.path.join(HERE, "redis.py"))
+    rb = importlib.util.module_from_spec(_spec)
+    sys.modules["bench_redis"] = rb
+    _spec.loader.exec_module(rb)  # hands `redis` over to redis-py first (see bench/redis.py)
 
 import common  # noqa: E402
 
