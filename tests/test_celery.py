@@ -8,6 +8,7 @@ reaches pending and running children; the same task message sent twice changes n
 
 from __future__ import annotations
 
+import collections
 import os
 import queue
 import signal
@@ -237,6 +238,43 @@ def test_hundreds_of_quick_children_on_quiet_workers_complete_exactly_and_the_wo
     job = check_exact(reader, job_id, 600)
     assert job["progress"]["completed"] == 600
     assert len(lines(reader, job_id, " done")) == 600  # the bridge still captures at WARNING
+
+
+def test_work_waiting_in_celerys_queue_longer_than_the_visibility_timeout_is_sent_once(deployment, reader):
+    """300 children of 20 ms on one pool process: the last wait ~10 s in Celery's queue, over three
+    visibility timeouts. Their entries are held by a live dispatcher, so the sweep leaves them:
+    each is sent once (it used to be sent again every timeout it waited, duplicates that the claim
+    turned away: their number grows with the square of the queue)."""
+    base = deployment.server()
+    worker = deployment.worker("a", concurrency=1)
+    job_id = start(base, {"children": 300, "pause": 0.02})
+    done = reader.wait(job_id, timeout=90)["job"]
+    assert done["status"] == "completed", done["progress"]
+    job = check_exact(reader, job_id, 300)
+    assert job["progress"]["completed"] == 300
+    time.sleep(1.0)  # the worker's last lines
+    outcomes = [line.rsplit(": ", 1)[-1].strip() for line in worker.lines if "succeeded in" in line]
+    assert outcomes.count("'ran'") == 302 and len(outcomes) == 302, collections.Counter(outcomes)
+
+
+def test_work_of_a_dispatcher_that_died_before_sending_is_sent_again(deployment, reader, redis_server):
+    """An entry read by a dispatcher that died before its message reached the broker: no live
+    dispatcher holds it, so after the visibility timeout a sweep sends it again."""
+    base = deployment.server()
+    job_id = start(base, {"children": 3, "pause": 0.0})
+    client = redis_server.client()
+    pending = until(lambda: client.xpending_range("stepstream:work", "workers", "-", "+", 10), what="sent")
+    ids = [p["message_id"] for p in pending]
+    client.xclaim("stepstream:work", "workers", "stepstream-dispatch:ghost", 0, ids, justid=True)
+    broker = type(client).from_url(redis_server.url.rsplit("/", 1)[0] + "/1")
+    until(lambda: broker.llen("celery") == len(ids), what="the message in Celery's queue")
+    broker.delete("celery")  # as if it never arrived
+    started = time.monotonic()
+    deployment.worker("a")
+    done = reader.wait(job_id, timeout=60)["job"]
+    assert done["status"] == "completed", done["progress"]
+    assert check_exact(reader, job_id, 3)["progress"]["completed"] == 3
+    assert time.monotonic() - started > VISIBILITY - 1  # sent again by a sweep, not at once
 
 
 def test_a_celery_worker_killed_mid_child_its_children_run_again_counted_once(deployment, reader):

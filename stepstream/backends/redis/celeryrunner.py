@@ -11,7 +11,9 @@ is runnable, and its consumer group `workers` the record of who holds what:
   per entry, carrying its entry id (and, for people reading Flower, its kind, job and attempt).
   An entry whose message was lost (its dispatcher died between the read and the send) or whose
   runner vanished sits idle in the group: every quarter of the visibility timeout a dispatcher
-  takes over entries idle longer than it (`XAUTOCLAIM … JUSTID`) and sends them again.
+  takes over entries idle longer than it (`XPENDING … IDLE`, `XCLAIM … JUSTID`) and sends them
+  again -- but not those of a live dispatcher (its key `work:dispatcher:NAME`, refreshed while it
+  runs): their message waits in Celery's queue, however long it is.
 - **Running.** The task claims its entry in one script (`CLAIM`): an entry that is gone (done) or
   held by a live runner (claimed by a worker, its idle time under the visibility timeout: a
   duplicate or late delivery) is left alone and the message acknowledged; otherwise this worker
@@ -64,6 +66,9 @@ TASK_NAME = "stepstream.run"
 DISPATCH = "stepstream-dispatch:"  # consumer names of dispatchers: what they hold is not running
 ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")  # a stream entry id; anything else in a message is ignored
 READ_BATCH = 500  # entries a dispatcher reads (and sends) at once
+SWEEP_PAGE = 1000  # pending entries a sweep looks at per XPENDING
+SWEEP_PAGES = 10  # ... and pages per sweep (the next sweep goes on from there)
+LOST_AFTER = 10  # visibility timeouts after which a live dispatcher's entry is sent again anyway
 
 # ARGV: work stream key, group, this consumer, entry id, visibility timeout (ms), dispatcher prefix.
 # {'gone'}: the entry is done; {'busy'}: a live runner holds it; {'mine', deliveries before, fields}.
@@ -145,6 +150,8 @@ class CeleryRunner:
         self._dispatcher: threading.Thread | None = None
         self._dispatch_lock = threading.Lock()
         self._stopping = threading.Event()
+        self._unsent: list[tuple[bytes, dict]] = []  # read, but the broker refused them: sent next
+        self._sweep_from = "-"
         configure(app)
         first = app not in _RUNNERS
         _RUNNERS[app] = self  # the app's task runs work through the runner made last for it
@@ -203,6 +210,8 @@ class CeleryRunner:
         self.dispatcher_name = f"{DISPATCH}{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._dispatcher = None
         self._dispatch_lock = threading.Lock()
+        self._unsent = []
+        self._sweep_from = "-"
 
     # ------------------------------------------------------------------ running an entry
 
@@ -267,11 +276,19 @@ class CeleryRunner:
                                                     daemon=True)
                 self._dispatcher.start()
 
+    def _alive_key(self, dispatcher: str) -> str:
+        return f"{self.store.work.key}:dispatcher:{dispatcher}"
+
     def _dispatch(self) -> None:
         next_sweep = 0.0
         while not self._stopping.is_set():
             try:
                 self.store.work.ensure_group()
+                # What this dispatcher holds was sent: alive, it is not sent again (see _sweep).
+                self.store.redis.set(self._alive_key(self.dispatcher_name), b"1", px=self.visibility_ms)
+                while self._unsent:
+                    self._send(*self._unsent[0])
+                    self._unsent.pop(0)
                 now = time.monotonic()
                 if now >= next_sweep:
                     next_sweep = now + self.visibility_ms / 4000
@@ -292,27 +309,58 @@ class CeleryRunner:
                 return
             raise
         for _, entries in reply or []:
-            for entry_id, fields in entries:
+            self._send_all(entries)
+
+    def _send_all(self, entries: list[tuple[bytes, dict]]) -> None:
+        """Send each entry; those not sent when the broker fails are kept to be sent first."""
+        for n, (entry_id, fields) in enumerate(entries):
+            try:
                 self._send(entry_id, fields)
+            except Exception:
+                self._unsent.extend(entries[n:])
+                raise
 
     def _sweep(self) -> None:
-        """Send again the entries idle longer than the visibility timeout: their message was lost,
-        or their runner vanished (then the task finds its attempt lost and runs it again)."""
+        """Send again the entries idle longer than the visibility timeout whose message may be
+        lost: held by a runner (it vanished: the task finds its attempt lost and runs it again),
+        or by a dispatcher that is gone (it may have died between read and send). An entry held
+        by a live dispatcher was sent and waits in Celery's queue: sending it again would only
+        make a duplicate per timeout it waits (a long queue would grow with the square of its
+        length), so it is sent again only after `LOST_AFTER` timeouts (a message the broker lost)."""
         client, key = self.store.redis, self.store.work.key
-        # JUSTID: the delivery count stays (a runner's claim counts, not ours); redis-py then
-        # answers the ids alone, without a cursor: at most 1,000 a sweep, the rest at the next.
-        ids = client.xautoclaim(key, GROUP, self.dispatcher_name, self.visibility_ms, start_id="0-0", count=1000,
-                                justid=True)
-        if not ids:
+        lost: list[bytes] = []
+        alive: dict[str, bool] = {}
+        for _ in range(SWEEP_PAGES):
+            pending = client.xpending_range(key, GROUP, self._sweep_from, "+", SWEEP_PAGE, idle=self.visibility_ms)
+            for p in pending:
+                owner = p["consumer"].decode(errors="replace")
+                if owner.startswith(DISPATCH) and p["time_since_delivered"] < LOST_AFTER * self.visibility_ms:
+                    if owner not in alive:
+                        alive[owner] = owner == self.dispatcher_name or bool(client.exists(self._alive_key(owner)))
+                    if alive[owner]:
+                        continue
+                lost.append(p["message_id"])
+            if len(pending) < SWEEP_PAGE:
+                self._sweep_from = "-"
+                break
+            self._sweep_from = "(" + pending[-1]["message_id"].decode()
+            if len(lost) >= SWEEP_PAGE:
+                break
+        if not lost:
             return
+        # JUSTID: the delivery count stays (a runner's claim counts, not ours); min idle: a
+        # runner that claimed one meanwhile keeps it.
+        ids = client.xclaim(key, GROUP, self.dispatcher_name, self.visibility_ms, lost, justid=True)
         pipe = client.pipeline(transaction=False)
         for entry_id in ids:
             pipe.xrange(key, entry_id, entry_id)
-        for entry_id, found in zip(ids, pipe.execute(), strict=True):
-            if found:
-                self._send(entry_id, found[0][1])
+        found = []
+        for entry_id, entries in zip(ids, pipe.execute(), strict=True):
+            if entries:
+                found.append((entry_id, entries[0][1]))
             else:  # deleted meanwhile: done
                 client.xack(key, GROUP, entry_id)
+        self._send_all(found)
 
     def _send(self, entry_id: bytes, fields: dict) -> None:
         def text(name: bytes) -> str | None:
