@@ -15,6 +15,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 import time
 
 import common
@@ -36,6 +37,8 @@ def _load_bench(name: str):
 
 
 redisbench = _load_bench("redis")
+sys.modules["bench_redis"] = redisbench  # bench/oncelery.py builds on it
+celerybench = importlib.import_module("oncelery") if importlib.util.find_spec("celery") else None
 
 
 def _fmt(value: float, unit: str = "") -> str:
@@ -132,6 +135,20 @@ def _redis_rows(r: dict) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def _celery_rows(r: dict) -> list[tuple[str, str, str, str]]:
+    """The rows of one of bench/oncelery.py's results: 2 Celery workers vs 2 stepstream Redis
+    workers and one process in memory."""
+    what = f"{r['children']:,} " + ("children of ~2 ms CPU" if r["name"].endswith("_spin") else "no-op children")
+    rounds = f", median of {r['repeats']} rounds" if r.get("repeats", 1) > 1 else ""
+    runs, per = r["runs"], f" × {r['threads_per_process']}"
+    return [(f"celery: children/s, {what}, 2 Celery worker processes{per} vs 2 stepstream Redis workers{per}{rounds}",
+             _fmt(runs["celery_2"]["children_per_s"], "/s"), _fmt(runs["redis_2"]["children_per_s"], "/s"),
+             _fmt(r["celery_vs_redis"], "×")),
+            (f"celery: children/s, {what}, 2 Celery worker processes{per} vs memory, 1 process{per}",
+             _fmt(runs["celery_2"]["children_per_s"], "/s"), _fmt(runs["memory"]["children_per_s"], "/s"),
+             _fmt(r["ratios_vs_memory"]["celery_2"], "×"))]
+
+
 def rows_of(results: list[dict]) -> list[tuple[str, str, str, str]]:
     """(benchmark, stepstream, baseline, ratio) rows for the table."""
     rows = []
@@ -140,6 +157,8 @@ def rows_of(results: list[dict]) -> list[tuple[str, str, str, str]]:
             rows += _journal_rows(r)
         elif r["name"].startswith("redis_"):
             rows += _redis_rows(r)
+        elif r["name"].startswith("celery_"):
+            rows += _celery_rows(r)
         elif r["name"] == "progress_cost":
             for row in r["rows"]:
                 rows.append((f"progress cost per transition, {row['children']:,} children",
@@ -259,6 +278,7 @@ def main() -> None:
         ("stream leaving clients", lambda: leaving.leaving_clients(20_000 if q else 100_000)),
         *journal.benchmarks(q),
         *redisbench.benchmarks(q),
+        *(celerybench.benchmarks(q) if celerybench else []),  # needs the extra stepstream[celery]
     ]
     if args.only:
         steps = [(label, run) for label, run in steps if label.startswith(args.only)]

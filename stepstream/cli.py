@@ -27,7 +27,7 @@ import uvicorn
 
 from . import __version__, demo, failures
 from .journal.sqlite import SchemaError, SqliteJournal
-from .loader import LoadError, load_orchestrator
+from .loader import LoadError, load_object, load_orchestrator
 from .model import MissingDependency, StepstreamError
 from .orchestrator import Orchestrator
 
@@ -155,6 +155,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="size of the demo jobs started with --demo (default 60)")
     serve.add_argument("--visibility-timeout", type=positive_number, default=30.0, metavar="S",
                        help="with --redis: seconds before work of a vanished worker is run elsewhere (default 30)")
+    serve.add_argument("--celery", metavar="MODULE:APP",
+                       help="with --redis: run the work on the Celery workers of this Celery app (celery -A "
+                            "MODULE:APP worker) instead of stepstream's own workers")
 
     worker = sub.add_parser(
         "worker", help="run step handlers and children of a Redis deployment",
@@ -168,6 +171,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="threads running work here (default APP's max_workers)")
     worker.add_argument("--visibility-timeout", type=positive_number, default=30.0, metavar="S",
                         help="seconds before work of a vanished worker is run elsewhere (default 30)")
+    worker.add_argument("--celery", metavar="MODULE:APP",
+                        help="run a Celery worker of this Celery app here (like celery -A MODULE:APP worker)")
 
     run = sub.add_parser(
         "run", help="run one job here and print each step's progress",
@@ -280,6 +285,10 @@ def _serve_orchestrator(args: argparse.Namespace) -> Orchestrator:
     if args.size is not None and not args.demo:
         raise CliError("--size applies only with --demo")
     redis = args.redis or (os.environ.get(REDIS_ENV) if args.db is None and not args.memory else None)
+    if args.celery and not redis:
+        raise CliError("--celery needs --redis: the state every process (server, Celery workers) reaches")
+    if args.celery:
+        from .backends.redis import celeryrunner  # noqa: F401 - without Celery: one line naming the extra
     if args.workers == 0 and not redis:
         raise CliError("--workers 0 (run no work here) applies only with --redis")
     if args.app is None:
@@ -308,7 +317,9 @@ def _choose_storage(orch: Orchestrator, args: argparse.Namespace) -> None:
         raise CliError("--retain and --retain-days keep jobs in a database; they do not go with --memory")
     redis = args.redis or (os.environ.get(REDIS_ENV) if args.db is None and not args.memory else None)
     if redis:
-        _use_redis(orch, redis, args.workers, args)
+        _use_redis(orch, redis, 0 if args.celery else args.workers, args)
+        if args.celery:
+            _use_celery(orch, args.celery)
         return
     if args.memory or (orch.journal is not None and args.db is None):
         return
@@ -345,6 +356,21 @@ def _use_redis(orch: Orchestrator, url: str, workers: int | None, args: argparse
           file=sys.stderr)
 
 
+def _use_celery(orch: Orchestrator, spec: str) -> Any:
+    """Run `orch`'s work on the Celery app `spec` names; the app."""
+    try:
+        app = load_object(spec, "--celery", "myjobs:celery_app")
+    except LoadError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        orch.use_celery(app)
+    except StepstreamError as exc:
+        raise CliError(f"--celery: {exc}") from None
+    print(f"stepstream: work runs on the Celery workers of {spec} (broker {app.conf.broker_url!s:.80})",
+          file=sys.stderr)
+    return app
+
+
 # ---------------------------------------------------------------- worker
 
 
@@ -353,9 +379,17 @@ def work(args: argparse.Namespace) -> int:
     url = args.redis or os.environ.get(REDIS_ENV)
     if not url:
         raise CliError(f"a worker needs the deployment's Redis: --redis URL (or ${REDIS_ENV})")
+    if args.celery:
+        from .backends.redis import celeryrunner  # noqa: F401 - without Celery: one line naming the extra
     orch = _load(args.app)
     if not orch.definitions():
         raise CliError(f"{args.app} defines no job definitions: this worker would have nothing to run")
+    if args.celery:
+        _use_redis(orch, url, 0, args)
+        app = _use_celery(orch, args.celery)
+        argv = ["worker", "--loglevel=INFO", f"--concurrency={args.workers or orch.max_workers}"]
+        app.worker_main(argv)  # until Ctrl+C or SIGTERM: Celery's own warm shutdown
+        return 0
     _use_redis(orch, url, args.workers or orch.max_workers, args)
     stop = {"signal": 0}
     stopping = threading.Event()

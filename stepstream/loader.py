@@ -22,19 +22,7 @@ class LoadError(Exception):
 def load_orchestrator(spec: str) -> Orchestrator:
     """The `Orchestrator` named by `spec` (`module:attribute`, the attribute may be dotted),
     importing the module with the current directory first on `sys.path`."""
-    module_name, colon, attribute = spec.partition(":")
-    if not colon or not module_name or not attribute:
-        raise LoadError(f"APP must be module:attribute (e.g. myjobs:orch), not {spec!r}")
-    cwd = os.getcwd()
-    if sys.path[:1] != [cwd]:
-        sys.path.insert(0, cwd)
-    module = _import(module_name)
-    obj: Any = module
-    for part in attribute.split("."):
-        if not hasattr(obj, part):
-            raise LoadError(f"{module_name!r} ({_where(module)}) has no attribute {attribute!r}"
-                            + _candidates(module))
-        obj = getattr(obj, part)
+    obj = load_object(spec, "APP", "myjobs:orch")
     if isinstance(obj, Orchestrator):
         return obj
     if not callable(obj):
@@ -46,6 +34,25 @@ def load_orchestrator(spec: str) -> Orchestrator:
     if not isinstance(made, Orchestrator):
         raise LoadError(f"{spec}() returned {_describe(made)}, not an Orchestrator")
     return made
+
+
+def load_object(spec: str, what: str = "APP", example: str = "myjobs:orch") -> Any:
+    """What `spec` (`module:attribute`, dotted attributes too) names, importing the module with the
+    current directory first on `sys.path`; LoadError in one line if it cannot."""
+    module_name, colon, attribute = spec.partition(":")
+    if not colon or not module_name or not attribute:
+        raise LoadError(f"{what} must be module:attribute (e.g. {example}), not {spec!r}")
+    cwd = os.getcwd()
+    if sys.path[:1] != [cwd]:
+        sys.path.insert(0, cwd)
+    module = _import(module_name)
+    obj: Any = module
+    for part in attribute.split("."):
+        if not hasattr(obj, part):
+            raise LoadError(f"{module_name!r} ({_where(module)}) has no attribute {attribute!r}"
+                            + _candidates(module))
+        obj = getattr(obj, part)
+    return obj
 
 
 def _import(module_name: str) -> Any:

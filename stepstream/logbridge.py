@@ -58,23 +58,20 @@ def _only_us(record: logging.LogRecord) -> bool:
     return True
 
 
-_handler_installed = False
-
-
 def install_logging_bridge(capture_level: int | None) -> None:
-    """Attach the bridge to the root logger once per process.
+    """Attach the bridge to the root logger (once: again only if it was taken off).
 
     With `capture_level` set, the root logger's level is lowered to it if it is higher, so that
     e.g. `logging.info` inside a job is not dropped before any handler sees it.
     """
-    global _handler_installed
     if capture_level is None:
         return
     root = logging.getLogger()
-    if not _handler_installed:
+    # Looked for rather than remembered: a framework may replace the root's handlers (a Celery
+    # worker does as it starts), and then the bridge is attached again.
+    if not any(isinstance(h, JobLogHandler) for h in root.handlers):
         handler = JobLogHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         root.addHandler(handler)
-        _handler_installed = True
     if root.level == logging.NOTSET or root.level > capture_level:
         root.setLevel(capture_level)

@@ -161,6 +161,22 @@ class Orchestrator:
             self.max_workers = workers
         self._use(opened, self.max_workers)
 
+    def use_celery(self, app: Any, *, redis: str | None = None, visibility_timeout: float | None = None) -> None:
+        """Run this orchestrator's work on the Celery workers of `app` (a `celery.Celery`) instead of
+        stepstream's own worker loop. The state stays in the Redis backend, which every process must
+        reach: `redis=` opens it here (with no worker threads of its own), else it must be open
+        already. Every process of the deployment -- servers, scripts that start jobs, and the
+        Celery workers, which import the module that calls this -- does the same. Only before any
+        job ran here. See docs/celery.md."""
+        if self.store_in_use:
+            raise StepstreamError("the runner can only be chosen before any job runs")
+        if redis is not None:
+            self.use_redis(redis, workers=0, visibility_timeout=visibility_timeout or
+                           self.settings.visibility_timeout)
+        old = self.runner
+        self.runner = backends.celery_runner(self.store, self._attempts, app)
+        old.shutdown(False, lambda: None)
+
     # ------------------------------------------------------------------ definitions
 
     def define(self, name: str, steps: list[Step], *, validate: Callable[[dict], Any] | None = None) -> None:

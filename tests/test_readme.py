@@ -4,6 +4,7 @@ line, a server and a worker) on this machine."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import signal
@@ -25,6 +26,7 @@ BLOCKS = re.findall(r"```(\w+)\n(.*?)```", README, flags=re.S)
 PYTHON = [code for lang, code in BLOCKS if lang == "python"]
 SHELL = "\n".join(code for lang, code in BLOCKS if lang == "sh")
 MODULE = next(code for code in PYTHON if code.startswith("# myjobs.py"))
+CELERY_MODULE = next(code for code in PYTHON if code.startswith("# celeryjobs.py"))
 TIMEOUT = 60
 README_REDIS = "redis://A:6379/0"  # machine A of the README's deployment
 
@@ -42,7 +44,7 @@ def shell_commands(prefix: str) -> list[str]:
 
 
 def test_the_readme_has_the_examples_this_test_runs():
-    assert len(PYTHON) == 4 and MODULE
+    assert len(PYTHON) == 5 and MODULE and CELERY_MODULE
     assert shell_commands("stepstream run myjobs:orch") and shell_commands("stepstream serve myjobs:orch")
     assert len(shell_commands("curl")) >= 10
     assert len(shell_commands("redis-server")) == 1
@@ -199,3 +201,35 @@ def test_the_redis_python_example_runs_to_its_end(tmp_path: Path):
                               timeout=TIMEOUT, env=cli_env())
         assert done.returncode == 0, done.stderr
         assert int(server.client().get("stepstream:seq")) > 0, "the job's changes were committed to Redis"
+
+
+def test_the_celery_example_of_the_readme_runs_a_job_on_a_celery_worker(tmp_path: Path):
+    """The README's `celeryjobs.py`, its `celery -A … worker` line and its `stepstream serve … --celery`
+    line against a real redis-server: the Celery task spawned as a child ran on the Celery
+    worker, its `logging` line in its step."""
+    (tmp_path / "celeryjobs.py").write_text(CELERY_MODULE)
+    with RedisServer(durable=False) as server:
+        env = {"STEPSTREAM_REDIS": server.url}
+        celery_line = shlex.split(next(c for c in shell_commands("celery -A celeryjobs:celery_app worker")))
+        serve = redis_command("stepstream serve celeryjobs:orch", server.url)
+        worker_env = cli_env(**env)
+        worker_env["PYTHONPATH"] = f"{tmp_path}:{worker_env['PYTHONPATH']}"
+        worker = subprocess.Popen([sys.executable, "-m", "celery", *celery_line[1:], "--without-mingle",
+                                   "--without-gossip"], cwd=tmp_path, env=worker_env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            with Served(*serve[2:], "--port", "0", cwd=tmp_path, **env) as served:
+                base = base_of(served.url())
+                with httpx.Client(base_url=base, timeout=TIMEOUT) as client:
+                    created = client.post("/api/jobs", json={"definition": "crawl", "params": {"urls": ["a", "b"]}})
+                    assert created.status_code == 201, created.text
+                    job_id = created.json()["job"]["id"]
+                    with client.stream("GET", "/api/events", params={"job": job_id}) as stream:
+                        assert any(event["event"] == "end" for event in sse_events(stream))
+                    job = client.get(f"/api/jobs/{job_id}").json()["job"]
+                    assert job["status"] == "completed" and job["progress"]["completed"] == 2
+                    logs = client.get(f"/api/jobs/{job_id}/logs", params={"format": "text"}).text
+                    assert "fetched a" in logs and "fetched b" in logs
+        finally:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(10)

@@ -2,7 +2,8 @@
 
 Each opening gives the backend and how to make its runner: work of the memory backend runs where
 it is made (`LocalRunner`); work in Redis runs from the shared queue (`RedisWorker`). Redis (and
-its worker loop) is imported only when asked for: the core needs only the standard library.
+its worker loop, and Celery for `celery_runner`) is imported only when asked for: the core
+needs only the standard library.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from ..attempt import Attempts
 from ..backend import Backend
 from ..journal import Journal
+from ..model import StepstreamError
 from ..runner import LocalRunner, Runner
 from .memory import MemoryStore
 
@@ -69,3 +71,15 @@ def open_redis(settings: Settings, url: str, *, prefix: str = "stepstream:", ret
         retain_days=retain_days, visibility_timeout=settings.visibility_timeout,
         max_args_bytes=settings.max_args_bytes)
     return Opened(store, lambda attempts, workers: RedisWorker(attempts, store, workers))
+
+
+def celery_runner(backend: Backend, attempts: Attempts, app: object) -> Runner:
+    """The runner that runs a Redis deployment's work on the Celery workers of `app`. Celery is
+    imported only here (MissingDependency names the extra)."""
+    from .redis.celeryrunner import CeleryRunner
+    from .redis.store import RedisStore
+
+    if not isinstance(backend, RedisStore):
+        raise StepstreamError("the Celery runner needs the Redis backend, which every process reaches: "
+                              "use_celery(app, redis=URL), or Orchestrator(redis=URL) first")
+    return CeleryRunner(attempts, backend, app)  # type: ignore[arg-type]

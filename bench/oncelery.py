@@ -1,0 +1,176 @@
+"""The Celery runner (`orch.use_celery`, `serve --celery`) beside stepstream's own Redis workers and
+one process in memory, in the same run.
+
+Throughput: one job whose step spawns N children (~2 ms of pure-Python CPU each, calibrated here;
+then no-op children), started and awaited by an orchestrator in this process that runs no work.
+Setups, each round interleaved (the machine is shared; each figure is the median of its rounds):
+`memory` (one `Orchestrator`, 2 threads), `redis_2` (2 `stepstream worker` processes, 2 threads
+each) and `celery_2` (2 `celery -A … worker -c 2` processes, prefork), on a fresh redis-server
+(AOF, `appendfsync everysec`) that is both the state and Celery's broker. The figure reported
+with it is the wall time from start to the final state; CPU per process group says where the
+time goes.
+
+Run alone: `python bench/oncelery.py [--quick]` (not `celery.py`: that name is Celery's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+HERE = os.path.dirname(os.path.realpath(__file__))
+if "bench_redis" in sys.modules:  # loaded by bench/run.py
+    rb = sys.modules["bench_redis"]
+else:
+    _spec = importlib.util.spec_from_file_location("bench_redis", os.path.join(HERE, "redis.py"))
+    rb = importlib.util.module_from_spec(_spec)
+    sys.modules["bench_redis"] = rb
+    _spec.loader.exec_module(rb)  # hands `redis` over to redis-py first (see bench/redis.py)
+
+import common  # noqa: E402
+
+from tests.processes import cli_env  # noqa: E402
+
+CELERY_MODULE = "ssbench_celery_app"
+CELERY_SOURCE = f'''
+import os
+
+from celery import Celery
+
+from {rb.APP_MODULE} import make
+
+REDIS = os.environ["STEPSTREAM_REDIS"]
+celery_app = Celery("ssbench", broker=REDIS)
+orch = make()
+orch.use_celery(celery_app, redis=REDIS)
+'''
+
+
+@contextlib.contextmanager
+def _celery_workers(folder: str, url: str, count: int) -> Iterator[list[subprocess.Popen]]:
+    env = cli_env(STEPSTREAM_REDIS=url)
+    env["PYTHONPATH"] = os.pathsep.join([folder, env["PYTHONPATH"]])
+    started: list[subprocess.Popen] = []
+    try:
+        for n in range(count):
+            # Output to a file, never to a pipe nobody reads: a full pipe stops the worker.
+            with open(os.path.join(folder, f"celery-w{n}.log"), "a") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "celery", "-A", f"{CELERY_MODULE}:celery_app", "worker", "-c",
+                     str(rb.THREADS), "-n", f"w{n}@%h", "--loglevel=WARNING", "--without-gossip",
+                     "--without-mingle", "--without-heartbeat"], cwd=folder, env=env, stdout=log,
+                    stderr=subprocess.STDOUT, start_new_session=True)
+            started.append(proc)
+        client = sys.modules["redis"].Redis.from_url(url)
+        deadline = time.monotonic() + 60
+        while len(client.keys("_kombu.binding.*")) == 0 or _children_ready(started) < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError("celery workers did not start")
+            time.sleep(0.2)
+        yield started
+    finally:
+        for proc in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def _children_ready(procs: list[subprocess.Popen]) -> int:
+    """Workers whose pool processes exist (each worker forks `THREADS` of them once ready)."""
+    return sum(len(rb.psutil.Process(p.pid).children()) >= rb.THREADS for p in procs if p.poll() is None)
+
+
+def _group_cpu(proc: subprocess.Popen) -> float:
+    try:
+        main = rb.psutil.Process(proc.pid)
+        return sum(rb._cpu(p.pid) for p in [main, *main.children(recursive=True)])
+    except rb.psutil.Error:
+        return float("nan")
+
+
+def throughput(children: int, loops: int, child: str, repeats: int, log: Callable[[str], None] = print) -> dict:
+    params = {"child": child, "children": children, "loops": loops, "spawners": 0}
+    setups = ("memory", "redis_2", "celery_2")
+    rounds: dict[str, list[dict]] = {key: [] for key in setups}
+    with rb._app() as (folder, module):
+        with open(os.path.join(folder, CELERY_MODULE + ".py"), "w") as f:
+            f.write(CELERY_SOURCE)
+        from celery import Celery
+
+        for round_ in range(1, repeats + 1):
+            for key in setups:
+                cpu: dict[str, float]
+                if key == "memory":
+                    orch = module.make()
+                    try:
+                        cpu0 = rb._cpu(os.getpid())
+                        wall, _ = rb._run_fan(orch, params)
+                        cpu = {"process": rb._cpu(os.getpid()) - cpu0}
+                    finally:
+                        orch.shutdown()
+                elif key == "redis_2":
+                    with rb._redis_server("everysec") as server, rb._workers(folder, server.url, 2) as workers, \
+                            rb._redis_orchestrator(module, server.url) as orch:
+                        pids = {"workers": [w.proc.pid for w in workers], "redis": [server.proc.pid],
+                                "bench": [os.getpid()]}
+                        before = {k: sum(rb._cpu(p) for p in v) for k, v in pids.items()}
+                        wall, _ = rb._run_fan(orch, params)
+                        cpu = {k: sum(rb._cpu(p) for p in v) - before[k] for k, v in pids.items()}
+                else:
+                    with rb._redis_server("everysec") as server, _celery_workers(folder, server.url, 2) as workers:
+                        orch = module.make()
+                        orch.use_celery(Celery("ssbench-bench", broker=server.url), redis=server.url)
+                        try:
+                            before = {"workers": sum(_group_cpu(w) for w in workers),
+                                      "redis": rb._cpu(server.proc.pid), "bench": rb._cpu(os.getpid())}
+                            wall, _ = rb._run_fan(orch, params)
+                            cpu = {"workers": sum(_group_cpu(w) for w in workers) - before["workers"],
+                                   "redis": rb._cpu(server.proc.pid) - before["redis"],
+                                   "bench (dispatcher)": rb._cpu(os.getpid()) - before["bench"]}
+                        finally:
+                            orch.shutdown()
+                rounds[key].append({"wall_s": wall, "cpu_s": cpu})
+                log(f"  {child} {key} (round {round_}/{repeats}): {wall:.2f} s, cpu "
+                    + ", ".join(f"{k} {v:.1f} s" for k, v in cpu.items()))
+    runs = {}
+    for key in setups:
+        walls = [m["wall_s"] for m in rounds[key]]
+        runs[key] = {"wall_s": statistics.median(walls), "walls_s": walls,
+                     "children_per_s": children / statistics.median(walls),
+                     "cpu_s": {k: statistics.median(m["cpu_s"][k] for m in rounds[key])
+                               for k in rounds[key][0]["cpu_s"]}}
+    base = runs["memory"]["children_per_s"]
+    return {"name": f"celery_throughput_{child}", "children": children, "loops": loops, "repeats": repeats,
+            "threads_per_process": rb.THREADS, "runs": runs, "loadavg": open("/proc/loadavg").read().split()[:3],
+            "ratios_vs_memory": {k: v["children_per_s"] / base for k, v in runs.items() if k != "memory"},
+            "celery_vs_redis": runs["celery_2"]["children_per_s"] / runs["redis_2"]["children_per_s"]}
+
+
+def benchmarks(quick: bool = False) -> list[tuple[str, Callable[[], dict]]]:
+    """(label, run) of each Celery benchmark, for bench/run.py."""
+    n, repeats = (1_000, 1) if quick else (2_000, 3)
+    return [
+        ("celery throughput, ~2 ms CPU children", lambda: throughput(n, rb.calibrate(), "spin", repeats)),
+        ("celery throughput, no-op children", lambda: throughput(n, 0, "noop", repeats)),
+    ]
+
+
+def main() -> None:
+    args = common.arguments(__doc__).parse_args()
+    print("loadavg before:", open("/proc/loadavg").read().strip(), flush=True)
+    for label, run in benchmarks(args.quick):
+        print(f"{label} ...", flush=True)
+        print(json.dumps(run(), indent=1), flush=True)
+    print("loadavg after:", open("/proc/loadavg").read().strip(), flush=True)
+
+
+if __name__ == "__main__":
+    main()
