@@ -37,7 +37,7 @@ else:
 
 import common  # noqa: E402
 
-from tests.processes import cli_env  # noqa: E402
+from harness.processes import cli_env  # noqa: E402
 
 CELERY_MODULE = "ssbench_celery_app"
 CELERY_SOURCE = f'''

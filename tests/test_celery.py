@@ -23,8 +23,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.processes import Served, base_of, cli_env
 from stepstream import Orchestrator
-from tests.processes import Served, base_of, cli_env
 from tests.redisserver import RedisServer, require_redis_server
 from tests.test_redis import all_logs, check_exact, folded, read_stream, start, until
 
