@@ -11,7 +11,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,17 +31,30 @@ def stepstream_cli(*args: str, cwd: Path, timeout: float = 60, **env: str) -> su
                           capture_output=True, text=True, timeout=timeout)
 
 
-class Served:
-    """`stepstream serve ...` (or another `command`) in a subprocess, its stderr read line by line
-    as it comes."""
+def until(condition: Callable[[], Any], timeout: float = 30, what: str = "the condition", every: float = 0.02) -> Any:
+    """Poll `condition()` until it is truthy; its value. There is no event to await across
+    processes, so this is how a test waits on shared state; fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout} s")
+        time.sleep(every)
 
-    def __init__(self, *args: str, cwd: Path, command: str = "serve", **env: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "stepstream", command, *args], cwd=cwd,
-                                     env=cli_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True)
+
+class StderrLines:
+    """A subprocess whose stderr (a text pipe) is read line by line as it comes, once
+    `start_reading()` is called; `wait_for` waits on lines, never on a fixed sleep."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._pump = threading.Thread(target=self._read, daemon=True)
+
+    def start_reading(self) -> None:
         self._pump.start()
 
     def _read(self) -> None:
@@ -62,13 +77,6 @@ class Served:
             if text in line:
                 return line
 
-    def url(self) -> str:
-        """The URL of the `serving on` line, once the server says it listens."""
-        line = self.wait_for("serving on ")
-        match = re.search(r"serving on (http://\S+)", line)
-        assert match, line
-        return match.group(1)
-
     def interrupt(self, timeout: float = 10) -> tuple[int, float]:
         """Ctrl+C: the exit status and the seconds it took to exit."""
         sent = time.monotonic()
@@ -77,9 +85,27 @@ class Served:
         return code, time.monotonic() - sent
 
     def stderr(self) -> str:
-        if self.proc.poll() is not None:
+        if self.proc.poll() is not None and self._pump.is_alive():
             self._pump.join(5)
         return "".join(self.lines)
+
+
+class Served(StderrLines):
+    """`stepstream serve ...` (or another `command`) in a subprocess, its stderr read line by line
+    as it comes."""
+
+    def __init__(self, *args: str, cwd: Path, command: str = "serve", **env: str) -> None:
+        super().__init__(subprocess.Popen([sys.executable, "-m", "stepstream", command, *args], cwd=cwd,
+                                          env=cli_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                          text=True))
+        self.start_reading()
+
+    def url(self) -> str:
+        """The URL of the `serving on` line, once the server says it listens."""
+        line = self.wait_for("serving on ")
+        match = re.search(r"serving on (http://\S+)", line)
+        assert match, line
+        return match.group(1)
 
     def __enter__(self) -> Served:
         return self

@@ -18,7 +18,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,18 +88,6 @@ def closed_all(timeout: float = 30) -> None:
     """Wait until every Redis orchestrator of the suite has shut down (before its server stops)."""
     while _closing:
         _closing.pop().join(timeout)
-
-
-def until(condition: Callable[[], Any], timeout: float = 30, what: str = "the condition") -> Any:
-    """Poll `condition()` until it is truthy; its value. Fails the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not hold within {timeout} s")
-        time.sleep(0.01)
 
 
 def events_until(orch: Orchestrator, after: int, last: int, timeout: float = 30) -> list[tuple[str, dict]]:

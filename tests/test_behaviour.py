@@ -15,10 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harness.processes import until
 from stepstream import Conflict, NotFound, Step
 from stepstream.model import LEVELS, TERMINAL, InvalidRequest
 from stepstream.text import MAX_LOG_CHARS, bounded, describe, safe_str
-from tests.backends import assert_folds, check_counts, events_until, until
+from tests.backends import assert_folds, check_counts, events_until
 from tests.behaviour_jobs import ODD_ERROR, ODD_LINE, child, gate, plan, planned_child, step
 
 pytestmark = pytest.mark.timeout(120)

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import collections
 import os
-import queue
 import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,10 +21,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness.processes import Served, base_of, cli_env
+from harness.processes import Served, StderrLines, base_of, cli_env, until
 from stepstream import Orchestrator
 from tests.redisserver import RedisServer, require_redis_server
-from tests.test_redis import all_logs, check_exact, folded, read_stream, start, until
+from tests.test_redis import all_logs, check_exact, folded, read_stream, start
 
 pytest.importorskip("celery", reason="the Celery runner's tests need the extra stepstream[celery]")
 
@@ -83,7 +81,7 @@ APP = textwrap.dedent('''
 ''')
 
 
-class CeleryWorker:
+class CeleryWorker(StderrLines):
     """`celery -A capp:celery_app worker` in a process group of its own, stderr read line by line.
 
     `loglevel="WARNING"`: its stderr is a pipe read only once it is killed (as a supervisor that
@@ -94,36 +92,14 @@ class CeleryWorker:
     def __init__(self, cwd: Path, redis_url: str, name: str, concurrency: int = 2, loglevel: str = "INFO") -> None:
         env = cli_env(STEPSTREAM_REDIS=redis_url, STEPSTREAM_VISIBILITY=str(VISIBILITY))
         env["PYTHONPATH"] = os.pathsep.join([str(cwd), env["PYTHONPATH"]])
-        self.proc = subprocess.Popen(
+        super().__init__(subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "capp:celery_app", "worker", "-c", str(concurrency),
              "-n", f"{name}@%h", f"--loglevel={loglevel}", "--without-gossip", "--without-mingle",
              "--without-heartbeat"],
-            cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
+            cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True))
         if loglevel == "INFO":
-            self._reader.start()
+            self.start_reading()
             self.wait_for(" ready.", 60)
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            self._queue.put(line)
-        self._queue.put(None)
-
-    def wait_for(self, text: str, timeout: float = 30) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"no {text!r} within {timeout}s: {''.join(self.lines)[-3000:]}") from None
-            if line is None:
-                raise AssertionError(f"exited before {text!r}: {''.join(self.lines)[-3000:]}")
-            if text in line:
-                return line
 
     def owns(self, pid: int) -> bool:
         try:
@@ -138,7 +114,7 @@ class CeleryWorker:
         except ProcessLookupError:
             pass
         self.proc.wait(10)
-        if not self._reader.is_alive() and self.proc.stderr is not None and not self.proc.stderr.closed:
+        if not self._pump.is_alive() and self.proc.stderr is not None and not self.proc.stderr.closed:
             self.lines.extend(self.proc.stderr.readlines())  # read later: what it wrote until now
             self.proc.stderr.close()
 

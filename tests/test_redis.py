@@ -20,7 +20,7 @@ import pytest
 
 from harness.folding import check_progress, fold
 from harness.live import sse_events
-from harness.processes import Served, base_of
+from harness.processes import Served, base_of, until
 from stepstream import Orchestrator, Step
 from stepstream.model import InvalidParams
 from tests.redisserver import RedisServer, require_redis_server
@@ -118,18 +118,6 @@ def start(base: str, params: dict) -> str:
     response = httpx.post(f"{base}/api/jobs", json={"definition": "fan", "params": params}, timeout=30)
     assert response.status_code == 201, response.text
     return response.json()["job"]["id"]
-
-
-def until(condition: Callable[[], object], timeout: float = 30, what: str = "condition") -> object:
-    """Poll a read of shared state until it holds (there is no event to await across processes)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not hold within {timeout} s")
-        time.sleep(0.05)
 
 
 def all_logs(read: Callable[..., dict], job_id: str) -> list[dict]:
