@@ -72,8 +72,13 @@ def call_summary(args: tuple, kwargs: dict, limit: int = 80) -> str:
     """A child's arguments in one short line (`"https://a.example/x", depth=2`), to tell one
     child from another; never raises (each value as the one total encoder writes it)."""
     try:
-        parts = [dumps(a) for a in args] + [f"{safe_str(k)}={dumps(v)}" for k, v in dict(kwargs).items()]
+        if not kwargs:  # the usual call: plain values, encoded at once (the total path only if need be)
+            try:
+                text = clean(json.dumps(args, ensure_ascii=False, allow_nan=False, separators=(", ", ":"))[1:-1])
+            except (TypeError, ValueError):
+                text = ", ".join(dumps(a) for a in args)
+        else:
+            text = ", ".join([dumps(a) for a in args] + [f"{safe_str(k)}={dumps(v)}" for k, v in dict(kwargs).items()])
     except BaseException:  # noqa: BLE001 - arguments that cannot even be iterated
         return "…"
-    text = ", ".join(parts)
     return text if len(text) <= limit else text[: limit - 1] + "…"
