@@ -71,6 +71,8 @@ def dumps_bytes(value: Any) -> bytes:
 def call_summary(args: tuple, kwargs: dict, limit: int = 80) -> str:
     """A child's arguments in one short line (`"https://a.example/x", depth=2`), to tell one
     child from another; never raises (each value as the one total encoder writes it)."""
+    if not args and not kwargs:
+        return ""
     try:
         if not kwargs:  # the usual call: plain values, encoded at once (the total path only if need be)
             try:

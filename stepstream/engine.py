@@ -56,6 +56,25 @@ class Change:
         self.finished = False  # some job reached a terminal status (waiters may want to know)
 
 
+    def reset(self) -> list[Job]:
+        """Empty this record for the next changes (for a holder done with it, see
+        `Engine.record`); the work that was runnable, which stays the caller's."""
+        runnable = self.runnable
+        if runnable:
+            self.runnable = []
+        self.events.clear()
+        if self.managers:
+            self.managers.clear()
+        if self.children:
+            self.children.clear()
+        if self.settled:
+            self.settled.clear()
+        if self.deleted:
+            self.deleted.clear()
+        self.finished = False
+        return runnable
+
+
 _NONE: dict = {}  # what a change that records no jobs holds: never written to
 
 
@@ -65,10 +84,10 @@ def _with_traceback(line: str, traceback: str | None) -> str:
 
 def get(jobs: dict[str, Job], job_id: object) -> Job:
     """The job `job_id` among `jobs`, or NotFound."""
-    job = jobs.get(job_id) if isinstance(job_id, str) else None  # type: ignore[arg-type]
-    if job is None:
-        raise NotFound(f"no job with id {job_id!r}")
-    return job
+    try:
+        return jobs[job_id]  # type: ignore[index]
+    except (KeyError, TypeError):  # TypeError: an id that is not even hashable
+        raise NotFound(f"no job with id {job_id!r}") from None
 
 
 def require_manager(job: Job, action: str = "use") -> Job:
@@ -90,12 +109,16 @@ class Engine:
         self.ordinals = itertools.count(ordinal)
         # Running totals for metrics: events by type, child transitions by status, log lines by level.
         self.counters: collections.Counter[str] = collections.Counter()
-        self._change = Change()
+        # What the changes since the last `take()` did; a holder that is done with it before the
+        # next change (under its lock) may read it here and `reset()` it instead: no record per change.
+        self.record = Change()
 
     def take(self) -> Change:
         """What the changes since the last call did; the engine starts a new record."""
-        change, self._change = self._change, Change()
+        change, self.record = self.record, Change()
         return change
+
+
 
     # ------------------------------------------------------------------ events
 
@@ -103,7 +126,7 @@ class Engine:
         self.seq = seq = self.seq + 1
         self.counters[type_] += 1
         data["seq"] = seq
-        change = self._change
+        change = self.record
         change.events.append(Event(seq, type_, manager.id if manager is not None else manager_id, key, data))
         if manager is not None and self.record_jobs:
             if change.managers is _NONE:
@@ -113,7 +136,7 @@ class Engine:
     def _emit_status(self, job: Job) -> None:
         self._emit("job_status", job.manager, None, wire.status_event(job))
         if job.kind == CHILD and self.record_jobs:
-            change = self._change
+            change = self.record
             if change.children is _NONE:
                 change.children = {}
             change.children[job.id] = job
@@ -144,7 +167,7 @@ class Engine:
             job.started_at = now
         elif model.is_terminal(new):
             job.finished_at = now
-            self._change.finished = True
+            self.record.finished = True
 
     # ------------------------------------------------------------------ managers
 
@@ -166,7 +189,7 @@ class Engine:
         self._emit_status(manager)
         self._append_log(first, "info", f"step {first.name} started", now)
         self._emit_progress(first)
-        self._change.runnable.append(first)
+        self.record.runnable.append(first)
         return manager, first
 
     def cancel(self, job_id: str) -> Job:
@@ -194,8 +217,8 @@ class Engine:
         if not manager.settled:
             raise Conflict(f"job {job_id} is still {manager.status}; cancel it first")
         self.deleted(manager.id)
-        if self._change.managers is not _NONE:
-            self._change.managers.pop(manager.id, None)
+        if self.record.managers is not _NONE:
+            self.record.managers.pop(manager.id, None)
         for job in itertools.chain((manager,), manager.steps, manager.children):
             self.jobs.pop(job.id, None)
         return manager
@@ -203,7 +226,7 @@ class Engine:
     def deleted(self, manager_id: str) -> None:
         """Announce that manager `manager_id` is deleted (one only storage still held, say)."""
         self._emit("job_deleted", None, None, {"manager_id": manager_id}, manager_id=manager_id)
-        self._change.deleted.append(manager_id)
+        self.record.deleted.append(manager_id)
 
     def interrupt(self, manager: Job, reason: str) -> None:
         """Settle a manager whose code is gone: running children fail, pending ones are
@@ -285,7 +308,7 @@ class Engine:
             counted.counts[SLOT[PENDING]] += 1
         self._emit_status(child)
         self._emit_progress(step)
-        self._change.runnable.append(child)
+        self.record.runnable.append(child)
         return child
 
     def begin_child(self, child: Job) -> bool:
@@ -320,7 +343,7 @@ class Engine:
             child.attempt += 1
             self._emit_status(child)
             self._emit_progress(child.step)
-            self._change.runnable.append(child)
+            self.record.runnable.append(child)
             return
         new = model.child_outcome(error is not None, manager.cancelled)
         self._set_status(child, new, now)
@@ -346,7 +369,7 @@ class Engine:
             child.attempt += 1
             self._emit_status(child)
             self._emit_progress(child.step)
-            self._change.runnable.append(child)
+            self.record.runnable.append(child)
             return True
         self._end_attempt(child, f"{reason} ({child.lost} times)", None, now, retry=False)
         return False
@@ -420,7 +443,7 @@ class Engine:
             self._emit_status(following)
             self._append_log(following, "info", f"step {following.name} started", now)
             self._emit_progress(following)
-            self._change.runnable.append(following)
+            self.record.runnable.append(following)
             return
         if outcome == FAILED:
             manager.error = f"step {step.name!r} failed: {step.error}"
@@ -448,7 +471,7 @@ class Engine:
         self._emit("end", manager, None, {"manager_id": manager.id, "status": manager.status,
                                           "finished_at": iso(manager.finished_at)})
         manager.end_seq = self.seq
-        self._change.settled.append(manager)
+        self.record.settled.append(manager)
 
     # ------------------------------------------------------------------ logs
 

@@ -165,12 +165,12 @@ class MemoryStore:
     def _apply(self) -> list[Job]:
         """Write what the engine did to the ring (and the journal's next batch); settle and evict
         finished managers. Under the lock. Returns the work that became runnable."""
-        change: Change = self._engine.take()
+        change: Change = self._engine.record
         ring, size = self._ring, self.replay_size
         for event in change.events:
             ring[event.seq % size] = event
         if self._writer is not None:
-            self._writer.add(change)
+            self._writer.add(change)  # it copies what it keeps
         for manager_id in change.deleted:
             manager = self._managers.get(manager_id)
             if manager is not None:
@@ -180,7 +180,7 @@ class MemoryStore:
             self._evict_finished()
         if change.finished and self._waiters:
             self._cond.notify_all()
-        return change.runnable
+        return change.reset()
 
     def _forget(self, manager: Job) -> None:
         try:
@@ -291,12 +291,15 @@ class MemoryStore:
                   step_id: str | None = None, parent_id: str | None = None) -> tuple[Job, list[Job]]:
         """A new pending child inside a running step, found by `step_id` or by `parent_id` (the
         step itself or any job already inside it); and the work to run (the child)."""
-        link = step_id if step_id is not None else parent_id
-        if self._held(link) is None and isinstance(link, str) and self._journal is not None:
-            self._refuse_kept_link(link)
-        with self._guard:
-            child = self._engine.add_child(fn, args, kwargs, retries, step_id=step_id, parent_id=parent_id)
-            runnable = self._apply()
+        try:
+            with self._guard:
+                child = self._engine.add_child(fn, args, kwargs, retries, step_id=step_id, parent_id=parent_id)
+                runnable = self._apply()
+        except NotFound:
+            link = step_id if step_id is not None else parent_id
+            if self._journal is not None and isinstance(link, str):
+                self._refuse_kept_link(link)
+            raise
         self._notify()
         return child, runnable
 
