@@ -7,6 +7,11 @@ no-op children in memory and on a SQLite journal.
 
 Each figure is transitions per CPU-second of the process (`time.process_time`), best of 3 inside
 a run; the rounds alternate the two trees so that drift hits both alike.
+
+    python bench/compare.py /tmp/before . --callgrind
+
+counts instructions instead (valgrind's callgrind, the same count on every run): the store alone,
+3,000 children added, begun and ended, less the same process with none, per transition.
 """
 
 from __future__ import annotations
@@ -61,6 +66,36 @@ print(best)
 '''
 
 
+LOOP = r'''
+import sys
+sys.path.insert(0, sys.argv[1])
+try:
+    from stepstream.backends.memory import MemoryStore as Store
+    def first_step(store): return store.create_manager("b", ["a"], {})[1][0]
+    def add(store, step): return store.add_child(noop, (), {}, 0, step_id=step.id)[0]
+except ImportError:
+    from stepstream.store import Store
+    def first_step(store): return store.create_manager("b", ["a"], {})[1]
+    def add(store, step): return store.add_child(noop, (), {}, 0, step_id=step.id)
+def noop(ctx): pass
+store = Store(replay_size=1 << 16)
+step = first_step(store)
+for _ in range(int(sys.argv[2])):
+    child = add(store, step)
+    store.begin_child(child)
+    store.end_child(child, None)
+'''
+
+
+def instructions(tree: str, children: int) -> int:
+    """Instructions the store loop takes with `children` children (callgrind counts them)."""
+    python = os.path.realpath(sys.executable)  # the interpreter itself, not a shim that execs it
+    out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", python,
+                          "-c", LOOP, os.path.abspath(tree), str(children)], capture_output=True, text=True,
+                         check=True, timeout=1200)
+    return int(out.stderr.rsplit("Collected : ", 1)[1].split()[0])
+
+
 def one(tree: str, what: str) -> float:
     out = subprocess.run([sys.executable, "-c", CHILD, os.path.abspath(tree), what], capture_output=True, text=True,
                          check=True, timeout=600)
@@ -72,7 +107,13 @@ def main() -> None:
     parser.add_argument("a", help="a checkout (the baseline)")
     parser.add_argument("b", help="another checkout")
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--callgrind", action="store_true", help="count instructions (needs valgrind)")
     args = parser.parse_args()
+    if args.callgrind:
+        per = {tree: (instructions(tree, 3_000) - instructions(tree, 0)) / 9_000 for tree in (args.a, args.b)}
+        print(f"store alone, instructions per transition: {args.a}: {per[args.a]:,.0f}   {args.b}: {per[args.b]:,.0f}"
+              f"   ratio {per[args.b] / per[args.a]:.3f}×")
+        return
     for what in ("store", "memory", "journal"):
         figures: dict[str, list[float]] = {args.a: [], args.b: []}
         for _ in range(args.rounds):
