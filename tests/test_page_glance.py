@@ -972,6 +972,7 @@ def test_a_step_whose_children_wait_for_a_busy_worker_says_so(orch, server, gate
     expect(row).to_have_attribute("data-waiting", "true")
     expect(row.locator(".waiting")).to_have_text("8 waiting for a worker (4 of 4 busy)")
     expect(row.locator(".waiting")).to_be_visible()
+    assert_axe_clean(page)
     shoot(page, "waiting-1400.png")
     page.set_viewport_size({"width": 390, "height": 844})
     expect(row.locator(".waiting")).to_be_visible()
@@ -1012,8 +1013,18 @@ def test_a_retried_child_row_shows_the_error_of_each_earlier_attempt(orch, serve
         "ConnectionError: upload of b.csv reset by peer (try 2)")  # the last attempt's, as before
     expect(earlier.nth(1)).to_have_text("attempt 1: ConnectionError: upload of b.csv reset by peer (try 1)")
     expect(earlier.nth(2)).to_be_hidden()
+    assert_axe_clean(page)
     shoot(page, "attempts-1400.png")
     page.set_viewport_size({"width": 390, "height": 844})
     expect(earlier.nth(0)).to_be_visible()
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     shoot(page, "attempts-390.png")
+
+
+def assert_axe_clean(page: Page) -> None:
+    """axe-core finds no serious violation in light and in dark, as the page is now."""
+    for scheme in ("light", "dark"):
+        page.emulate_media(color_scheme=scheme)
+        found = axe_violations(page)
+        assert found == [], "\n".join([scheme, *found])
+    page.emulate_media(color_scheme="light")
