@@ -82,6 +82,17 @@ def _with_traceback(line: str, traceback: str | None) -> str:
     return f"{line}\n{traceback}" if traceback else line
 
 
+EARLIER_ATTEMPTS = 5  # a child keeps the errors of its last this many earlier attempts
+EARLIER_ERROR_CHARS = 300  # each one line, at most this long
+
+
+def earlier_attempts(child: Job, error: str) -> tuple[dict, ...]:
+    """The child's earlier attempts with the one that just ended (`error`) added: a new tuple
+    (the stored copy is compared with the old one), the last `EARLIER_ATTEMPTS`."""
+    line = bounded(error.splitlines()[0] if error else "", EARLIER_ERROR_CHARS)
+    return (*child.attempts, {"attempt": child.attempt, "error": line})[-EARLIER_ATTEMPTS:]
+
+
 def get(jobs: dict[str, Job], job_id: object) -> Job:
     """The job `job_id` among `jobs`, or NotFound."""
     try:
@@ -338,6 +349,7 @@ class Engine:
         if retry and model.child_retry(error is not None, child.attempt - child.lost, child.retries,
                                        manager.cancelled):
             self._set_status(child, PENDING, now)
+            child.attempts = earlier_attempts(child, child.error or "")
             self._append_log(child, "warning", f"{child.name} attempt {child.attempt} of "
                              f"{child.retries + 1} failed, retrying: {child.error}", now)
             child.attempt += 1
@@ -364,6 +376,7 @@ class Engine:
         child.lost = (child.lost or 0) + 1
         if model.child_rerun_lost(child.lost, child.manager.cancelled):
             self._set_status(child, PENDING, now)
+            child.attempts = earlier_attempts(child, clean(reason))
             self._append_log(child, "warning", f"{child.name} attempt {child.attempt}: {reason}; "
                              "running it again", now)
             child.attempt += 1

@@ -35,7 +35,7 @@ class Job:
         "steps", "children", "cancelled", "settled", "current", "ordinal", "rerun_of", "end_seq",
         "params_json",
         # children
-        "fn", "args", "kwargs", "retries", "attempt", "depth", "position", "lost", "summary",
+        "fn", "args", "kwargs", "retries", "attempt", "depth", "position", "lost", "summary", "attempts",
     )  # fmt: skip
 
     def __init__(self, kind: str, name: str, created_at: float) -> None:
@@ -54,6 +54,7 @@ class Job:
         self.log_count = 0
         self.lost = 0
         self.summary: str | None = None  # a child's arguments in short, once made
+        self.attempts: tuple[dict, ...] = ()  # a child's earlier attempts' errors (engine.earlier_attempts)
 
     def progress(self) -> dict[str, int]:
         return progress_dict(self.total, self.counts)
@@ -106,7 +107,8 @@ def rebuild(kept: Unsettled, logs_per_step: int) -> Job:
         child.manager, child.step = manager, steps_by_id[child_data["step_id"]]
         child.parent_id, child.depth, child.position = child_data["parent_id"], child_data["depth"], position
         child.attempt, child.retries = child_data["attempt"], child_data["retries"]
-        child.summary = child_data.get("summary")  # its arguments are gone with the process
+        child.summary = child_data.get("summary")
+        child.attempts = tuple(child_data.get("attempts") or ())  # its arguments are gone with the process
         child.fn, child.args, child.kwargs = None, (), {}
         manager.children.append(child)
         for counted in (child.step, manager):

@@ -295,6 +295,13 @@ class Orchestrator:
         """`{"seq", "managers": {status: n}, "counters": {...}}`: what `GET /metrics` shows."""
         return self.store.stats()
 
+    def workers(self) -> dict | None:
+        """`{"size": n, "busy": m, "scope": "deployment" | "process"}`: the runner's worker threads
+        and how many run work now (in memory, no storage call). In one process (`scope`
+        `deployment`) they are every worker; with Redis only this process's; None on Celery
+        (its workers are Celery's)."""
+        return self.runner.workers()
+
     @property
     def seq(self) -> int:
         """The seq of the latest change."""

@@ -26,6 +26,11 @@ class Runner(Protocol):
     def submit(self, jobs: list[Job]) -> None:
         """Run these step handlers and child attempts (work the backend said is runnable)."""
 
+    def workers(self) -> dict | None:
+        """`{"size", "busy", "scope"}`: how many worker threads there are and how many run work
+        now, from memory (no storage call); `scope` says whose: `deployment` (every worker there
+        is) or `process` (only this process's: others may run work too). None when unknown."""
+
     def shutdown(self, wait: bool, abandon: Callable[[], None]) -> None:
         """Stop taking work. With `wait`, let running code return; `abandon()` settles what the
         runner lets go of, between stopping its threads and stopping its event loop."""
@@ -81,6 +86,11 @@ class LocalRunner:
     def submit(self, jobs: list[Job]) -> None:
         for job in jobs:
             self._start(job)
+
+    def workers(self) -> dict:
+        """The pool's threads: every worker there is (`async def` code runs on the event loop,
+        beside them, and never waits for one)."""
+        return {"size": self.pool.size, "busy": self.pool.busy(), "scope": "deployment"}
 
     def _start(self, job: Job) -> None:
         """Run `job` on the pool or the loop; a job that cannot start any more (the runner is

@@ -210,7 +210,8 @@ async def health(request: Request) -> Response:
     failing = orch.storage_error or await request.app.state.probe.problem()
     return SafeJSONResponse({"status": "degraded" if failing else "ok", "seq": orch.seq, "time": iso_now(),
                              "run_id": hub.store.store_id, "store_id": hub.store.store_id, "streams": hub.connections,
-                             "storage_error": failing, "journal_error": orch.journal_error},
+                             "storage_error": failing, "journal_error": orch.journal_error,
+                             "workers": orch.workers()},
                             status_code=503 if failing else 200, headers={"Retry-After": "2"} if failing else None)
 
 

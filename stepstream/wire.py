@@ -42,6 +42,7 @@ def child_json(c: Any) -> dict:
         "summary": c.summary if c.summary is not None else call_summary(c.args, c.kwargs), "status": c.status,
         "manager_id": c.manager.id, "step_id": c.step.id, "step_name": c.step.name,
         "parent_id": c.parent_id, "depth": c.depth, "attempt": c.attempt, "retries": c.retries,
+        "attempts": list(c.attempts),
         "created_at": iso(c.created_at), "started_at": iso(c.started_at),
         "finished_at": iso(c.finished_at), "error": c.error, "traceback": c.traceback,
     }  # fmt: skip

@@ -41,6 +41,11 @@ class WorkerPool:
             else:
                 self._idle -= 1  # an idle thread takes it; below zero, the backlog
 
+    def busy(self) -> int:
+        """How many of the threads run a call now (a call handed to a thread counts at once)."""
+        with self._lock:
+            return len(self._threads) - max(self._idle, 0)
+
     def _work(self) -> None:
         while True:
             item = self._queue.get()

@@ -210,6 +210,30 @@ def test_a_retried_child_counts_only_its_last_attempt(backend_orch, backend):
     assert [line["message"].splitlines()[0] for line in failed] == ["planned_child failed: RuntimeError: attempt 2"]
 
 
+def test_a_retried_child_keeps_the_error_of_each_earlier_attempt(backend_orch, backend):
+    orch = backend_orch
+    job = orch.start("a", plan(backend.token, a=step(child(fail=2, retries=2), child(fail=5, retries=1), child())))
+    ended(orch, backend, job)  # read again from storage too: the same
+    children = {c["attempt"]: c for c in all_children(orch, job)}
+    assert children[3]["status"] == "completed" and children[3]["attempts"] == [
+        {"attempt": 1, "error": "RuntimeError: attempt 1"}, {"attempt": 2, "error": "RuntimeError: attempt 2"}]
+    assert children[2]["attempts"] == [{"attempt": 1, "error": "RuntimeError: attempt 1"}]  # its last is `error`
+    assert children[1]["attempts"] == []
+    assert orch.snapshot(children[3]["id"])["job"]["attempts"] == children[3]["attempts"]
+
+
+def test_the_workers_say_how_many_there_are_and_how_many_are_busy(backend_orch, backend):
+    orch = backend_orch
+    scope = "process" if backend.kind == "redis" else "deployment"  # Redis: only this process's are known
+    assert orch.workers() == {"size": 4, "busy": 0, "scope": scope}
+    job = orch.start("a", plan(backend.token, a=step(child(hold="kid"), child(hold="kid"))))
+    until(lambda: steps_of(orch.snapshot(job))["a"]["progress"]["running"] == 2, what="two children running")
+    assert orch.workers() == {"size": 4, "busy": 2, "scope": scope}
+    gate(backend.token, "kid").set()
+    orch.wait(job, TIMEOUT)
+    until(lambda: orch.workers()["busy"] == 0, what="the workers free again")
+
+
 # ---------------------------------------------------------------- cancel, rerun, delete
 
 

@@ -949,3 +949,82 @@ def test_a_child_row_shows_its_arguments_and_a_long_one_is_cut_cleanly_with_the_
     long.hover()
     shoot(page, "child-summary-390.png")
     gates.open_all()
+
+
+# ---------------------------------------------------------------- why children wait, each attempt's error
+
+
+def test_a_step_whose_children_wait_for_a_busy_worker_says_so(orch, server, gates, page):
+    page.set_viewport_size({"width": 1400, "height": 900})
+
+    def work(ctx, n):
+        gates["work"].wait(TIMEOUT)
+
+    def fan(ctx):
+        for n in range(12):
+            ctx.spawn(work, n)
+
+    orch.define("fan", [Step("fan", fan)])
+    job_id = orch.start("fan")
+    page.goto(f"{server.url}/?job={job_id}")
+    row = step_row(page, job_id, "fan")
+    expect(row).to_have_attribute("data-pending", "8")
+    expect(row).to_have_attribute("data-waiting", "true")
+    expect(row.locator(".waiting")).to_have_text("8 waiting for a worker (4 of 4 busy)")
+    expect(row.locator(".waiting")).to_be_visible()
+    assert_axe_clean(page)
+    shoot(page, "waiting-1400.png")
+    page.set_viewport_size({"width": 390, "height": 844})
+    expect(row.locator(".waiting")).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    shoot(page, "waiting-390.png")
+    gates.open_all()
+    expect(job_el(page, job_id)).to_have_attribute("data-status", "completed")
+    expect(row).not_to_have_attribute("data-waiting", "true")
+    expect(row.locator(".waiting")).to_be_hidden()
+
+
+def test_a_retried_child_row_shows_the_error_of_each_earlier_attempt(orch, server, page):
+    page.set_viewport_size({"width": 1400, "height": 900})
+
+    def upload(ctx, name, fail):
+        if ctx.attempt <= fail:
+            raise ConnectionError(f"upload of {name} reset by peer (try {ctx.attempt})")
+
+    def send(ctx):
+        ctx.spawn(upload, "a.csv", 2, retries=2)  # fails twice, then succeeds
+        ctx.spawn(upload, "b.csv", 9, retries=1)  # fails both attempts
+        ctx.spawn(upload, "c.csv", 0)
+
+    orch.define("send", [Step("send", send)])
+    job_id = orch.start("send")
+    orch.wait(job_id, TIMEOUT)
+    page.goto(f"{server.url}/?job={job_id}")
+    row = step_row(page, job_id, "send")
+    row.locator("details").first.evaluate("d => d.open = true")
+    row.locator(".children-toggle").click()
+    kids = row.locator("[data-child]")
+    expect(kids).to_have_count(3)
+    earlier = kids.locator(".child-attempts")
+    expect(earlier.nth(0)).to_have_text("attempt 1: ConnectionError: upload of a.csv reset by peer (try 1); "
+                                        "attempt 2: ConnectionError: upload of a.csv reset by peer (try 2)")
+    expect(earlier.nth(0)).to_have_attribute("data-attempts", "2")
+    expect(kids.nth(1).locator(".child-error > span").first).to_have_text(
+        "ConnectionError: upload of b.csv reset by peer (try 2)")  # the last attempt's, as before
+    expect(earlier.nth(1)).to_have_text("attempt 1: ConnectionError: upload of b.csv reset by peer (try 1)")
+    expect(earlier.nth(2)).to_be_hidden()
+    assert_axe_clean(page)
+    shoot(page, "attempts-1400.png")
+    page.set_viewport_size({"width": 390, "height": 844})
+    expect(earlier.nth(0)).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    shoot(page, "attempts-390.png")
+
+
+def assert_axe_clean(page: Page) -> None:
+    """axe-core finds no serious violation in light and in dark, as the page is now."""
+    for scheme in ("light", "dark"):
+        page.emulate_media(color_scheme=scheme)
+        found = axe_violations(page)
+        assert found == [], "\n".join([scheme, *found])
+    page.emulate_media(color_scheme="light")

@@ -547,6 +547,8 @@ def test_a_lost_attempt_does_not_use_up_the_retries_and_a_resent_change_is_appli
         store.end_child(running, "boom", None, 2)  # the first real failure: its one retry
         third = store.get(child_id)
         assert (third.status, third.attempt) == ("pending", 3)
+        assert orch.snapshot(child_id)["job"]["attempts"] == [  # each earlier attempt's error, the lost one too
+            {"attempt": 1, "error": "its worker vanished"}, {"attempt": 2, "error": "boom"}]
         # a commit whose reply was lost is sent again: applied once, not refused by its own guards
         before = redis_server.client().get("stepstream:seq")
         original = store._commit

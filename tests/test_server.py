@@ -234,3 +234,7 @@ def test_mounted_under_a_prefix_page_api_and_stream_work(gates):
             assert c.get("/ops/queue/api/jobs/nope").status_code == 404
     finally:
         orch.shutdown(wait=False)
+
+
+def test_health_says_how_many_workers_there_are_and_how_many_are_busy(orch, client):
+    assert client.get("/api/health").json()["workers"] == {"size": 6, "busy": 0, "scope": "deployment"}

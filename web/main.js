@@ -119,7 +119,7 @@ function main() {
   setInterval(tick, TICK_MS);
   window.addEventListener("popstate", () => app.list.followUrl(router.readUrl()));
   connection.setState("reconnecting");
-  new StorageWatch(document.getElementById("storage")).start();
+  new StorageWatch(document.getElementById("storage"), (workers) => { store.workers = workers; }).start();
   loadDefinitions();
   app.commands.syncClock().catch(() => {}); // the stream's snapshot carries the time too
   const linked = router.jobInUrl();

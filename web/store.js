@@ -15,7 +15,7 @@ const JOB_FIELDS = ["definition", "status", "params", "created_at", "started_at"
                     "traceback", "progress", "log_count", "current_step", "rerun_of", "settled"];
 const STEP_FIELDS = ["status", "progress", "log_count", "started_at", "finished_at", "error", "traceback"];
 const CHILD_FIELDS = ["kind", "name", "status", "manager_id", "step_id", "step_name", "parent_id", "depth",
-                      "attempt", "retries", "created_at", "started_at", "finished_at", "error", "traceback"];
+                      "attempt", "retries", "created_at", "started_at", "finished_at", "error", "traceback", "attempts"];
 
 export function zeroProgress() {
   return { total: 0, pending: 0, running: 0, completed: 0, failed: 0, cancelled: 0 };

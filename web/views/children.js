@@ -319,6 +319,8 @@ function childRowElement() {
   note.setAttribute("role", "status");
   tr.cells[0].append(id, " ", copy, note);
   const error = document.createElement("span");
+  const earlier = document.createElement("span");
+  earlier.className = "child-attempts"; // the errors of its earlier attempts, when it was retried
   const details = document.createElement("details");
   details.className = "traceback";
   const summary = document.createElement("summary");
@@ -326,7 +328,7 @@ function childRowElement() {
   const pre = document.createElement("pre");
   pre.dataset.traceback = "";
   details.append(summary, pre);
-  tr.cells[5].append(error, details);
+  tr.cells[5].append(error, earlier, details);
   return tr;
 }
 
@@ -350,6 +352,10 @@ function updateChildRow(tr, row, depth, indentDepth, now) {
   setText(timeCell, s == null ? "" : duration(s));
   timeCell.title = row.started_at ? `started ${localTime(row.started_at)}` : "";
   setText(errorCell.firstChild, row.error || "");
+  const earlier = errorCell.children[1];
+  const attempts = row.attempts || [];
+  setAttr(earlier, "data-attempts", attempts.length ? String(attempts.length) : null);
+  setText(earlier, attempts.map((a) => `attempt ${a.attempt}: ${a.error}`).join("; "));
   const details = errorCell.lastChild;
   details.hidden = !row.traceback;
   setText(details.lastChild, row.traceback || ""); // text only

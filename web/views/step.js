@@ -28,6 +28,7 @@ export class StepView {
     this.eta = $(".eta");
     this.rate = $(".rate");
     this.logCount = $(".log-count");
+    this.waiting = $(".waiting");
     this.failure = new FailureView($(".step-failure"));
     this.failures = new FailuresView(app, jobView.id, name, $(".step-failures"), (group) => this.children.showGroup(group));
     setText($(".step-name"), name);
@@ -110,10 +111,33 @@ export class StepView {
     }
     setText(this.eta, text);
     this.eta.title = title;
+    this.updateWaiting(step);
+  }
+
+  /** A running step with pending children while every worker is busy says they wait for one. */
+  updateWaiting(step) {
+    const words = waitingWords(step, this.app.store.workers);
+    setAttr(this.el, "data-waiting", words ? "true" : null);
+    setText(this.waiting, words);
+    this.waiting.hidden = !words;
+    this.waiting.title = words && this.app.store.workers.scope === "process"
+      ? "the workers of this server; other processes may run work too" : "";
   }
 
   close() {
     this.log.deactivate();
     this.children.close();
   }
+}
+
+/** "waiting for a worker (4 of 4 busy)" for a running step with pending children while every
+ *  worker is busy; "" otherwise. `workers` is `api/health`'s: `scope` `deployment` counts every
+ *  worker, `process` only this server's (Redis: others may have some); null (Celery, or not read
+ *  yet) says nothing. */
+export function waitingWords(step, workers) {
+  if (step.status !== "running" || !step.progress.pending || !workers) return "";
+  const { size, busy, scope } = workers;
+  if (!size || busy < size) return "";
+  const whose = scope === "process" ? "this server's " : "";
+  return `${fmt(step.progress.pending)} waiting for a worker (${whose}${fmt(busy)} of ${fmt(size)} busy)`;
 }

@@ -1,6 +1,8 @@
 // Whether the server can reach its storage: the page says so, apart from its own connection.
 // While storage (SQLite, Redis) is unreachable the stream stays open but carries nothing new, and
 // commands are refused; the banner says why, from `api/health`, until it answers 200 again.
+// The same answer says how many workers there are and how many are busy (`workers`): `onWorkers`
+// hands it on (null when unknown), for the steps whose children wait for one.
 
 import { setAttr } from "./dom.js";
 
@@ -8,8 +10,9 @@ const EVERY_MS = 5000;
 const DEGRADED_EVERY_MS = 2000;
 
 export class StorageWatch {
-  constructor(el) {
+  constructor(el, onWorkers = () => {}) {
     this.el = el;
+    this.onWorkers = onWorkers;
     this.text = el.querySelector(".storage-text");
     this.timer = 0;
   }
@@ -23,10 +26,9 @@ export class StorageWatch {
     let degraded = null;
     try {
       const response = await fetch("api/health", { headers: { Accept: "application/json" }, credentials: "same-origin" });
-      if (response.status === 503) {
-        const body = await response.json().catch(() => ({}));
-        degraded = body.storage_error || body.journal_error || "storage does not answer";
-      }
+      const body = await response.json().catch(() => ({}));
+      if (response.status === 503) degraded = body.storage_error || body.journal_error || "storage does not answer";
+      this.onWorkers(body.workers || null);
     } catch (_) {
       degraded = null; // the server itself is unreachable: the connection indicator says so
     }

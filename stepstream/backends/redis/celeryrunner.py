@@ -169,6 +169,10 @@ class CeleryRunner:
 
     # ------------------------------------------------------------------ Runner
 
+    def workers(self) -> None:
+        """Unknown: the workers are Celery's (their pool sizes and load are the broker's to tell)."""
+        return None
+
     def submit(self, jobs: list[Job]) -> None:
         """Nothing to run here: the commit queued the work in Redis. This process sends it to
         Celery from now on (its dispatcher starts on first use)."""

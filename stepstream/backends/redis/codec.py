@@ -23,7 +23,7 @@ _COMMON = ("id", "kind", "name", "status", "created_at", "started_at", "finished
            "manager", "parent_id")
 _MANAGER = ("definition", "params", "rerun_of", "ordinal", "cancelled", "settled", "current", "steps", "end_seq")
 _STEP = ("index", "handler_returned", "handler_error", "handler_traceback")
-_CHILD = ("step", "depth", "position", "attempt", "retries", "fn", "call", "lost")
+_CHILD = ("step", "depth", "position", "attempt", "retries", "fn", "call", "lost", "attempts")
 
 
 _OWN = tuple(name for name in _COMMON if name != "manager")
@@ -45,7 +45,7 @@ def values(job: Job, *, new: bool = False) -> dict[str, Any]:
                    handler_traceback=job.handler_traceback)
     else:
         out.update(step=job.step.id, depth=job.depth, position=job.position, attempt=job.attempt,
-                   retries=job.retries, lost=job.lost)
+                   retries=job.retries, lost=job.lost, attempts=job.attempts)
         if new:
             out.update(fn=job.fn if isinstance(job.fn, str) else callable_name(job.fn),
                        call=dumps({"args": list(job.args), "kwargs": job.kwargs}))
@@ -135,6 +135,7 @@ def job_from(raw: dict, logs_per_step: int) -> Job:
         job.depth, job.position = data["depth"], data["position"]
         job.attempt, job.retries = data["attempt"], data["retries"]
         job.fn, job.args, job.kwargs, job.lost = data["fn"], tuple(call["args"]), call["kwargs"], data["lost"]
+        job.attempts = tuple(data.get("attempts") or ())  # absent in a child stored before it was kept
     if job.kind == CHILD:
         job.step = data["step"]  # its id, until `link_child` links the step itself
     return job

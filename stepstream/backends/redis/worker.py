@@ -46,6 +46,11 @@ class RedisWorker:
             self._consumer = threading.Thread(target=self._consume, name="stepstream-redis-work", daemon=True)
             self._consumer.start()
 
+    def workers(self) -> dict:
+        """This process's worker threads and the queued work running on them: other processes
+        of the deployment may have workers too (one server does not know them)."""
+        return {"size": self.max_workers, "busy": min(self._busy, self.max_workers), "scope": "process"}
+
     def submit(self, jobs: list[Job]) -> None:
         """Nothing to do: what a change made runnable was queued in Redis by its commit."""
 
