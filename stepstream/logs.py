@@ -14,6 +14,7 @@ from itertools import islice
 from typing import Any
 
 from .model import LEVEL_RANK
+from .text import clean
 
 Record = dict[str, Any]
 
@@ -58,8 +59,9 @@ class LogBucket:
 
 
 def line_matches(text: str, message: str) -> bool:
-    """What a log search finds: the lines that contain `text`, whatever the case."""
-    return text.lower() in message.lower()
+    """What a log search finds: the lines that contain `text`, whatever the case (text that
+    cannot be stored is compared as it is stored, with its replacement character)."""
+    return clean(text).lower() in message.lower()
 
 
 def query(

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from .model import CHILD, MANAGER, InvalidRequest, NotFound
+from .text import clean
 
 T = TypeVar("T")
 
@@ -39,7 +40,7 @@ def check_children_request(job_id: str, kind: str, step_name: str | None, step: 
 def search_matches(q: str, job_id: str, definition: str) -> bool:
     """What `q` of a job listing finds: any part of a manager's id or of its definition's name,
     whatever the case (an id prefix, as before, among them)."""
-    q = q.lower()
+    q = clean(q).lower()
     return q in job_id.lower() or q in definition.lower()
 
 

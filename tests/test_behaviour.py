@@ -492,6 +492,7 @@ def test_a_log_search_finds_the_lines_that_contain_it_whatever_the_case(backend_
         assert [r["message"] for r in orch.logs(job, q="rejected", level="warning")["logs"]] == [
             "Upstream REJECTED the key", "Ünïcode rejected twice"]
         assert orch.logs(job, q="nowhere")["logs"] == []
+        assert orch.logs(job, q="\ud800")["logs"] == [] and orch.jobs(q="\ud800\x00")["jobs"] == []  # never raises
         page = orch.logs(job, q="rejected", limit=1)
         assert len(page["logs"]) == 1 and page["next"] is not None
         rest = orch.logs(job, q="rejected", after=page["next"])["logs"]

@@ -24,6 +24,7 @@ from ..events import latest_only
 from ..logs import line_matches
 from ..model import LEVEL_RANK, LEVELS
 from ..queries import search_matches
+from ..text import clean
 from . import Batch, Loaded, Unsettled
 
 MIGRATIONS: list[str] = [
@@ -283,7 +284,7 @@ class SqliteJournal:
         self, *, status: str | None, definition: str | None, q: str | None, before_ordinal: int | None, limit: int
     ) -> list[tuple[int, dict]]:
         where, args = _where(("status=?", status), ("definition=?", definition),
-                             ("search_matches(?, id, definition)", q),
+                             ("search_matches(?, id, definition)", None if q is None else clean(q)),
                              ("ordinal<?", before_ordinal))
         rows = self._reader().execute(
             f"SELECT ordinal, job, settled FROM managers WHERE {where} ORDER BY ordinal DESC LIMIT ?", (*args, limit)
@@ -307,7 +308,7 @@ class SqliteJournal:
     ) -> tuple[list[dict], int | None]:
         where, args = _where(("manager_id=?", manager_id), ("rank>=?", min_rank), ("seq>?", after),
                              ("step_id=?", step_id), ("job_id=?", job_id), ("seq<?", before),
-                             ("line_matches(?, message)", text))
+                             ("line_matches(?, message)", None if text is None else clean(text)))
         order = "DESC" if before is not None else "ASC"
         rows = self._reader().execute(
             f"SELECT {RECORD} FROM logs WHERE {where} ORDER BY seq {order} LIMIT ?", (*args, limit + 1)
