@@ -15,7 +15,6 @@ import signal
 import socket
 import sqlite3
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -392,17 +391,17 @@ def work(args: argparse.Namespace) -> int:
         return 0
     _use_redis(orch, url, args.workers or orch.max_workers, args)
     stop = {"signal": 0}
-    stopping = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
+        # Only a flag: the handler runs in the main thread between any two bytecodes, so taking a
+        # lock here (Event.set) could wait forever on one that the main thread itself holds.
         stop["signal"] = signum
-        stopping.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     print(f"stepstream: worker running {', '.join(orch.definitions())} (Ctrl+C to stop)", file=sys.stderr, flush=True)
     try:
-        while not stopping.wait(0.5):
-            pass
+        while not stop["signal"]:
+            time.sleep(0.2)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
