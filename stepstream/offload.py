@@ -94,12 +94,9 @@ class StorageProbe:
         self._answer: str | None = None
         self._answered = float("-inf")
 
-    def _thread_call(self) -> str | None:
-        return self.check()
-
     async def _probe(self) -> str | None:
         try:
-            answer = await self.offload.run(self._thread_call, timeout=60.0)
+            answer = await self.offload.run(self.check, timeout=60.0)
         except StorageUnavailable as exc:
             answer = str(exc)
         except Exception as exc:  # noqa: BLE001 - a probe that raises says why storage fails
