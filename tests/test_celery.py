@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.live import sse_events
 from harness.processes import Served, StderrLines, base_of, cli_env, until
 from stepstream import Orchestrator
 from tests.redisserver import RedisServer, require_redis_server
@@ -172,10 +173,19 @@ def lines(reader: Orchestrator, job_id: str, text: str) -> list[dict]:
 
 def test_a_job_fans_out_over_celery_workers_and_its_counts_and_logs_stream_live(deployment, reader):
     base = deployment.server()
-    deployment.worker("a")
-    deployment.worker("b")
     job_id = start(base, {"children": 30, "pause": 0.02, "urls": ["u1", "u2", "u3"]})
-    events = read_stream(f"{base}/api/events?job={job_id}&children=1")
+    events: list[dict] = []
+    # the stream is open before any worker is: what it shows next happens live, however fast the workers are
+    with httpx.stream("GET", f"{base}/api/events?job={job_id}&children=1", timeout=httpx.Timeout(30, read=30)) as response:
+        stream = sse_events(response)
+        events.append(next(stream))
+        assert events[0]["event"] == "snapshot"
+        deployment.worker("a")
+        deployment.worker("b")
+        for event in stream:
+            events.append(event)
+            if event["event"] == "end":
+                break
     assert events[-1]["event"] == "end" and events[-1]["data"]["status"] == "completed"
     progress = [e for e in events if e["event"] == "step_progress"]
     assert len(progress) > 2  # the counts moved live, not only at the end
