@@ -8,7 +8,11 @@
   memory (`max_finished=1`) and a replay ring of the minimum size, so what is older is read back
   from the database, as after a while of real use;
 - `redis`: `Orchestrator(...).use_redis(url, prefix=...)` on a redis-server shared by the module,
-  each test under its own key prefix: work runs from the shared Redis queue.
+  each test under its own key prefix: work runs from the shared Redis queue;
+- `celery`: the same Redis state, the work carried and run by Celery (`use_celery`): a real
+  Celery worker (`celery.worker.WorkController`, thread pool of `max_workers`) consuming this
+  test's own queue on the same redis-server (database 1), in this process so the suite's gates
+  reach its children. (tests/test_celery.py runs Celery worker processes.)
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from stepstream import Orchestrator
 from stepstream.model import TERMINAL
 from tests.behaviour_jobs import define_jobs, open_gates
 
-BACKENDS = ("memory", "sqlite", "redis")
+BACKENDS = ("memory", "sqlite", "redis", "celery")
 
 
 class Backend:
@@ -39,6 +43,7 @@ class Backend:
         self.redis_url = redis_url
         self.token = secrets.token_hex(6)  # this test's gates and Redis keys
         self.made: list[Orchestrator] = []
+        self.celery_workers: list[CeleryThreads] = []
 
     def orchestrator(self, max_workers: int = 4, **settings: Any) -> Orchestrator:
         if self.kind == "memory":
@@ -50,6 +55,18 @@ class Backend:
             assert self.redis_url is not None
             orch = Orchestrator(max_workers=max_workers, **settings)
             orch.use_redis(self.redis_url, prefix=f"t{self.token}:")
+        elif self.kind == "celery":
+            assert self.redis_url is not None
+            import celery
+
+            orch = Orchestrator(max_workers=max_workers, **settings)
+            orch.use_redis(self.redis_url, prefix=f"t{self.token}:", workers=0)
+            app = celery.Celery(f"t{self.token}", broker=self.redis_url.rsplit("/", 1)[0] + "/1",
+                                set_as_current=False)
+            app.conf.task_default_queue = f"t{self.token}-{len(self.made)}"  # this orchestrator's alone
+            orch.use_celery(app)
+            if max_workers:
+                self.celery_workers.append(CeleryThreads(app, max_workers))
         else:
             raise ValueError(f"unknown backend {self.kind!r}")
         self.made.append(orch)
@@ -72,13 +89,43 @@ class Backend:
 
     def close(self) -> None:
         open_gates(self.token)  # held jobs return (the threads of a memory orchestrator end)
+        for worker in self.celery_workers:
+            worker.stop()
         for orch in self.made:
-            if self.kind == "redis":  # its worker thread takes up to 0.5 s to notice: not waited for here
+            if self.kind in ("redis", "celery"):  # its worker thread takes up to 0.5 s to notice: not waited for here
                 closing = threading.Thread(target=orch.shutdown, kwargs={"wait": False}, daemon=True)
                 closing.start()
                 _closing.append(closing)
             else:
                 orch.shutdown(wait=False)  # closes its SQLite journal
+
+
+class CeleryThreads:
+    """A Celery worker of `app` in this process: its consumer on a thread, `concurrency` pool
+    threads, started once it consumes (as `celery -A app worker -P threads` would run it)."""
+
+    def __init__(self, app: Any, concurrency: int) -> None:
+        from celery.contrib.testing.worker import TestWorkController
+
+        app.finalize()
+        app.set_current()  # a pool thread finds the task in the current app (as `celery -A app` sets it)
+        app.set_default()
+        self.worker = TestWorkController(app=app, concurrency=concurrency, pool="threads", loglevel="ERROR",
+                                         hostname=f"{app.main}@behaviour", without_heartbeat=True,
+                                         without_mingle=True, without_gossip=True, ready_callback=None)
+        self.thread = threading.Thread(target=self.worker.start, daemon=True)
+        self.thread.start()
+        assert self.worker._on_started.wait(30), "the Celery worker did not start within 30 s"
+
+    def stop(self) -> None:
+        from celery.worker import state
+
+        state.should_terminate = 0  # its consumer loop ends; what runs is waited for
+        try:
+            self.thread.join(30)
+            assert not self.thread.is_alive(), "the Celery worker did not stop within 30 s"
+        finally:
+            state.should_terminate = None
 
 
 _closing: list[threading.Thread] = []  # Redis orchestrators shutting down

@@ -59,8 +59,8 @@ def module_redis_url():
 
 @pytest.fixture(params=BACKENDS)
 def backend(request, tmp_path):
-    """Makes orchestrators of one storage mode (memory, sqlite, redis) for this test."""
-    url = request.getfixturevalue("module_redis_url") if request.param == "redis" else None
+    """Makes orchestrators of one storage mode (memory, sqlite, redis, celery) for this test."""
+    url = request.getfixturevalue("module_redis_url") if request.param in ("redis", "celery") else None
     made = Backend(request.param, tmp_path, url)
     yield made
     made.close()

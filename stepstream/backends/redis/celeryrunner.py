@@ -160,7 +160,7 @@ class CeleryRunner:
                 """stepstream's work entry `entry_id`, run if it still is to run (the rest: for Flower)."""
                 return _RUNNERS[app].run_entry(entry_id)
 
-            app.task(name=TASK_NAME, **TASK_OPTIONS)(run)
+            app.task(name=TASK_NAME, shared=False, **TASK_OPTIONS)(run)  # this app's alone  # this app's alone
             signals.worker_ready.connect(lambda sender=None, **_: _RUNNERS[app]._worker_ready(sender), weak=False)
             signals.worker_process_init.connect(lambda **_: _RUNNERS[app]._pool_process_started(), weak=False)
             signals.after_setup_logger.connect(lambda loglevel=None, **_: _bridge_in_worker(loglevel), weak=False)
