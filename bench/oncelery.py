@@ -10,6 +10,11 @@ each) and `celery_2` (2 `celery -A … worker -c 2` processes, prefork), on a fr
 with it is the wall time from start to the final state; CPU per process group says where the
 time goes.
 
+Stream delay: bench/redis.py's probe job (children log `probe <time.time()>` at a steady rate)
+run on 2 Celery workers, read by an SSE client of a server process (`serve … --celery`, no work
+of its own); baseline in the same run: the same job on 2 `stepstream worker` processes, and on
+`serve APP --memory` (one process).
+
 Run alone: `python bench/oncelery.py [--quick]` (not `celery.py`: that name is Celery's).
 """
 
@@ -154,12 +159,53 @@ def throughput(children: int, loops: int, child: str, repeats: int, log: Callabl
             "celery_vs_redis": runs["celery_2"]["children_per_s"] / runs["redis_2"]["children_per_s"]}
 
 
+def _served_delays(folder: str, url: str, workers: list, rate: float, seconds: float, probers: int,
+                   *serve: str) -> dict:
+    """Probe delays through a server process `serve APP --redis URL …` (no work of its own), and
+    the CPU of the server, the workers (with their pool processes) and redis-server meanwhile."""
+    with rb._processes(folder, ("serve", *serve, "--redis", url, "--workers", "0", "--port", "0"),
+                       ready="serving on ") as (served,):
+        cpu0 = {"server": _group_cpu(served.proc), "workers": sum(_group_cpu(w) for w in workers)}
+        t0 = time.perf_counter()
+        out = rb._delays(rb._base(served), rate, seconds, probers)
+        elapsed = time.perf_counter() - t0
+        out["cpu_pct"] = {"server": 100 * (_group_cpu(served.proc) - cpu0["server"]) / elapsed,
+                          "workers": 100 * (sum(_group_cpu(w) for w in workers) - cpu0["workers"]) / elapsed}
+    return out
+
+
+def stream_delay(rate: float = 200, seconds: float = 10, probers: int = 2, log: Callable[[str], None] = print) -> dict:
+    """Probe delay (a log line of a child on a Celery worker -> an SSE client of a server process)
+    beside 2 stepstream Redis workers and one process in memory, in the same run."""
+    runs: dict[str, dict] = {}
+    with rb._app() as (folder, _):
+        with open(os.path.join(folder, CELERY_MODULE + ".py"), "w") as f:
+            f.write(CELERY_SOURCE)
+        with rb._processes(folder, ("serve", rb.APP, "--memory", "--port", "0"), ready="serving on ") as (served,):
+            runs["memory"] = rb._delays(rb._base(served), rate, seconds, probers)
+        log(f"  memory: {runs['memory']}")
+        with rb._redis_server("everysec") as server, rb._workers(folder, server.url, 2) as workers:
+            runs["redis_2"] = _served_delays(folder, server.url, [w.proc for w in workers], rate, seconds, probers,
+                                             rb.APP)
+        log(f"  redis_2: {runs['redis_2']}")
+        with rb._redis_server("everysec") as server, _celery_workers(folder, server.url, 2) as workers:
+            os.environ["STEPSTREAM_REDIS"] = server.url  # the server imports the Celery module, which reads it
+            try:
+                runs["celery_2"] = _served_delays(folder, server.url, workers, rate, seconds, probers,
+                                                  f"{CELERY_MODULE}:orch", "--celery", f"{CELERY_MODULE}:celery_app")
+            finally:
+                os.environ.pop("STEPSTREAM_REDIS", None)
+        log(f"  celery_2: {runs['celery_2']}")
+    return {"name": "celery_stream_delay", "rate": rate, "seconds": seconds, "probers": probers, "runs": runs}
+
+
 def benchmarks(quick: bool = False) -> list[tuple[str, Callable[[], dict]]]:
     """(label, run) of each Celery benchmark, for bench/run.py."""
     n, repeats = (1_000, 1) if quick else (2_000, 3)
     return [
         ("celery throughput, ~2 ms CPU children", lambda: throughput(n, rb.calibrate(), "spin", repeats)),
         ("celery throughput, no-op children", lambda: throughput(n, 0, "noop", repeats)),
+        ("celery stream delay", lambda: stream_delay(seconds=5 if quick else 10)),
     ]
 
 

@@ -138,6 +138,17 @@ def _redis_rows(r: dict) -> list[tuple[str, str, str, str]]:
 def _celery_rows(r: dict) -> list[tuple[str, str, str, str]]:
     """The rows of one of bench/oncelery.py's results: 2 Celery workers vs 2 stepstream Redis
     workers and one process in memory."""
+    if r["name"] == "celery_stream_delay":
+        runs = r["runs"]
+
+        def delay(run: dict) -> str:
+            return f"{_fmt(run['p50_ms'])}/{_fmt(run['p99_ms'])} ms"
+
+        label = f"celery: stream delay p50/p99 at {r['rate']:,.0f} log lines/s, 2 Celery workers vs"
+        return [(f"{label} 2 stepstream Redis workers", delay(runs["celery_2"]), delay(runs["redis_2"]),
+                 _fmt(runs["celery_2"]["p99_ms"] / runs["redis_2"]["p99_ms"], "× (p99)")),
+                (f"{label} memory, 1 process", delay(runs["celery_2"]), delay(runs["memory"]),
+                 _fmt(runs["celery_2"]["p99_ms"] / runs["memory"]["p99_ms"], "× (p99)"))]
     what = f"{r['children']:,} " + ("children of ~2 ms CPU" if r["name"].endswith("_spin") else "no-op children")
     rounds = f", median of {r['repeats']} rounds" if r.get("repeats", 1) > 1 else ""
     runs, per = r["runs"], f" × {r['threads_per_process']}"
