@@ -25,7 +25,7 @@ from harness.live import sse_events
 from harness.processes import Served, StderrLines, base_of, cli_env, until
 from stepstream import Orchestrator
 from tests.redisserver import RedisServer, require_redis_server
-from tests.test_redis import all_logs, check_exact, folded, read_stream, start
+from tests.test_redis import all_logs, check_exact, folded, start
 
 pytest.importorskip("celery", reason="the Celery runner's tests need the extra stepstream[celery]")
 
@@ -176,7 +176,8 @@ def test_a_job_fans_out_over_celery_workers_and_its_counts_and_logs_stream_live(
     job_id = start(base, {"children": 30, "pause": 0.02, "urls": ["u1", "u2", "u3"]})
     events: list[dict] = []
     # the stream is open before any worker is: what it shows next happens live, however fast the workers are
-    with httpx.stream("GET", f"{base}/api/events?job={job_id}&children=1", timeout=httpx.Timeout(30, read=30)) as response:
+    url = f"{base}/api/events?job={job_id}&children=1"
+    with httpx.stream("GET", url, timeout=httpx.Timeout(30, read=30)) as response:
         stream = sse_events(response)
         events.append(next(stream))
         assert events[0]["event"] == "snapshot"
