@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from harness.live import sse_events
@@ -351,3 +352,21 @@ def test_choosing_celery_without_celery_is_one_line_naming_the_extra_and_status_
     done = subprocess.run([sys.executable, "-c", WITHOUT_CELERY, *args], cwd=tmp_path, env=cli_env(),
                           capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stderr) == (2, MISSING)
+
+
+def test_stepstream_worker_with_celery_runs_a_celery_worker_that_stops_on_sigterm(deployment, reader, redis_server):
+    """`stepstream worker APP --redis URL --celery MODULE:APP`: a Celery worker of that app, as
+    `celery -A MODULE:APP worker` would be, which runs the job; SIGTERM: Celery's warm shutdown."""
+    base = deployment.server()
+    with Served("capp:orch", "--redis", redis_server.url, "--celery", "capp:celery_app", "--workers", "2",
+                "--visibility-timeout", str(VISIBILITY), cwd=deployment.cwd, command="worker",
+                STEPSTREAM_REDIS=redis_server.url, STEPSTREAM_VISIBILITY=str(VISIBILITY)) as worker:
+        worker.wait_for(" ready.", 60)
+        job_id = start(base, {"children": 8, "pause": 0.0, "urls": ["u1"]})
+        done = reader.wait(job_id, timeout=60)["job"]
+        assert done["status"] == "completed", done["progress"]
+        assert check_exact(reader, job_id, 9)["progress"]["completed"] == 9
+        assert {int(r["message"].rsplit(" ", 1)[1]) for r in lines(reader, job_id, "working in")} <= {
+            p.pid for p in psutil.Process(worker.proc.pid).children()}  # its own pool processes ran them
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.proc.wait(30) == 0
