@@ -44,7 +44,7 @@ APP = textwrap.dedent('''
     from stepstream import Orchestrator, Step
 
     REDIS = os.environ["STEPSTREAM_REDIS"]
-    celery_app = Celery("capp", broker=REDIS.rsplit("/", 1)[0] + "/1")
+    celery_app = Celery("capp", broker=os.environ.get("STEPSTREAM_BROKER") or REDIS.rsplit("/", 1)[0] + "/1")
     orch = Orchestrator()
     orch.use_celery(celery_app, redis=REDIS, visibility_timeout=float(os.environ["STEPSTREAM_VISIBILITY"]))
     log = logging.getLogger("capp")
@@ -91,8 +91,9 @@ class CeleryWorker(StderrLines):
     pipe is full. It writes no "ready." line then: work sent before it is ready waits in the queue.
     """
 
-    def __init__(self, cwd: Path, redis_url: str, name: str, concurrency: int = 2, loglevel: str = "INFO") -> None:
-        env = cli_env(STEPSTREAM_REDIS=redis_url, STEPSTREAM_VISIBILITY=str(VISIBILITY))
+    def __init__(self, cwd: Path, redis_url: str, name: str, concurrency: int = 2, loglevel: str = "INFO",
+                 broker: str = "") -> None:
+        env = cli_env(STEPSTREAM_REDIS=redis_url, STEPSTREAM_VISIBILITY=str(VISIBILITY), STEPSTREAM_BROKER=broker)
         env["PYTHONPATH"] = os.pathsep.join([str(cwd), env["PYTHONPATH"]])
         super().__init__(subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "capp:celery_app", "worker", "-c", str(concurrency),
@@ -130,6 +131,7 @@ def redis_server() -> Iterator[RedisServer]:
 class Deployment:
     def __init__(self, redis_url: str, cwd: Path) -> None:
         self.redis_url = redis_url
+        self.broker = ""  # Celery's broker: database 1 of the state's redis-server, unless set
         self.cwd = cwd
         self.servers: list[Served] = []
         self.workers: list[CeleryWorker] = []
@@ -137,12 +139,13 @@ class Deployment:
     def server(self) -> str:
         served = Served("capp:orch", "--redis", self.redis_url, "--port", "0", "--celery", "capp:celery_app",
                         "--visibility-timeout", str(VISIBILITY), cwd=self.cwd,
-                        STEPSTREAM_REDIS=self.redis_url, STEPSTREAM_VISIBILITY=str(VISIBILITY))
+                        STEPSTREAM_REDIS=self.redis_url, STEPSTREAM_VISIBILITY=str(VISIBILITY),
+                        STEPSTREAM_BROKER=self.broker)
         self.servers.append(served)
         return base_of(served.url())
 
     def worker(self, name: str, concurrency: int = 2, loglevel: str = "INFO") -> CeleryWorker:
-        worker = CeleryWorker(self.cwd, self.redis_url, name, concurrency, loglevel)
+        worker = CeleryWorker(self.cwd, self.redis_url, name, concurrency, loglevel, self.broker)
         self.workers.append(worker)
         return worker
 
@@ -370,3 +373,28 @@ def test_stepstream_worker_with_celery_runs_a_celery_worker_that_stops_on_sigter
             p.pid for p in psutil.Process(worker.proc.pid).children()}  # its own pool processes ran them
         worker.proc.send_signal(signal.SIGTERM)
         assert worker.proc.wait(30) == 0
+
+
+def test_work_sent_while_the_broker_is_down_is_sent_once_it_is_back(deployment, reader):
+    """Celery's broker (a redis-server of its own) killed: a job started meanwhile is kept in
+    stepstream's state, the server says it cannot send its work, and once the broker is back the
+    work is sent and runs: the job completes, each child once."""
+    from stepstream.backends.redis.celeryrunner import LOST_AFTER
+    with RedisServer(durable=False) as broker:
+        deployment.broker = broker.url
+        base = deployment.server()
+        deployment.worker("a")
+        broker.stop(kill=True)
+        job_id = start(base, {"children": 5, "pause": 0.0})
+        # a dispatcher (the server's, or one of the worker's pool processes') says why the work waits
+        said = [*deployment.servers, *deployment.workers]
+        until(lambda: any("sending work to Celery failed" in p.stderr() for p in said), timeout=60,
+              what="a dispatcher saying it cannot send")
+        assert reader.snapshot(job_id)["job"]["status"] in ("pending", "running")
+        broker.restart()
+        # sent as soon as the broker is back: not by the sweep that resends a live dispatcher's
+        # entries only after LOST_AFTER visibility timeouts (30 s here)
+        done = reader.wait(job_id, timeout=(LOST_AFTER - 3) * VISIBILITY)["job"]
+        assert done["status"] == "completed", done["progress"]
+        assert check_exact(reader, job_id, 5)["progress"]["completed"] == 5
+        assert len(lines(reader, job_id, " done")) == 5
