@@ -62,6 +62,8 @@ class Change:
         runnable = self.runnable
         if runnable:
             self.runnable = []
+        else:
+            runnable = []  # the caller's own: the record's list grows with the next change
         self.events.clear()
         if self.managers:
             self.managers.clear()
