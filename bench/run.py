@@ -173,6 +173,9 @@ def _scaling_rows(r: dict) -> list[tuple[str, str, str, str]]:
                      f"{noop['events_per_child']:.2f} / {lines['events_per_child']:.1f}",
                      f"{_bytes(noop['event_bytes'])} / {_bytes(lines['event_bytes'])}",
                      f"once keys: {noop['once_keys_per_child']:.2f} / {lines['once_keys_per_child']:.1f} per child"))
+        rows.append(("scaling: a process's tail, CPU per event read and decoded (no-op / logging children's events)",
+                     f"{_fmt(noop['tail_us_per_event'], ' µs')} / {_fmt(lines['tail_us_per_event'], ' µs')}", "",
+                     f"one core: {_fmt(1e6 / noop['tail_us_per_event'], '/s')} events"))
         return rows
     one, two = r["runs"]["one"], r["runs"]["two"]
     us = " / ".join(_fmt(v, " µs") for v in two["redis_main_us_per_child"])

@@ -10,6 +10,8 @@
   From those: the children/s and lines/s one saturated Redis main thread would carry
   (1 / CPU per child, 1 / CPU per line), and what the stream keys hold: events per child, bytes per
   event (`MEMORY USAGE ... SAMPLES 0` of the events stream), `once:*` keys per child and their bytes;
+  and what following the stream costs a process (every event read and decoded as its tail thread
+  does, timed on this thread: CPU per event), which every server pays for every event;
 - shards: the same total of no-op children split over 4 jobs, on one redis-server with 2 worker
   processes, and on two redis-servers with 1 worker process each (each half of the jobs on its own
   Redis with its own workers, as two independent deployments would be); the jobs all start
@@ -134,6 +136,29 @@ def _run(plan: list[tuple[Shard, str, dict, int]], timeout: float = 900) -> tupl
     return max(ends.values()), ends
 
 
+def _follow_cost(client) -> tuple[int, float]:
+    """Every event in the stream read and decoded as a process's tail does (`XREAD` of 5,000 at a
+    time, its reply left as parsed, `codec.event_from` on each entry), on this thread:
+    (events, CPU seconds of this thread)."""
+    from stepstream.backends.redis import codec
+
+    raw = sys.modules["redis"].Redis(connection_pool=client.connection_pool)  # redis-py (see bench/redis.py)
+    raw.set_response_callback("XREAD", lambda response, **options: response)
+    after, count = "0-0", 0
+    started = time.thread_time()
+    while True:
+        reply = raw.xread({PREFIX + "events": after}, count=5000) or []
+        streams = reply.values() if isinstance(reply, dict) else [entries for _, entries in reply]
+        fresh = [entry for entries in streams for entry in entries]
+        if not fresh:
+            break
+        for entry_id, fields in fresh:
+            codec.event_from(entry_id, fields)
+        count += len(fresh)
+        after = fresh[-1][0]
+    return count, time.thread_time() - started
+
+
 def _usage(client, key: str) -> int:
     return int(client.memory_usage(key, samples=0) or 0)
 
@@ -172,6 +197,7 @@ def _ceiling_run(folder: str, module: object, kind: str, children: int, workers:
         events_bytes = _usage(client, PREFIX + "events") - events0
         logs = {k: _usage(client, k) for k in client.scan_iter(PREFIX + "logs:*")}
         logs_bytes = sum(logs.values()) - sum(logs0.values())
+        followed, follow_s = _follow_cost(client)
         once = _once_keys(client)
         before_unlink = int(client.info("memory")["used_memory"])
         for start in range(0, len(once), 5000):
@@ -194,7 +220,8 @@ def _ceiling_run(folder: str, module: object, kind: str, children: int, workers:
             "commands": {k[8:]: v["calls"] for k, v in sorted(stats.items(), key=lambda kv: -kv[1]["calls"])[:12]},
             "events_per_child": events / children, "event_bytes": events_bytes / max(events, 1),
             "log_stream_bytes_per_line": logs_bytes / lines if lines else None,
-            "once_keys_per_child": len(once) / children, "once_key_bytes": once_bytes / max(len(once), 1)}
+            "once_keys_per_child": len(once) / children, "once_key_bytes": once_bytes / max(len(once), 1),
+            "tail_us_per_event": 1e6 * follow_s / max(followed, 1)}
 
 
 def ceiling(children: int = 10_000, writers: int = 1_000, workers: int = 2, repeats: int = 3,
@@ -221,7 +248,7 @@ def ceiling(children: int = 10_000, writers: int = 1_000, workers: int = 2, repe
         median = {f: statistics.median(m[f] for m in measured) for f in (
             "wall_s", "children_per_s", "lines_per_s", "redis_main_thread_pct", "redis_main_us_per_child",
             "redis_process_us_per_child", "workers_us_per_child", "scripts_per_child", "script_us_per_call",
-            "events_per_child", "event_bytes", "once_keys_per_child", "once_key_bytes")}
+            "events_per_child", "event_bytes", "once_keys_per_child", "once_key_bytes", "tail_us_per_event")}
         runs[key] = {**median, "rounds": measured}
     noop, lines = runs["noop"], runs["lines"]
     # A child that logs costs a child and its lines: what it costs beyond a no-op child, per line.
