@@ -39,6 +39,7 @@ def _load_bench(name: str):
 redisbench = _load_bench("redis")
 sys.modules["bench_redis"] = redisbench  # bench/oncelery.py builds on it
 celerybench = importlib.import_module("oncelery") if importlib.util.find_spec("celery") else None
+scalingbench = importlib.import_module("scaling")  # builds on bench_redis too
 
 
 def _fmt(value: float, unit: str = "") -> str:
@@ -160,6 +161,49 @@ def _celery_rows(r: dict) -> list[tuple[str, str, str, str]]:
              _fmt(r["ratios_vs_memory"]["celery_2"], "×"))]
 
 
+def _scaling_rows(r: dict) -> list[tuple[str, str, str, str]]:
+    """The rows of one of bench/scaling.py's results: one Redis's CPU per child and per line (and
+    the rate one saturated core would carry), and two Redis shards vs one."""
+    rounds = f", median of {r['repeats']}" if r.get("repeats", 1) > 1 else ""
+    if r["name"] == "scaling_ceiling":
+        runs, who = r["runs"], f"{r['workers']} worker processes × {r['threads_per_process']}"
+        rows = []
+        for key, what in (("noop", "no-op child, appendfsync everysec"), ("noop_always", "no-op child, always"),
+                          ("lines", f"child that logs {r['lines_per_child']} lines, everysec")):
+            if key in runs:
+                run = runs[key]
+                rows.append((f"scaling: redis-server main-thread CPU per {what} ({who}{rounds})",
+                             _fmt(run["redis_main_us_per_child"], " µs"),
+                             f"{_fmt(run['children_per_s'], '/s')} children, redis {run['redis_main_thread_pct']:.0f}%"
+                             " of a core", f"one core: {_fmt(1e6 / run['redis_main_us_per_child'], '/s')}"))
+        rows.append(("scaling: redis-server main-thread CPU per log line (beyond a no-op child)",
+                     _fmt(r["redis_main_us_per_line"], " µs"), "",
+                     f"one core: {_fmt(r['ceiling_lines_per_s'] or float('inf'), '/s')}"))
+        noop, lines = runs["noop"], runs["lines"]
+        rows.append(("scaling: events per no-op child / per logging child; bytes per event in the stream",
+                     f"{noop['events_per_child']:.2f} / {lines['events_per_child']:.1f}",
+                     f"{_bytes(noop['event_bytes'])} / {_bytes(lines['event_bytes'])}",
+                     f"once keys: {noop['once_keys_per_child']:.2f} / {lines['once_keys_per_child']:.1f} per child"))
+        rows.append(("scaling: a process's tail, CPU per event read and decoded (no-op / logging children's events)",
+                     f"{_fmt(noop['tail_us_per_event'], ' µs')} / {_fmt(lines['tail_us_per_event'], ' µs')}", "",
+                     f"one core: {_fmt(1e6 / noop['tail_us_per_event'], '/s')} events"))
+        return rows
+    one, two = r["runs"]["one"], r["runs"]["two"]
+    us = " / ".join(_fmt(v, " µs") for v in two["redis_main_us_per_child"])
+    rows = [(f"scaling: children/s, {r['children']:,} {r['kind']} children in {r['jobs']} jobs: 2 Redis × 1 worker"
+             f" process vs 1 Redis × 2 ({r['cpus']} cores{rounds})", _fmt(two["children_per_s"], "/s"),
+             _fmt(one["children_per_s"], "/s"), _fmt(r["two_vs_one"], "×")),
+            ("scaling: redis-server main-thread CPU per child; machine busy: 2 Redis vs 1 Redis",
+             f"{us}, busy {two['machine_busy_pct']:.0f}%",
+             f"{_fmt(one['redis_main_us_per_child'][0], ' µs')}, busy {one['machine_busy_pct']:.0f}%", "")]
+    if "one_half_jobs" in r["runs"]:  # the diagnostic: one Redis with as many jobs as each shard has
+        half = r["runs"]["one_half_jobs"]
+        rows.append((f"scaling: children/s, the same children in {half['jobs']} jobs on 1 Redis × 2 worker processes",
+                     _fmt(half["children_per_s"], "/s"), _fmt(one["children_per_s"], "/s") + f" ({r['jobs']} jobs)",
+                     _fmt(half["children_per_s"] / one["children_per_s"], "×")))
+    return rows
+
+
 def rows_of(results: list[dict]) -> list[tuple[str, str, str, str]]:
     """(benchmark, stepstream, baseline, ratio) rows for the table."""
     rows = []
@@ -170,6 +214,8 @@ def rows_of(results: list[dict]) -> list[tuple[str, str, str, str]]:
             rows += _redis_rows(r)
         elif r["name"].startswith("celery_"):
             rows += _celery_rows(r)
+        elif r["name"].startswith("scaling_"):
+            rows += _scaling_rows(r)
         elif r["name"] == "progress_cost":
             for row in r["rows"]:
                 rows.append((f"progress cost per transition, {row['children']:,} children",
@@ -290,6 +336,7 @@ def main() -> None:
         *journal.benchmarks(q),
         *redisbench.benchmarks(q),
         *(celerybench.benchmarks(q) if celerybench else []),  # needs the extra stepstream[celery]
+        *scalingbench.benchmarks(q),
     ]
     if args.only:
         steps = [(label, run) for label, run in steps if label.startswith(args.only)]
