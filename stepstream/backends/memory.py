@@ -36,6 +36,9 @@ logger = logging.getLogger("stepstream")
 INTERRUPTED_BY_STOP = "interrupted: the server stopped while this job ran"
 
 
+SPINS = 50  # tries to take the store's lock, yielding the GIL between them, before blocking on it
+
+
 class _StoreLock:
     """The store's lock, remembering per thread that it is held.
 
@@ -57,7 +60,20 @@ class _StoreLock:
         return getattr(self.local, "held", False)
 
     def __enter__(self) -> None:
-        self.lock.acquire()
+        # Taken only while this thread runs (holds the GIL). A blocking acquire would take the lock
+        # from the OS while the thread still waits for the GIL: the thread that next wants the
+        # lock then blocks too, and every change costs two thread switches (a convoy: worker
+        # threads ran no-op children at half the speed of one). When the lock is held, its holder
+        # was interrupted mid-change: yield the GIL so that it finishes, and try again; after
+        # SPINS tries (a holder that waits on something else), block.
+        lock = self.lock
+        if not lock.acquire(False):
+            for _ in range(SPINS):
+                time.sleep(0)
+                if lock.acquire(False):
+                    break
+            else:
+                lock.acquire()
         self.local.held = True
 
     def __exit__(self, *exc: object) -> None:
