@@ -7,11 +7,16 @@ import itertools
 import json
 import secrets
 import time
+from array import array
+from bisect import bisect_left
+from collections.abc import Iterator
 from datetime import datetime
+from operator import lt
 
+from .encoding import call_summary
 from .journal import Unsettled
 from .logs import LogBucket
-from .model import CANCELLED, CHILD, MANAGER, PENDING, SLOT, STEP, progress_dict
+from .model import CANCELLED, CHILD, MANAGER, PENDING, RUNNING, SLOT, STEP, progress_dict
 
 _ids = itertools.count(1)
 _run_prefix = secrets.token_hex(3)  # ids stay unique across processes that share a database
@@ -81,6 +86,116 @@ def new_step(manager: Job, name: str, created_at: float, logs_per_step: int) -> 
     step.handler_returned, step.handler_error, step.handler_traceback = False, None, None
     manager.steps.append(step)
     return step
+
+
+_NAN = float("nan")  # a time not set (a child cancelled before it began): None again on reading
+
+
+class FinishedChildren:
+    """The children of a settled manager, compactly: their `Job` objects are let go of (with the
+    function and arguments they ran with) and each child read is rebuilt as a `Job` equal to the
+    one it was (`child`), so its JSON is the same.
+
+    What most children share is kept once: `shapes` holds each distinct tuple of (name, status,
+    step, parent id, depth, attempt, retries, lost, error, traceback) and `codes` one small number
+    per child into it (a byte while there are at most 256 shapes); times are three doubles per child
+    (`times`, NaN for None); the summary and earlier attempts (a dict of the children that have
+    some) are kept as they were. A store maps each child's id to this object (`find`); ids in
+    creation order are sorted, so a child is found by bisection."""
+
+    __slots__ = ("manager", "ids", "sorted", "shapes", "codes", "summaries", "times", "attempts")
+
+    def __init__(self, manager: Job, children: list[Job]) -> None:
+        self.manager = manager
+        self.ids = [c.id for c in children]
+        self.sorted = all(map(lt, self.ids, itertools.islice(self.ids, 1, None)))
+        table: dict[tuple, int] = {}
+        codes = [table.setdefault((c.name, c.status, c.step, c.parent_id, c.depth, c.attempt, c.retries, c.lost,
+                                   c.error, c.traceback), len(table)) for c in children]
+        self.shapes = list(table)
+        self.codes = bytes(codes) if len(table) <= 256 else array("I", codes)
+        self.summaries = [c.summary if c.summary is not None else call_summary(c.args, c.kwargs) for c in children]
+        self.times = array("d", [t for c in children for t in (
+            c.created_at, _NAN if c.started_at is None else c.started_at,
+            _NAN if c.finished_at is None else c.finished_at)])
+        self.attempts = {position: c.attempts for position, c in enumerate(children) if c.attempts}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, position: int) -> Job:
+        count = len(self.ids)
+        if not -count <= position < count:
+            raise IndexError(position)
+        return self.child(position % count)
+
+    def __iter__(self) -> Iterator[Job]:
+        return map(self.child, range(len(self.ids)))
+
+    def child(self, position: int) -> Job:
+        """The child at `position`, rebuilt (a new `Job` each time: changing it changes nothing)."""
+        job = Job.__new__(Job)  # no new id
+        (job.name, job.status, job.step, job.parent_id, job.depth, job.attempt, job.retries, job.lost,
+         job.error, job.traceback) = self.shapes[self.codes[position]]
+        times, at = self.times, 3 * position
+        started, finished = times[at + 1], times[at + 2]
+        job.id, job.kind, job.manager, job.position = self.ids[position], CHILD, self.manager, position
+        job.created_at = times[at]
+        job.started_at = started if started == started else None
+        job.finished_at = finished if finished == finished else None
+        job.summary, job.attempts = self.summaries[position], self.attempts.get(position, ())
+        job.fn, job.args, job.kwargs = None, (), {}
+        job.total, job.counts, job.log_count = 0, [0, 0, 0, 0, 0], 0
+        return job
+
+    def find(self, job_id: str) -> Job:
+        """The child `job_id` (KeyError if it is not one of these)."""
+        ids = self.ids
+        if self.sorted:
+            position = bisect_left(ids, job_id)
+            if position == len(ids) or ids[position] != job_id:
+                raise KeyError(job_id)
+        else:
+            try:
+                position = ids.index(job_id)
+            except ValueError:
+                raise KeyError(job_id) from None
+        return self.child(position)
+
+    def positions(self, step: Job | None, status: str | None, start: int) -> Iterator[int]:
+        """The positions from `start` on of the children in `step` (any if None) with `status`
+        (any if None), in order."""
+        if step is None and status is None:
+            return iter(range(start, len(self.ids)))
+        wanted = [code for code, shape in enumerate(self.shapes)
+                  if (step is None or shape[2] is step) and (status is None or shape[1] == status)]
+        codes = self.codes
+        if len(wanted) == 1 and isinstance(codes, bytes):
+            return _found(codes, wanted[0], start)
+        chosen = set(wanted)
+        return (position for position in range(start, len(codes)) if codes[position] in chosen)
+
+
+def _found(codes: bytes, code: int, start: int) -> Iterator[int]:
+    position = codes.find(code, start)
+    while position >= 0:
+        yield position
+        position = codes.find(code, position + 1)
+
+
+def compact_children(manager: Job) -> FinishedChildren | None:
+    """A settled manager's children as `FinishedChildren`, once all of them are terminal (else
+    None: they stay as they are)."""
+    children, counts = manager.children, manager.counts
+    if isinstance(children, FinishedChildren) or counts[SLOT[PENDING]] or counts[SLOT[RUNNING]]:
+        return None
+    return FinishedChildren(manager, children)
+
+
+def child_ids(manager: Job) -> list[str]:
+    """The ids of a manager's children, whichever way they are kept."""
+    children = manager.children
+    return children.ids if isinstance(children, FinishedChildren) else [c.id for c in children]
 
 
 def rebuild(kept: Unsettled, logs_per_step: int) -> Job:

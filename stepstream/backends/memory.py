@@ -23,7 +23,7 @@ from .. import model, queries, wire
 from ..engine import Change, Engine, get, require_manager
 from ..events import Event, Gone
 from ..history import History
-from ..jobs import Job, rebuild
+from ..jobs import FinishedChildren, Job, child_ids, compact_children, rebuild
 from ..journal import Journal
 from ..journal.writer import JournalWriter
 from ..logbridge import current_job
@@ -102,7 +102,7 @@ class MemoryStore:
         self._cond = threading.Condition(threading.Lock())
         self._guard = _StoreLock(self._cond, self)
         self._ring: list[Event | None] = [None] * replay_size
-        self._jobs: dict[str, Job] = {}
+        self._jobs: dict[str, Job | FinishedChildren] = {}  # a settled manager's children: its FinishedChildren
         self._engine = Engine(self._jobs, max_logs_per_step=max_logs_per_step, record_jobs=journal is not None)
         self._managers: dict[str, Job] = {}  # creation order
         self._finished: deque[Job] = deque()
@@ -176,11 +176,23 @@ class MemoryStore:
             if manager is not None:
                 self._forget(manager)
         if change.settled:
+            for manager in change.settled:
+                self._compact(manager)
             self._finished.extend(change.settled)
             self._evict_finished()
         if change.finished and self._waiters:
             self._cond.notify_all()
         return change.reset()
+
+    def _compact(self, manager: Job) -> None:
+        """A settled manager's children are kept compactly from now on (`FinishedChildren`): read
+        back, each is the same as it was."""
+        if manager.id not in self._managers:
+            return  # deleted meanwhile
+        finished = compact_children(manager)
+        if finished is not None:
+            manager.children = finished
+            self._jobs.update(dict.fromkeys(finished.ids, finished))
 
     def _forget(self, manager: Job) -> None:
         try:
@@ -376,9 +388,10 @@ class MemoryStore:
 
     def _evict(self, manager: Job) -> None:
         self._managers.pop(manager.id, None)
-        self._jobs.pop(manager.id, None)
-        for job in itertools.chain(manager.steps, manager.children):
-            self._jobs.pop(job.id, None)
+        jobs = self._jobs
+        jobs.pop(manager.id, None)
+        for job_id in itertools.chain((s.id for s in manager.steps), child_ids(manager)):
+            jobs.pop(job_id, None)
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a manager job: pending children become cancelled, running ones see
@@ -577,6 +590,12 @@ class MemoryStore:
             step_job = job if job.kind == STEP else (self._step_named(job, step) if step else None)
             found = job.manager.children
             out: list[dict] = []
+            if isinstance(found, FinishedChildren):  # a settled manager's: chosen by their kept codes
+                for position in found.positions(step_job, status, cursor):
+                    if len(out) == limit:
+                        return {"children": out, "next": position}
+                    out.append(wire.child_json(found.child(position)))
+                return {"children": out, "next": None}
             position = cursor
             for position in range(cursor, len(found)):
                 child = found[position]
@@ -621,7 +640,8 @@ class MemoryStore:
             return {"logs": records, "next": next_cursor}
 
     def _held(self, job_id: object) -> Job | None:
-        return self._jobs.get(job_id) if isinstance(job_id, str) else None
+        job = self._jobs.get(job_id) if isinstance(job_id, str) else None
+        return job.find(job_id) if type(job) is FinishedChildren else job  # type: ignore[arg-type]
 
     @staticmethod
     def _step_named(manager: Job, name: str) -> Job:
