@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import itertools
 import json
+import operator
 import secrets
 import time
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterator
 from datetime import datetime
-from operator import lt
+from functools import partial
+from operator import attrgetter, lt
 
 from .encoding import call_summary
 from .journal import Unsettled
@@ -98,27 +100,32 @@ class FinishedChildren:
 
     What most children share is kept once: `shapes` holds each distinct tuple of (name, status,
     step, parent id, depth, attempt, retries, lost, error, traceback) and `codes` one small number
-    per child into it (a byte while there are at most 256 shapes); times are three doubles per child
-    (`times`, NaN for None); the summary and earlier attempts (a dict of the children that have
-    some) are kept as they were. A store maps each child's id to this object (`find`); ids in
-    creation order are sorted, so a child is found by bisection."""
+    per child into it (a byte while there are at most 256 shapes); times are doubles (`created`,
+    `started`, `finished`; NaN for None); summaries are kept as they were, and earlier attempts
+    for the children that have some. A store maps each child's id to this object; `find` bisects
+    the ids (in creation order they are sorted; if they are not, it searches them)."""
 
-    __slots__ = ("manager", "ids", "sorted", "shapes", "codes", "summaries", "times", "attempts")
+    __slots__ = ("manager", "ids", "sorted", "shapes", "codes", "summaries", "created", "started", "finished",
+                 "attempts")
 
     def __init__(self, manager: Job, children: list[Job]) -> None:
+        # Made under the store's lock: column by column, with `attrgetter` where it can (a loop in C).
         self.manager = manager
-        self.ids = [c.id for c in children]
-        self.sorted = all(map(lt, self.ids, itertools.islice(self.ids, 1, None)))
-        table: dict[tuple, int] = {}
+        self.ids = list(map(_ID, children))
+        self.sorted: bool | None = None  # known on the first `find`
+        table: dict[tuple, int] = {}  # not a list of every shape first: that many tuples alive would wake the GC
         codes = [table.setdefault((c.name, c.status, c.step, c.parent_id, c.depth, c.attempt, c.retries, c.lost,
                                    c.error, c.traceback), len(table)) for c in children]
         self.shapes = list(table)
         self.codes = bytes(codes) if len(table) <= 256 else array("I", codes)
-        self.summaries = [c.summary if c.summary is not None else call_summary(c.args, c.kwargs) for c in children]
-        self.times = array("d", [t for c in children for t in (
-            c.created_at, _NAN if c.started_at is None else c.started_at,
-            _NAN if c.finished_at is None else c.finished_at)])
-        self.attempts = {position: c.attempts for position, c in enumerate(children) if c.attempts}
+        self.summaries = summaries = list(map(_SUMMARY, children))
+        for position in itertools.compress(range(len(children)), map(_IS_NONE, summaries)):  # rebuilt from old rows
+            child = children[position]
+            summaries[position] = call_summary(child.args, child.kwargs)
+        self.created, self.started, self.finished = (_times(children, getter) for getter in _TIMES)
+        attempts = list(map(_ATTEMPTS, children))
+        self.attempts = {position: attempts[position] for position in itertools.compress(range(len(children)),
+                                                                                         attempts)}
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -137,10 +144,9 @@ class FinishedChildren:
         job = Job.__new__(Job)  # no new id
         (job.name, job.status, job.step, job.parent_id, job.depth, job.attempt, job.retries, job.lost,
          job.error, job.traceback) = self.shapes[self.codes[position]]
-        times, at = self.times, 3 * position
-        started, finished = times[at + 1], times[at + 2]
+        started, finished = self.started[position], self.finished[position]
         job.id, job.kind, job.manager, job.position = self.ids[position], CHILD, self.manager, position
-        job.created_at = times[at]
+        job.created_at = self.created[position]
         job.started_at = started if started == started else None
         job.finished_at = finished if finished == finished else None
         job.summary, job.attempts = self.summaries[position], self.attempts.get(position, ())
@@ -151,6 +157,8 @@ class FinishedChildren:
     def find(self, job_id: str) -> Job:
         """The child `job_id` (KeyError if it is not one of these)."""
         ids = self.ids
+        if self.sorted is None:
+            self.sorted = all(map(lt, ids, itertools.islice(ids, 1, None)))
         if self.sorted:
             position = bisect_left(ids, job_id)
             if position == len(ids) or ids[position] != job_id:
@@ -174,6 +182,18 @@ class FinishedChildren:
             return _found(codes, wanted[0], start)
         chosen = set(wanted)
         return (position for position in range(start, len(codes)) if codes[position] in chosen)
+
+
+_ID, _SUMMARY, _ATTEMPTS = attrgetter("id"), attrgetter("summary"), attrgetter("attempts")
+_TIMES = (attrgetter("created_at"), attrgetter("started_at"), attrgetter("finished_at"))
+_IS_NONE = partial(operator.is_, None)
+
+
+def _times(children: list[Job], getter: attrgetter) -> array:
+    try:
+        return array("d", list(map(getter, children)))
+    except TypeError:  # some are None (a child cancelled before it began)
+        return array("d", [_NAN if t is None else t for t in map(getter, children)])
 
 
 def _found(codes: bytes, code: int, start: int) -> Iterator[int]:

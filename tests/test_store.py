@@ -284,10 +284,11 @@ def test_finished_children_are_found_by_id_whatever_the_order_of_their_ids():
         store.end_child(child, None if n % 2 else f"ValueError: {n}")
     children = list(reversed(manager.children))
     finished = FinishedChildren(manager, children)
-    assert not finished.sorted
     for position, child in enumerate(children):
         assert wire.child_json(finished.find(child.id)) == wire.child_json(child)
         assert finished[position].id == child.id == finished[position - len(children)].id
+    assert finished.sorted is False
     with pytest.raises(KeyError):
         finished.find("c_nope")
+    assert FinishedChildren(manager, children[::-1]).find(children[2].id).id == children[2].id
     assert list(finished.positions(None, "failed", 0)) == [p for p, c in enumerate(children) if c.status == "failed"]

@@ -106,6 +106,7 @@ class MemoryStore:
         self._engine = Engine(self._jobs, max_logs_per_step=max_logs_per_step, record_jobs=journal is not None)
         self._managers: dict[str, Job] = {}  # creation order
         self._finished: deque[Job] = deque()
+        self._settled: list[Job] = []  # settled managers whose children are not yet kept compactly
         self._listeners: list[Callable[[], None]] = []
         self._waiters = 0  # threads in wait(); skip notify_all() when there are none
         self._journal = journal
@@ -176,23 +177,32 @@ class MemoryStore:
             if manager is not None:
                 self._forget(manager)
         if change.settled:
-            for manager in change.settled:
-                self._compact(manager)
+            self._settled += change.settled  # their children are kept compactly right after (_compact)
             self._finished.extend(change.settled)
             self._evict_finished()
         if change.finished and self._waiters:
             self._cond.notify_all()
         return change.reset()
 
-    def _compact(self, manager: Job) -> None:
-        """A settled manager's children are kept compactly from now on (`FinishedChildren`): read
-        back, each is the same as it was."""
-        if manager.id not in self._managers:
-            return  # deleted meanwhile
-        finished = compact_children(manager)
-        if finished is not None:
-            manager.children = finished
-            self._jobs.update(dict.fromkeys(finished.ids, finished))
+    def _compact(self) -> None:
+        """The children of the managers that settled are kept compactly from now on
+        (`FinishedChildren`; read back, each is the same as it was). Outside the lock but for the
+        swap: no change touches a settled manager's children any more."""
+        with self._guard:
+            settled, self._settled = self._settled, []
+        for manager in settled:
+            children = manager.children
+            finished = compact_children(manager)
+            if finished is None:
+                continue
+            with self._guard:
+                if manager.children is not children or self._managers.get(manager.id) is not manager:
+                    continue  # evicted or deleted meanwhile
+                manager.children = finished
+                jobs = self._jobs
+                for child_id in finished.ids:
+                    jobs[child_id] = finished
+            del children  # their Job objects are let go of here, outside the lock
 
     def _forget(self, manager: Job) -> None:
         try:
@@ -216,6 +226,8 @@ class MemoryStore:
         return unsubscribe
 
     def _notify(self) -> None:
+        if self._settled:
+            self._compact()
         if self._writer is not None:
             self._writer.wake()  # listeners hear of it once it is durable (_on_durable)
             return
