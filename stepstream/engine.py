@@ -13,13 +13,13 @@ from __future__ import annotations
 import collections
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import model, queries, wire
 from .encoding import call_summary
 from .events import Event
-from .jobs import Job, new_manager, new_step
+from .jobs import FinishedChildren, Job, child_ids, new_manager, new_step
 from .logs import Record
 from .model import (
     CANCELLED,
@@ -95,12 +95,14 @@ def earlier_attempts(child: Job, error: str) -> tuple[dict, ...]:
     return (*child.attempts, {"attempt": child.attempt, "error": line})[-EARLIER_ATTEMPTS:]
 
 
-def get(jobs: dict[str, Job], job_id: object) -> Job:
-    """The job `job_id` among `jobs`, or NotFound."""
+def get(jobs: Mapping[str, Job | FinishedChildren], job_id: object) -> Job:
+    """The job `job_id` among `jobs` (where a settled manager's children may be kept compactly:
+    `jobs.FinishedChildren`), or NotFound."""
     try:
-        return jobs[job_id]  # type: ignore[index]
+        job = jobs[job_id]  # type: ignore[index]
     except (KeyError, TypeError):  # TypeError: an id that is not even hashable
         raise NotFound(f"no job with id {job_id!r}") from None
+    return job.find(job_id) if type(job) is FinishedChildren else job  # a settled manager's child, rebuilt
 
 
 def require_manager(job: Job, action: str = "use") -> Job:
@@ -232,8 +234,8 @@ class Engine:
         self.deleted(manager.id)
         if self.record.managers is not _NONE:
             self.record.managers.pop(manager.id, None)
-        for job in itertools.chain((manager,), manager.steps, manager.children):
-            self.jobs.pop(job.id, None)
+        for job_id in itertools.chain((manager.id,), (s.id for s in manager.steps), child_ids(manager)):
+            self.jobs.pop(job_id, None)
         return manager
 
     def deleted(self, manager_id: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 
 import pytest
 from hypothesis import settings
@@ -11,9 +12,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from harness.folding import check_progress, fold
-from stepstream import Orchestrator, Step
+from stepstream import Orchestrator, Step, wire
 from stepstream.backends.memory import Gone, MemoryStore
-from stepstream.model import TERMINAL
+from stepstream.jobs import FinishedChildren
+from stepstream.journal.sqlite import SqliteJournal
+from stepstream.model import TERMINAL, Conflict
 
 TIMEOUT = 30
 
@@ -211,3 +214,100 @@ def test_the_work_a_change_returns_is_its_own_and_a_later_change_does_not_add_to
     ended_last = store.end_child(kids[1], None)  # the step is done: the next one's handler
     assert ended_last == [second]
     assert returned == [] and ended_one == []
+
+
+def fetch(url, depth=1):
+    pass
+
+
+@pytest.mark.parametrize("journaled", [False, True])
+def test_a_settled_managers_children_read_back_exactly_as_before_they_were_kept_compactly(tmp_path, journaled):
+    """Once a manager settles its children are kept compactly (`FinishedChildren`): every read of
+    them (listing with paging and filters, a child's snapshot and logs, spawning under one) is the
+    same as from the `Job` objects they were; with a journal, so is what was written of them."""
+    journal = SqliteJournal(tmp_path / "c.db") if journaled else None
+    store = MemoryStore(replay_size=1_000, max_finished=1, journal=journal)
+    manager, [first] = store.create_manager("d", ["a", "b"], {"n": 1})
+    spawn = lambda fn, *args, step, parent=None, retries=0, **kwargs: store.add_child(  # noqa: E731
+        fn, args, kwargs, retries, step_id=None if parent else step.id, parent_id=parent)[0]
+    plain = spawn(fetch, "https://a.example/x", step=first, depth=2)
+    failing = spawn(fetch, 1, step=first)
+    retried = spawn(noop, step=first, retries=2)
+    nested = spawn(fetch, [1, 2], step=first, parent=plain.id)
+    for child in (plain, failing, retried, nested):
+        store.begin_child(child)
+    store.log(plain.id, "info", "a line of plain")
+    store.end_child(plain, None)
+    store.end_child(failing, "ValueError: bad 7", "Traceback (most recent call last):\n  ...")
+    store.end_child(retried, "OSError: flaky")
+    store.begin_child(retried)
+    store.end_child(retried, None)
+    store.end_child(nested, None)
+    store.handler_returned(first, None)
+    second = manager.steps[1]
+    running = spawn(noop, step=second)
+    spawn(fetch, "later", step=second)  # still pending when the manager is cancelled
+    store.begin_child(running)
+    store.cancel(manager.id)  # the pending child is cancelled before it began (no started_at)
+    kept = list(manager.children)
+    logs_before = {c.id: store.logs(c.id)["logs"] for c in kept}
+    store.end_child(running, None)
+    store.handler_returned(second, None)  # the manager settles
+    assert manager.settled and isinstance(manager.children, FinishedChildren)
+    before = [wire.child_json(c) for c in kept]  # the Job objects, as they were when it settled
+    assert [c["attempts"] for c in before if c["attempts"]] == [[{"attempt": 1, "error": "OSError: flaky"}]]
+    assert sum(c["started_at"] is None for c in before) == 1
+
+    def listing(job_id=manager.id, **query):
+        return store.children(job_id, **query)
+
+    assert listing(limit=100) == {"children": before, "next": None}
+    for step in (None, "a", "b"):
+        for status in (None, "completed", "failed", "cancelled", "running"):
+            chosen = [(p, c) for p, c in enumerate(before)
+                      if (step is None or c["step_name"] == step) and (status is None or c["status"] == status)]
+            for limit in (1, 2, 100):
+                for cursor in range(len(before) + 1):
+                    rest = [(p, c) for p, c in chosen if p >= cursor]
+                    expected = {"children": [c for _, c in rest[:limit]],
+                                "next": rest[limit][0] if len(rest) > limit else None}
+                    assert listing(step=step, status=status, limit=limit, cursor=cursor) == expected
+    assert listing(first.id, limit=100)["children"] == before[:4]
+    for child, json in zip(kept, before, strict=True):
+        assert store.snapshot(child.id)["job"] == json
+        assert wire.child_json(store.get(child.id)) == json
+        assert store.logs(child.id)["logs"] == logs_before[child.id]
+    with pytest.raises(Conflict):
+        store.add_child(noop, (), {}, 0, parent_id=nested.id)
+    store.log(failing.id, "warning", "late")  # code let go of may still write
+    assert store.logs(failing.id)["logs"][-1]["message"] == "late"
+    if journaled:  # another job settles: this one leaves memory, and is read from the journal
+        other, [step] = store.create_manager("d", ["a"], {})
+        store.handler_returned(step, None)
+        assert store.wait_visible(store.seq)
+        deadline = time.monotonic() + 10
+        while manager.id in store._managers and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert manager.id not in store._managers
+        assert listing(limit=100) == {"children": before, "next": None}
+        assert store.snapshot(failing.id)["job"] == before[1]
+        store.close()
+
+
+def test_finished_children_are_found_by_id_whatever_the_order_of_their_ids():
+    store = MemoryStore()
+    manager, [step] = store.create_manager("d", ["a"], {})
+    for n in range(5):
+        child = store.add_child(fetch, (n,), {}, 0, step_id=step.id)[0]
+        store.begin_child(child)
+        store.end_child(child, None if n % 2 else f"ValueError: {n}")
+    children = list(reversed(manager.children))
+    finished = FinishedChildren(manager, children)
+    for position, child in enumerate(children):
+        assert wire.child_json(finished.find(child.id)) == wire.child_json(child)
+        assert finished[position].id == child.id == finished[position - len(children)].id
+    assert finished.sorted is False
+    with pytest.raises(KeyError):
+        finished.find("c_nope")
+    assert FinishedChildren(manager, children[::-1]).find(children[2].id).id == children[2].id
+    assert list(finished.positions(None, "failed", 0)) == [p for p, c in enumerate(children) if c.status == "failed"]

@@ -23,7 +23,7 @@ from .. import model, queries, wire
 from ..engine import Change, Engine, get, require_manager
 from ..events import Event, Gone
 from ..history import History
-from ..jobs import Job, rebuild
+from ..jobs import FinishedChildren, Job, child_ids, compact_children, rebuild
 from ..journal import Journal
 from ..journal.writer import JournalWriter
 from ..logbridge import current_job
@@ -118,10 +118,11 @@ class MemoryStore:
         self._cond = threading.Condition(threading.Lock())
         self._guard = _StoreLock(self._cond, self)
         self._ring: list[Event | None] = [None] * replay_size
-        self._jobs: dict[str, Job] = {}
+        self._jobs: dict[str, Job | FinishedChildren] = {}  # a settled manager's children: its FinishedChildren
         self._engine = Engine(self._jobs, max_logs_per_step=max_logs_per_step, record_jobs=journal is not None)
         self._managers: dict[str, Job] = {}  # creation order
         self._finished: deque[Job] = deque()
+        self._settled: list[Job] = []  # settled managers whose children are not yet kept compactly
         self._listeners: list[Callable[[], None]] = []
         self._waiters = 0  # threads in wait(); skip notify_all() when there are none
         self._journal = journal
@@ -192,11 +193,32 @@ class MemoryStore:
             if manager is not None:
                 self._forget(manager)
         if change.settled:
+            self._settled += change.settled  # their children are kept compactly right after (_compact)
             self._finished.extend(change.settled)
             self._evict_finished()
         if change.finished and self._waiters:
             self._cond.notify_all()
         return change.reset()
+
+    def _compact(self) -> None:
+        """The children of the managers that settled are kept compactly from now on
+        (`FinishedChildren`; read back, each is the same as it was). Outside the lock but for the
+        swap: no change touches a settled manager's children any more."""
+        with self._guard:
+            settled, self._settled = self._settled, []
+        for manager in settled:
+            children = manager.children
+            finished = compact_children(manager)
+            if finished is None:
+                continue
+            with self._guard:
+                if manager.children is not children or self._managers.get(manager.id) is not manager:
+                    continue  # evicted or deleted meanwhile
+                manager.children = finished
+                jobs = self._jobs
+                for child_id in finished.ids:
+                    jobs[child_id] = finished
+            del children  # their Job objects are let go of here, outside the lock
 
     def _forget(self, manager: Job) -> None:
         try:
@@ -220,6 +242,8 @@ class MemoryStore:
         return unsubscribe
 
     def _notify(self) -> None:
+        if self._settled:
+            self._compact()
         if self._writer is not None:
             self._writer.wake()  # listeners hear of it once it is durable (_on_durable)
             return
@@ -392,9 +416,10 @@ class MemoryStore:
 
     def _evict(self, manager: Job) -> None:
         self._managers.pop(manager.id, None)
-        self._jobs.pop(manager.id, None)
-        for job in itertools.chain(manager.steps, manager.children):
-            self._jobs.pop(job.id, None)
+        jobs = self._jobs
+        jobs.pop(manager.id, None)
+        for job_id in itertools.chain((s.id for s in manager.steps), child_ids(manager)):
+            jobs.pop(job_id, None)
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a manager job: pending children become cancelled, running ones see
@@ -593,6 +618,12 @@ class MemoryStore:
             step_job = job if job.kind == STEP else (self._step_named(job, step) if step else None)
             found = job.manager.children
             out: list[dict] = []
+            if isinstance(found, FinishedChildren):  # a settled manager's: chosen by their kept codes
+                for position in found.positions(step_job, status, cursor):
+                    if len(out) == limit:
+                        return {"children": out, "next": position}
+                    out.append(wire.child_json(found.child(position)))
+                return {"children": out, "next": None}
             position = cursor
             for position in range(cursor, len(found)):
                 child = found[position]
@@ -637,7 +668,8 @@ class MemoryStore:
             return {"logs": records, "next": next_cursor}
 
     def _held(self, job_id: object) -> Job | None:
-        return self._jobs.get(job_id) if isinstance(job_id, str) else None
+        job = self._jobs.get(job_id) if isinstance(job_id, str) else None
+        return job.find(job_id) if type(job) is FinishedChildren else job  # type: ignore[arg-type]
 
     @staticmethod
     def _step_named(manager: Job, name: str) -> Job:
