@@ -4,7 +4,9 @@ The server (stepstream's app or the naive sse-starlette broadcast of bench/naive
 its own process (bench/serve.py); the clients run here, in one asyncio process, on raw sockets.
 A `load` job's children write `probe <time.time()>` log lines (log events are never merged); a
 client's delay is its receive time minus that time (same machine clock). A probe a client
-never received counts as an infinite delay, so it shows in p99.
+never received counts as an infinite delay, so it shows in p99. Server CPU per delivered event
+(its CPU during a load phase over the events all clients received) does not depend on how many
+clients there are: it is what each event costs the server to send.
 
 Run alone: `python bench/fanout.py [--quick]`; `bench/run.py` runs it with the others.
 """
@@ -170,6 +172,8 @@ async def measure(app: str, clients: int, rates: list[float], seconds: float, lo
             phase = await asyncio.to_thread(load_phase, server, rate, seconds)
             drained = await _wait_all([s.phase_done for s in streams], max(3.0, seconds))
             wall = time.perf_counter() - t0
+            server_cpu_s = server.cpu() - cpu0
+            delivered = sum(s.events for s in streams) - events0
             delays = [d for s in streams for d in s.delays]
             expected = phase["probes"] * clients
             missing = max(0, expected - len(delays))
@@ -185,14 +189,17 @@ async def measure(app: str, clients: int, rates: list[float], seconds: float, lo
                 "client_cpu_pct": 100 * (sum(me.cpu_times()[:2]) - mine0) / wall,
                 "server_rss_mb": server.rss() / 2**20,
                 "server_written_mb_per_s": (server.written() - written0) / wall / 2**20,
-                "events_per_s": (sum(s.events for s in streams) - events0) / wall,
+                "events_per_s": delivered / wall,
+                # what the server spends per event a client got, whatever the number of clients
+                "server_cpu_us_per_event": server_cpu_s / max(delivered, 1) * 1e6,
                 "drained": drained,
             }
             result["points"].append(point)
             log(f"  {app:10} {clients:4d} clients {rate:7.0f}/s (got {point['achieved_rate']:7.0f}/s): "
                 f"p50 {point['p50_ms']:8.1f} ms  p99 {point['p99_ms']:8.1f} ms  "
                 f"cpu {point['server_cpu_pct']:4.0f}% (clients {point['client_cpu_pct']:3.0f}%)  "
-                f"rss {point['server_rss_mb']:6.1f} MB  {point['events_per_s']:8.0f} events/s"
+                f"rss {point['server_rss_mb']:6.1f} MB  {point['events_per_s']:8.0f} events/s  "
+                f"{point['server_cpu_us_per_event']:5.1f} µs cpu/event"
                 + ("" if drained else "  (not drained)"))
             if point["p99_ms"] >= SLA * 1e3:
                 break
@@ -210,9 +217,9 @@ PLANS = {
     # app -> clients -> ladder of rates (transitions/s)
     "full": {
         "stepstream": {10: [1000, 5000, 10000], 100: [1000, 5000, 10000],
-                       500: [1000, 2500, 5000, 10000, 20000]},
+                       500: [1000, 2500, 5000, 10000, 20000], 2000: [250, 1000]},
         "naive": {10: [1000, 5000, 10000], 100: [1000, 5000, 10000],
-                  500: [50, 100, 250, 500, 1000, 2500, 5000, 10000, 20000]},
+                  500: [50, 100, 250, 500, 1000, 2500, 5000, 10000, 20000], 2000: [50, 250, 1000]},
     },
     "quick": {
         "stepstream": {500: [1000, 5000]},

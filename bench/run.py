@@ -259,6 +259,14 @@ def rows_of(results: list[dict]) -> list[tuple[str, str, str, str]]:
                                  f"{_fmt(p['p50_ms'])}/{_fmt(p['p99_ms'])} ms, cpu {p['server_cpu_pct']:.0f}%, "
                                  f"{p['server_rss_mb']:.0f} MB", base,
                                  _fmt(q["p99_ms"] / p["p99_ms"], "× (p99)") if q and p["p99_ms"] else ""))
+                for p in ours["points"]:
+                    q = naive_points.get(p["rate"])
+                    if "server_cpu_us_per_event" in p:
+                        rows.append((f"stream {clients} clients @ {p['rate']:,.0f}/s: server CPU per delivered event",
+                                     _fmt(p["server_cpu_us_per_event"], " µs"),
+                                     _fmt(q["server_cpu_us_per_event"], " µs") if q else "not run",
+                                     _fmt(p["server_cpu_us_per_event"] / q["server_cpu_us_per_event"], "×")
+                                     if q and q["server_cpu_us_per_event"] else ""))
                 summary = r["summary"].get(clients) or r["summary"][str(clients)]  # str keys once read from JSON
                 theirs_rates = [p["rate"] for p in theirs["points"]]
                 bound = "≥ " if ours["max_rate_is_lower_bound"] else ""
