@@ -80,6 +80,17 @@ class Change:
 _NONE: dict = {}  # what a change that records no jobs holds: never written to
 
 
+def _step_progress(manager_id: str, step_id: str, name: str, index: int, status: str, total: int,
+                   counts: tuple[int, ...], log_count: int) -> dict:
+    return {"manager_id": manager_id, "step_id": step_id, "step_name": name, "index": index, "status": status,
+            "progress": model.progress_dict(total, counts), "log_count": log_count}
+
+
+def _job_progress(manager_id: str, status: str, total: int, counts: tuple[int, ...], log_count: int) -> dict:
+    return {"manager_id": manager_id, "status": status, "progress": model.progress_dict(total, counts),
+            "log_count": log_count}
+
+
 def _with_traceback(line: str, traceback: str | None) -> str:
     return f"{line}\n{traceback}" if traceback else line
 
@@ -157,16 +168,26 @@ class Engine:
             change.children[job.id] = job
 
     def _emit_progress(self, step: Job) -> None:
+        """A step's and its manager's progress events; their data is made when first read (most
+        are superseded by a later one first: streams and the journal keep the latest)."""
         manager = step.manager
-        self._emit("step_progress", manager, step.id, {
-            "manager_id": manager.id, "step_id": step.id, "step_name": step.name,
-            "index": step.index, "status": step.status, "progress": step.progress(),
-            "log_count": step.log_count,
-        })  # fmt: skip
-        self._emit("job_progress", manager, manager.id, {
-            "manager_id": manager.id, "status": manager.status, "progress": manager.progress(),
-            "log_count": manager.log_count,
-        })  # fmt: skip
+        seq = self.seq
+        self.seq = seq + 2
+        counters = self.counters
+        counters["step_progress"] += 1
+        counters["job_progress"] += 1
+        change = self.record
+        later = Event.later
+        change.events += (
+            later(seq + 1, "step_progress", manager.id, step.id, _step_progress, manager.id, step.id, step.name,
+                  step.index, step.status, step.total, tuple(step.counts), step.log_count),
+            later(seq + 2, "job_progress", manager.id, manager.id, _job_progress, manager.id, manager.status,
+                  manager.total, tuple(manager.counts), manager.log_count),
+        )
+        if self.record_jobs:
+            if change.managers is _NONE:
+                change.managers = {}
+            change.managers[manager.id] = manager
 
     def _set_status(self, job: Job, new: str, now: float) -> None:
         """The one place a status changes; terminal statuses never change again."""

@@ -11,16 +11,39 @@ MERGEABLE = frozenset({"step_progress", "job_progress"})
 
 
 class Event:
-    """One change. `key` names what a progress event may be merged with (latest wins)."""
+    """One change. `key` names what a progress event may be merged with (latest wins).
 
-    __slots__ = ("seq", "type", "manager_id", "key", "data")
+    `data` is never changed once emitted. It may be made on first read from what the change
+    kept (`Event.later`): most progress events are superseded before anyone reads them."""
 
-    def __init__(self, seq: int, type_: str, manager_id: str, key: str | None, data: dict) -> None:
+    __slots__ = ("seq", "type", "manager_id", "key", "_data", "_make")
+
+    def __init__(self, seq: int, type_: str, manager_id: str, key: str | None, data: dict | None) -> None:
         self.seq = seq
         self.type = type_
         self.manager_id = manager_id
         self.key = key
-        self.data = data  # never changed once emitted
+        self._data = data
+        self._make: tuple | None = None
+
+    @classmethod
+    def later(cls, seq: int, type_: str, manager_id: str, key: str | None, make: Callable[..., dict],
+              *args: object) -> Event:
+        """An event whose data is `make(*args)` with "seq" added, made when first read; `args`
+        must not change afterwards (a snapshot of what the change saw)."""
+        event = cls(seq, type_, manager_id, key, None)
+        event._make = (make, args)
+        return event
+
+    @property
+    def data(self) -> dict:
+        data = self._data
+        if data is None:
+            make, args = self._make  # type: ignore[misc]
+            data = make(*args)
+            data["seq"] = self.seq
+            self._data = data  # two threads reading at once each make an equal dict: either may stay
+        return data
 
 
 def latest_only(events: list[Event]) -> list[Event]:

@@ -311,3 +311,21 @@ def test_finished_children_are_found_by_id_whatever_the_order_of_their_ids():
         finished.find("c_nope")
     assert FinishedChildren(manager, children[::-1]).find(children[2].id).id == children[2].id
     assert list(finished.positions(None, "failed", 0)) == [p for p, c in enumerate(children) if c.status == "failed"]
+
+
+def test_a_progress_event_read_later_says_the_counts_of_its_own_change():
+    """Progress events' data is made when first read; read after later changes, each still says
+    the counts as they were when it was emitted."""
+    store = MemoryStore()
+    manager, _ = store.create_manager("one", ["a"], {})
+    step = manager.steps[0]
+    kid = store.add_child(print, (), {}, 0, step_id=step.id)[0]
+    store.begin_child(kid)
+    store.end_child(kid, None)
+    store.handler_returned(step, None)
+    seen = [(e.type, e.data["progress"]["pending"], e.data["progress"]["running"], e.data["progress"]["completed"])
+            for e in all_events(store) if e.type in ("step_progress", "job_progress")]
+    assert seen[-6:-2] == [("step_progress", 0, 1, 0), ("job_progress", 0, 1, 0),
+                           ("step_progress", 0, 0, 1), ("job_progress", 0, 0, 1)]
+    assert ("step_progress", 1, 0, 0) in seen  # the spawn's
+    assert all(e.data["seq"] == e.seq for e in all_events(store))
