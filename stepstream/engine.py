@@ -160,9 +160,20 @@ class Engine:
             change.managers[manager.id] = manager
 
     def _emit_status(self, job: Job) -> None:
-        self._emit("job_status", job.manager, None, wire.status_event(job))
-        if job.kind == CHILD and self.record_jobs:
-            change = self.record
+        if job.kind != CHILD:
+            self._emit("job_status", job.manager, None, wire.status_event(job))
+            return
+        # A child's: its data made when first read, from a snapshot of its fields now.
+        manager = job.manager
+        self.seq = seq = self.seq + 1
+        self.counters["job_status"] += 1
+        change = self.record
+        change.events.append(Event.later(seq, "job_status", manager.id, None, wire.child_status_of,
+                                         wire.child_fields(job)))
+        if self.record_jobs:
+            if change.managers is _NONE:
+                change.managers = {}
+            change.managers[manager.id] = manager
             if change.children is _NONE:
                 change.children = {}
             change.children[job.id] = job

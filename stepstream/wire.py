@@ -6,6 +6,7 @@ store's lock; nothing here changes a job.
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any
 
 from .encoding import call_summary
@@ -37,15 +38,38 @@ def manager_json(m: Any, *, params: bool = True) -> dict:
 
 
 def child_json(c: Any) -> dict:
+    return child_json_of(child_fields(c))
+
+
+# What a child's JSON is made of, as a tuple: a snapshot that `child_json_of` makes the JSON of,
+# now or later (a child status event's data is made when first read).
+_CHILD_FIELDS = attrgetter("id", "name", "summary", "status", "manager", "step", "parent_id", "depth", "attempt",
+                           "retries", "attempts", "created_at", "started_at", "finished_at", "error", "traceback")
+
+
+def child_fields(c: Any) -> tuple:
+    fields = _CHILD_FIELDS(c)
+    if fields[2] is None:  # no summary kept (a child read back from an older journal): made now, from its call
+        fields = (fields[0], fields[1], call_summary(c.args, c.kwargs), *fields[3:])
+    return fields
+
+
+def child_json_of(fields: tuple) -> dict:
+    (id_, name, summary, status, manager, step, parent_id, depth, attempt, retries, attempts, created_at, started_at,
+     finished_at, error, traceback) = fields
     return {
-        "id": c.id, "kind": CHILD, "name": c.name,
-        "summary": c.summary if c.summary is not None else call_summary(c.args, c.kwargs), "status": c.status,
-        "manager_id": c.manager.id, "step_id": c.step.id, "step_name": c.step.name,
-        "parent_id": c.parent_id, "depth": c.depth, "attempt": c.attempt, "retries": c.retries,
-        "attempts": list(c.attempts),
-        "created_at": iso(c.created_at), "started_at": iso(c.started_at),
-        "finished_at": iso(c.finished_at), "error": c.error, "traceback": c.traceback,
+        "id": id_, "kind": CHILD, "name": name, "summary": summary, "status": status,
+        "manager_id": manager.id, "step_id": step.id, "step_name": step.name,
+        "parent_id": parent_id, "depth": depth, "attempt": attempt, "retries": retries,
+        "attempts": list(attempts),
+        "created_at": iso(created_at), "started_at": iso(started_at),
+        "finished_at": iso(finished_at), "error": error, "traceback": traceback,
     }  # fmt: skip
+
+
+def child_status_of(fields: tuple) -> dict:
+    """The data of a child's `job_status` event (without its seq), from `child_fields`."""
+    return {"job_id": fields[0], **child_json_of(fields)}
 
 
 def job_json(job: Any) -> dict:

@@ -313,9 +313,9 @@ def test_finished_children_are_found_by_id_whatever_the_order_of_their_ids():
     assert list(finished.positions(None, "failed", 0)) == [p for p, c in enumerate(children) if c.status == "failed"]
 
 
-def test_a_progress_event_read_later_says_the_counts_of_its_own_change():
-    """Progress events' data is made when first read; read after later changes, each still says
-    the counts as they were when it was emitted."""
+def test_an_event_read_later_says_what_its_own_change_did():
+    """Progress events' and a child's status events' data is made when first read; read after
+    later changes, each still says the counts, or the child, as they were when it was emitted."""
     store = MemoryStore()
     manager, _ = store.create_manager("one", ["a"], {})
     step = manager.steps[0]
@@ -328,4 +328,7 @@ def test_a_progress_event_read_later_says_the_counts_of_its_own_change():
     assert seen[-6:-2] == [("step_progress", 0, 1, 0), ("job_progress", 0, 1, 0),
                            ("step_progress", 0, 0, 1), ("job_progress", 0, 0, 1)]
     assert ("step_progress", 1, 0, 0) in seen  # the spawn's
+    statuses = [(e.data["status"], e.data["started_at"] is not None, e.data["finished_at"] is not None)
+                for e in all_events(store) if e.type == "job_status" and e.data["job_id"] == kid.id]
+    assert statuses == [("pending", False, False), ("running", True, False), ("completed", True, True)]
     assert all(e.data["seq"] == e.seq for e in all_events(store))
