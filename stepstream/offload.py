@@ -34,11 +34,14 @@ class StorageUnavailable(StepstreamError):
 
 
 class Offload:
-    """A bounded pool of threads for storage calls, and what it knows of storage's health."""
+    """A bounded pool of threads for storage calls, and what it knows of storage's health. Calls
+    beyond the threads wait their turn (a burst of streams starting, each reading its snapshot,
+    must not turn away a command), up to `queue` of them, within their timeout."""
 
-    def __init__(self, *, threads: int = 16, timeout: float = 3.0) -> None:
+    def __init__(self, *, threads: int = 16, timeout: float = 3.0, queue: int = 128) -> None:
         self.threads = threads
         self.timeout = timeout
+        self.queue = queue
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="stepstream-storage")
         self._lock = threading.Lock()
         self._started: dict[int, float] = {}  # call number -> when it started (monotonic)
@@ -53,12 +56,13 @@ class Offload:
 
     async def run(self, fn: Callable[..., T], *args: Any, command: bool = False, timeout: float | None = None,
                   **kwargs: Any) -> T:
-        """`fn(*args, **kwargs)` on a storage thread. Raises `StorageUnavailable` when every
-        thread is taken or when it takes longer than `timeout` (default `self.timeout`); for a
-        `command` (a change), the message says it may still be applied."""
+        """`fn(*args, **kwargs)` on a storage thread. Raises `StorageUnavailable` when `queue`
+        calls wait already, or when it takes longer than `timeout` (default `self.timeout`) with
+        its wait for a thread: a call that never started is dropped and says so; for a `command`
+        (a change) that had started, the message says it may still be applied."""
         number = next(self._numbers)
         with self._lock:
-            if len(self._started) >= self.threads:
+            if len(self._started) >= self.queue:
                 raise StorageUnavailable(f"storage is not keeping up: {len(self._started)} calls are waiting for it")
             self._started[number] = time.monotonic()
         try:
@@ -71,6 +75,11 @@ class Offload:
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), limit)
         except TimeoutError:
+            if future.cancelled():  # still waiting for a thread: it will never run
+                with self._lock:
+                    self._started.pop(number, None)
+                what = "nothing was done; try again later" if command else "try again later"
+                raise StorageUnavailable(f"storage is busy: no thread for this within {limit:g} s; {what}") from None
             what = "the change may still be applied once it answers" if command else "try again later"
             raise StorageUnavailable(f"storage did not answer within {limit:g} s; {what}") from None
 
@@ -79,13 +88,13 @@ class Offload:
 
 
 class StorageProbe:
-    """Whether storage answers, asked with `check()` (a Redis PING, say) on the offload's threads,
-    one probe at a time: many health checks and commands share one probe, and a storage that
-    does not answer holds one thread, not one per request."""
+    """Whether storage answers, asked with `check()` (a Redis PING, say) on a thread of its own,
+    one probe at a time: many health checks and commands share one probe, a storage that does
+    not answer holds that one thread, and a probe never waits behind the offload's queue (a
+    burst of reads is not storage failing)."""
 
-    def __init__(self, offload: Offload, check: Callable[[], str | None], *, wait: float = 0.5,
-                 fresh: float = 0.5) -> None:
-        self.offload = offload
+    def __init__(self, check: Callable[[], str | None], *, wait: float = 0.5, fresh: float = 0.5) -> None:
+        self.offload = Offload(threads=1, queue=1, timeout=60.0)  # the probe's own thread
         self.check = check
         self.wait = wait  # how long a caller waits for a probe's answer
         self.fresh = fresh  # an answer younger than this is taken as it is
