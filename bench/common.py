@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import queue
 import resource
@@ -36,6 +37,33 @@ def arguments(doc: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer, shorter points")
     return parser
+
+
+def redis_bench() -> Any:
+    """bench/redis.py as the module `bench_redis` (loaded once, by file: the name `redis` is
+    redis-py's), for the benchmarks that build on it; loading it hands `redis` over to redis-py
+    first (see bench/redis.py)."""
+    module = sys.modules.get("bench_redis")  # loaded already (by bench/run.py, or another module)
+    if module is None:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("bench_redis", os.path.join(os.path.dirname(
+            os.path.realpath(__file__)), "redis.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["bench_redis"] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+def run_alone(doc: str | None, benchmarks: Callable[[bool], list[tuple[str, Callable[[], dict]]]]) -> None:
+    """A benchmark module run by itself: each of its `benchmarks(quick)` labelled, its result
+    as JSON, with the machine's load average before and after."""
+    args = arguments(doc).parse_args()
+    print("loadavg before:", open("/proc/loadavg").read().strip(), flush=True)
+    for label, run in benchmarks(args.quick):
+        print(f"{label} ...", flush=True)
+        print(json.dumps(run(), indent=1), flush=True)
+    print("loadavg after:", open("/proc/loadavg").read().strip(), flush=True)
 
 
 # ---------------------------------------------------------------- jobs and figures

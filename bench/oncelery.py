@@ -21,8 +21,6 @@ Run alone: `python bench/oncelery.py [--quick]` (not `celery.py`: that name is C
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import json
 import os
 import signal
 import statistics
@@ -31,16 +29,9 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 
-HERE = os.path.dirname(os.path.realpath(__file__))
-if "bench_redis" in sys.modules:  # loaded by bench/run.py
-    rb = sys.modules["bench_redis"]
-else:
-    _spec = importlib.util.spec_from_file_location("bench_redis", os.path.join(HERE, "redis.py"))
-    rb = importlib.util.module_from_spec(_spec)
-    sys.modules["bench_redis"] = rb
-    _spec.loader.exec_module(rb)  # hands `redis` over to redis-py first (see bench/redis.py)
+import common
 
-import common  # noqa: E402
+rb = common.redis_bench()  # bench/redis.py: hands `redis` over to redis-py before anything imports it
 
 from harness.processes import cli_env  # noqa: E402
 
@@ -210,12 +201,7 @@ def benchmarks(quick: bool = False) -> list[tuple[str, Callable[[], dict]]]:
 
 
 def main() -> None:
-    args = common.arguments(__doc__).parse_args()
-    print("loadavg before:", open("/proc/loadavg").read().strip(), flush=True)
-    for label, run in benchmarks(args.quick):
-        print(f"{label} ...", flush=True)
-        print(json.dumps(run(), indent=1), flush=True)
-    print("loadavg after:", open("/proc/loadavg").read().strip(), flush=True)
+    common.run_alone(__doc__, benchmarks)
 
 
 if __name__ == "__main__":
