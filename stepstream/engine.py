@@ -168,8 +168,8 @@ class Engine:
         self.seq = seq = self.seq + 1
         self.counters["job_status"] += 1
         change = self.record
-        change.events.append(Event.later(seq, "job_status", manager.id, None, wire.child_status_of,
-                                         wire.child_fields(job)))
+        change.events.append(Event(seq, "job_status", manager.id, None, None,
+                                   (wire.child_status_of, (wire.child_fields(job),))))
         if self.record_jobs:
             if change.managers is _NONE:
                 change.managers = {}
@@ -188,12 +188,12 @@ class Engine:
         counters["step_progress"] += 1
         counters["job_progress"] += 1
         change = self.record
-        later = Event.later
         change.events += (
-            later(seq + 1, "step_progress", manager.id, step.id, _step_progress, manager.id, step.id, step.name,
-                  step.index, step.status, step.total, tuple(step.counts), step.log_count),
-            later(seq + 2, "job_progress", manager.id, manager.id, _job_progress, manager.id, manager.status,
-                  manager.total, tuple(manager.counts), manager.log_count),
+            Event(seq + 1, "step_progress", manager.id, step.id, None, (_step_progress, (
+                manager.id, step.id, step.name, step.index, step.status, step.total, tuple(step.counts),
+                step.log_count))),
+            Event(seq + 2, "job_progress", manager.id, manager.id, None, (_job_progress, (
+                manager.id, manager.status, manager.total, tuple(manager.counts), manager.log_count))),
         )
         if self.record_jobs:
             if change.managers is _NONE:

@@ -14,26 +14,21 @@ class Event:
     """One change. `key` names what a progress event may be merged with (latest wins).
 
     `data` is never changed once emitted. It may be made on first read from what the change
-    kept (`Event.later`): most progress events are superseded before anyone reads them."""
+    kept (`make`): most progress events are superseded before anyone reads them."""
 
     __slots__ = ("seq", "type", "manager_id", "key", "_data", "_make")
 
-    def __init__(self, seq: int, type_: str, manager_id: str, key: str | None, data: dict | None) -> None:
+    def __init__(self, seq: int, type_: str, manager_id: str, key: str | None, data: dict | None,
+                 make: tuple | None = None) -> None:
+        """`data`, or None and `make`: `(fn, args)`, the data being `fn(*args)` with "seq" added,
+        made when first read; `args` must not change afterwards (a snapshot of what the change
+        saw)."""
         self.seq = seq
         self.type = type_
         self.manager_id = manager_id
         self.key = key
         self._data = data
-        self._make: tuple | None = None
-
-    @classmethod
-    def later(cls, seq: int, type_: str, manager_id: str, key: str | None, make: Callable[..., dict],
-              *args: object) -> Event:
-        """An event whose data is `make(*args)` with "seq" added, made when first read; `args`
-        must not change afterwards (a snapshot of what the change saw)."""
-        event = cls(seq, type_, manager_id, key, None)
-        event._make = (make, args)
-        return event
+        self._make = make
 
     @property
     def data(self) -> dict:
