@@ -148,12 +148,16 @@ class Engine:
 
     # ------------------------------------------------------------------ events
 
-    def _emit(self, type_: str, manager: Job | None, key: str | None, data: dict, manager_id: str = "") -> None:
+    def _emit(self, type_: str, manager: Job | None, key: str | None, data: dict | None, manager_id: str = "",
+              make: tuple | None = None) -> None:
+        """The next event: `data`, or `make` (`(fn, args)`: its data made when first read, see
+        `Event`)."""
         self.seq = seq = self.seq + 1
         self.counters[type_] += 1
-        data["seq"] = seq
+        if data is not None:
+            data["seq"] = seq
         change = self.record
-        change.events.append(Event(seq, type_, manager.id if manager is not None else manager_id, key, data))
+        change.events.append(Event(seq, type_, manager.id if manager is not None else manager_id, key, data, make))
         if manager is not None and self.record_jobs:
             if change.managers is _NONE:
                 change.managers = {}
@@ -164,16 +168,9 @@ class Engine:
             self._emit("job_status", job.manager, None, wire.status_event(job))
             return
         # A child's: its data made when first read, from a snapshot of its fields now.
-        manager = job.manager
-        self.seq = seq = self.seq + 1
-        self.counters["job_status"] += 1
-        change = self.record
-        change.events.append(Event(seq, "job_status", manager.id, None, None,
-                                   (wire.child_status_of, (wire.child_fields(job),))))
+        self._emit("job_status", job.manager, None, None, make=(wire.child_status_of, (wire.child_fields(job),)))
         if self.record_jobs:
-            if change.managers is _NONE:
-                change.managers = {}
-            change.managers[manager.id] = manager
+            change = self.record
             if change.children is _NONE:
                 change.children = {}
             change.children[job.id] = job
@@ -182,23 +179,10 @@ class Engine:
         """A step's and its manager's progress events; their data is made when first read (most
         are superseded by a later one first: streams and the journal keep the latest)."""
         manager = step.manager
-        seq = self.seq
-        self.seq = seq + 2
-        counters = self.counters
-        counters["step_progress"] += 1
-        counters["job_progress"] += 1
-        change = self.record
-        change.events += (
-            Event(seq + 1, "step_progress", manager.id, step.id, None, (_step_progress, (
-                manager.id, step.id, step.name, step.index, step.status, step.total, tuple(step.counts),
-                step.log_count))),
-            Event(seq + 2, "job_progress", manager.id, manager.id, None, (_job_progress, (
-                manager.id, manager.status, manager.total, tuple(manager.counts), manager.log_count))),
-        )
-        if self.record_jobs:
-            if change.managers is _NONE:
-                change.managers = {}
-            change.managers[manager.id] = manager
+        self._emit("step_progress", manager, step.id, None, make=(_step_progress, (
+            manager.id, step.id, step.name, step.index, step.status, step.total, tuple(step.counts), step.log_count)))
+        self._emit("job_progress", manager, manager.id, None, make=(_job_progress, (
+            manager.id, manager.status, manager.total, tuple(manager.counts), manager.log_count)))
 
     def _set_status(self, job: Job, new: str, now: float) -> None:
         """The one place a status changes; terminal statuses never change again."""
