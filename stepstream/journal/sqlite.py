@@ -194,9 +194,9 @@ class SqliteJournal:
         # A progress event superseded by a later one of the same key in this batch is not kept
         # (latest wins, as in the streams): two thirds of the events, and of the writing.
         for event in latest_only(batch.events):
-            data = event.data
-            events.append((event.seq, event.type, event.manager_id, event.key, dumps(data)))
+            events.append((event.seq, event.type, event.manager_id, event.key, event.text))
             if event.type == "log":
+                data = event.data
                 logs.append((event.seq, data["manager_id"], data["step_id"], data["job_id"],
                              LEVEL_RANK[data["level"]], data["ts"], data["message"], data["step_name"]))
         managers = [(mid, ordinal, definition, status, int(settled), end_seq,
