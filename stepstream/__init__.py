@@ -9,6 +9,7 @@ from .model import (
     NotFound,
     StepstreamError,
 )
+from .gctuning import tune as tune_gc
 from .orchestrator import JobContext, Orchestrator, Step
 
 __all__ = [
@@ -22,5 +23,6 @@ __all__ = [
     "Orchestrator",
     "Step",
     "StepstreamError",
+    "tune_gc",
 ]
 __version__ = "0.1.0"

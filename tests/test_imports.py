@@ -10,7 +10,7 @@ CORE = ["stepstream", "stepstream.model", "stepstream.events", "stepstream.wire"
         "stepstream.queries", "stepstream.backend", "stepstream.journal", "stepstream.journal.writer",
         "stepstream.journal.sqlite", "stepstream.orchestrator", "stepstream.logs", "stepstream.workers",
         "stepstream.params", "stepstream.text", "stepstream.encoding", "stepstream.loader", "stepstream.jobs",
-        "stepstream.history", "stepstream.logbridge", "stepstream.sse", "stepstream.demo"]
+        "stepstream.history", "stepstream.logbridge", "stepstream.sse", "stepstream.demo", "stepstream.gctuning"]
 
 
 OPTIONAL = {"orjson"}  # used when installed (a dependency of the package); never required
