@@ -567,3 +567,17 @@ def test_a_lost_attempt_does_not_use_up_the_retries_and_a_resent_change_is_appli
         assert int(redis_server.client().get("stepstream:seq")) - int(before) == 3  # status + 2 progress, once
     finally:
         orch.shutdown(wait=False)
+
+
+def test_a_hash_field_is_written_and_read_as_the_json_encoder_and_parser_do():
+    from stepstream.backends.redis import codec
+    from stepstream.encoding import dumps
+
+    scalars = [None, True, False, 0, -1, 7, 10**15, -(10**16), 0.0, -0.0, 1.5, -2.25, 1796221798.2035394, 1e-7,
+               1e300, 5e-324, float("nan"), float("inf"), float("-inf"), "", "plain", 'a "quoted" \\ one', "é",
+               [], [1, "x"], {"args": [], "kwargs": {}}]
+    for scalar in scalars:
+        text = codec.field_json(scalar)
+        assert text == dumps(scalar), scalar
+        assert codec.value(text.encode()) == json.loads(text) or text == "null", scalar
+        assert type(codec.value(text.encode())) is type(json.loads(text)), scalar
