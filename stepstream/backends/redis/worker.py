@@ -95,10 +95,10 @@ class RedisWorker:
     def _run_then_done(self, entry: Any, job: Job, fn: Callable[..., Any]) -> None:
         """Run queued work on this thread, then the work its end took, while there is some.
 
-        After a short child (under `SHORT_CHILD` seconds), up to `CHILD_BATCH` children are taken
-        at once: they begin together, run one after the other here, and their ends are committed
-        together with the next batch's start, while they stay short: one Redis commit for them all
-        instead of one each (see docs/architecture.md, "Short children")."""
+        After a short child (under `SHORT_CHILD` seconds), `CHILD_BATCH` to `MAX_CHILD_BATCH`
+        children are taken at once (`_batch`): they begin together, run one after the other here,
+        and their ends are committed together with the next batch's start, while they stay short:
+        one Redis commit for them all instead of one each (see docs/architecture.md, "Short children")."""
         held = [(entry, job)]  # begun, to run here, in order
         ended: list[tuple] = []  # children that returned here, their end not committed yet
         try:
