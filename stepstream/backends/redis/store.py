@@ -303,7 +303,7 @@ class RedisStore:
             old = before.get(job_id)
             now = codec.values(job, new=old is None)
             if old is None:  # created by this change
-                sets.append([job_id, [x for pair in codec.fields(job).items() for x in pair]])
+                sets.append([job_id, [x for pair in codec.fields(job, now).items() for x in pair]])
                 if job.kind == CHILD:
                     kids.append([manager.id, job_id])
                 elif job.kind == MANAGER:
