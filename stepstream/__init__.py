@@ -1,5 +1,6 @@
 """stepstream: multi-step jobs whose per-step progress and logs are exact and live."""
 
+from .gctuning import tune as tune_gc
 from .model import (
     Conflict,
     InvalidParams,
@@ -9,7 +10,6 @@ from .model import (
     NotFound,
     StepstreamError,
 )
-from .gctuning import tune as tune_gc
 from .orchestrator import JobContext, Orchestrator, Step
 
 __all__ = [

@@ -7,7 +7,6 @@ counters (`total`, `c0`…`c4`, `log_count`) are plain integers that `HINCRBY` c
 from __future__ import annotations
 
 import json
-import math
 import operator
 from typing import Any
 
@@ -80,8 +79,6 @@ def field_json(value: Any) -> str:
         return str(value)
     if kind is str and value.isascii():
         return _encode_str(value)
-    if kind is float:  # the encoder writes a finite float as its repr, and a non-finite one as null
-        return float.__repr__(value) if math.isfinite(value) else "null"
     return dumps(value)
 
 
