@@ -474,7 +474,7 @@ def create_app(
     )
     app.state.orchestrator = orchestrator
     app.state.offload = hub.offload if hub is not None else Offload()
-    app.state.probe = StorageProbe(orchestrator.check_storage)
+    app.state.probe = StorageProbe(orchestrator.check_storage, blocks=lambda: orchestrator.check_blocks)
     app.state.hub = hub or Hub(orchestrator.store, offload=app.state.offload, retry_ms=retry_ms)
     app.state.settings = Settings(max_body=max_body, ping=ping)
     app.state.metrics = registry_for(orchestrator, app.state.hub)

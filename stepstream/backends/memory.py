@@ -265,8 +265,10 @@ class MemoryStore:
         """Why storage fails now (the journal's last write), or None; never blocks."""
         return self.journal_error
 
+    check_blocks = False
+
     def check_storage(self) -> str | None:
-        """Why storage cannot be used right now, or None."""
+        """Why storage cannot be used right now, or None; never blocks."""
         return self.journal_error
 
     @property

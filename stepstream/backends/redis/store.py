@@ -161,6 +161,8 @@ class RedisStore:
         self._cancelled: dict[str, tuple[float, bool]] = {}
         self._spawner = Spawner(self._commit_spawns)
 
+    check_blocks = True
+
     def check_storage(self) -> str | None:
         """Why Redis cannot be used right now (one PING, not retried), or None."""
         try:
