@@ -85,7 +85,7 @@ class JournalWriter:
                     return
                 continue
             batch, managers, children = taken
-            batch.children = [(*row[:5], wire.child_json_of(row[5])) for row in batch.children]
+            batch.children = ((*row[:5], wire.child_json_of(row[5])) for row in batch.children)  # made as written
             try:
                 self.journal.write(batch)
             except Exception as exc:  # the changes stay unwritten (and unseen); they go with the next batch
