@@ -49,6 +49,7 @@ class Hub:
         lag_events: int = 1000,
         chunk_bytes: int = 64 * 1024,
         retry_ms: int = 2000,
+        ping: float = 15,
     ) -> None:
         self.store = store
         self.offload = offload or Offload()
@@ -58,10 +59,13 @@ class Hub:
         self.lag_events = lag_events  # a reader more than a batch behind reads this many at a time
         self.chunk_bytes = chunk_bytes
         self.retry_ms = retry_ms
+        self.ping = ping  # seconds between keep-alive comments on an idle stream; 0: none
         self._loop: asyncio.AbstractEventLoop | None = None
         self._new_data: asyncio.Event | None = None
         self._wake_scheduled = False
         self._last_wake = 0.0
+        self._ticks = 0  # keep-alive ticks so far: an idle stream that saw this change sends one
+        self._ticking: asyncio.TimerHandle | None = None
         self._lock = threading.Lock()
         self._reads: dict[tuple, tuple[list[bytes], int, bool]] = {}
         self._encoded: OrderedDict[int, bytes] = OrderedDict()  # seq -> SSE bytes, shared by connections
@@ -82,6 +86,7 @@ class Hub:
                 self._loop = loop
                 self._new_data = asyncio.Event()
                 self._wake_scheduled = False
+                self._ticking = None
                 self.stopping = False  # a server started again in this process streams again
 
     @contextlib.contextmanager
@@ -137,11 +142,30 @@ class Hub:
         if event is not None:
             event.set()
 
-    async def _wait_after(self, seq: int) -> None:
-        """Return once the store's seq has passed `seq`."""
+    def _keep_ticking(self) -> None:
+        """One timer for every stream of the hub: every `ping` seconds it wakes the idle ones,
+        and each sends a keep-alive. It stops when the last stream ends."""
+        if self._ticking is None and self.ping > 0 and self.connections:
+            self._ticking = asyncio.get_running_loop().call_later(self.ping, self._tick)
+
+    def _tick(self) -> None:
+        self._ticking = None
+        self._ticks += 1
+        event, self._new_data = self._new_data, asyncio.Event()
+        if event is not None:
+            event.set()
+        self._keep_ticking()
+
+    async def _wait_after(self, seq: int) -> bool:
+        """Return True once the store's seq has passed `seq` (or the streams stop), False if
+        a keep-alive is due first."""
+        tick = self._ticks
         while self.store.visible_seq <= seq and not self.stopping:
+            if self._ticks != tick:
+                return False
             assert self._new_data is not None
             await self._new_data.wait()
+        return True
 
     # ------------------------------------------------------------------ streams
 
@@ -257,6 +281,7 @@ class Hub:
 
     async def _stream(self, request: StreamRequest) -> AsyncIterator[bytes]:
         self.connections += 1
+        self._keep_ticking()
         try:
             first = f"retry: {self.retry_ms}\n\n".encode()
             cursor = request.resume_from
@@ -275,7 +300,9 @@ class Hub:
             else:
                 yield first
             while True:
-                await self._wait_after(cursor)
+                if not await self._wait_after(cursor):
+                    yield sse.KEEP_ALIVE
+                    continue
                 if self.stopping:
                     return
                 try:
