@@ -26,6 +26,10 @@ from .sse import encode
 ENDING = frozenset({"end", "job_deleted"})  # after these a `?job=` stream has nothing more
 
 
+class KeepAliveDue(Exception):
+    """Raised out of a storage retry when a keep-alive tick came meanwhile: the stream sends one."""
+
+
 @dataclass(frozen=True)
 class StreamRequest:
     """What one connection asked for."""
@@ -158,8 +162,13 @@ class Hub:
 
     async def _wait_after(self, seq: int) -> bool:
         """Return True once the store's seq has passed `seq` (or the streams stop), False if
-        a keep-alive is due first."""
+        a keep-alive is due first. A send to a client that left completes without suspending:
+        a reader that is behind gives the loop to others here (and lets a disconnect cancel
+        it) between batches."""
         tick = self._ticks
+        if self.store.visible_seq > seq or self.stopping:
+            await asyncio.sleep(0)
+            return True
         while self.store.visible_seq <= seq and not self.stopping:
             if self._ticks != tick:
                 return False
@@ -187,9 +196,17 @@ class Hub:
                 self._encoded.popitem(last=False)
         return piece
 
+    async def _storage_pause(self, tick: int) -> None:
+        """Wait `retry_ms` before asking storage again; then raise `KeepAliveDue` if a keep-alive
+        tick came since `tick` (the stream sends one and asks again)."""
+        await asyncio.sleep(self.retry_ms / 1000)
+        if self._ticks != tick:
+            raise KeepAliveDue
+
     async def _snapshot(self, request: StreamRequest) -> tuple[int, bytes, bool]:
         """A fresh snapshot for this connection, read off the event loop. While storage does not
-        answer, it waits (the connection keeps its keep-alives) and tries again."""
+        answer, it waits and tries again (`KeepAliveDue` when a keep-alive is due meanwhile)."""
+        tick = self._ticks
         while True:
             try:
                 snap, settled = await self.offload.run(self.store.stream_snapshot, request.manager_id)
@@ -197,7 +214,7 @@ class Hub:
             except StorageUnavailable:
                 if self.stopping:
                     raise
-                await asyncio.sleep(self.retry_ms / 1000)
+                await self._storage_pause(tick)
         chunk = encode(self.event_id(snap["seq"]), "snapshot", snap)
         if settled:  # a finished job: nothing more will come
             chunk += self._end(snap["seq"], request.manager_id, snap["jobs"][0]["status"])
@@ -232,13 +249,14 @@ class Hub:
         held = self.store.held_events(cursor, limit)
         if held is not None:
             return held
+        tick = self._ticks
         while True:
             try:
                 return await self.offload.run(self.store.events_after, cursor, limit)
             except StorageUnavailable:
                 if self.stopping:
                     return [], cursor
-                await asyncio.sleep(self.retry_ms / 1000)
+                await self._storage_pause(tick)
 
     async def _read(self, cursor: int, request: StreamRequest) -> tuple[list[bytes], int, bool]:
         """The next batch after `cursor` for this kind of request, as ready-to-send chunks, the
@@ -273,58 +291,55 @@ class Hub:
         return result
 
     async def stream(self, request: StreamRequest) -> AsyncIterator[bytes]:
-        """The bytes of one SSE connection: a snapshot (or a resume), then every change."""
+        """The bytes of one SSE connection: a snapshot (or a resume), then every change, and a
+        keep-alive whenever it was idle for `ping` seconds. One generator, no inner one: a
+        connection costs one frame while idle, and a send one resumption."""
         self._attach()
-        with self._subscribed():
-            async for chunk in self._stream(request):
-                yield chunk
-
-    async def _stream(self, request: StreamRequest) -> AsyncIterator[bytes]:
         self.connections += 1
         self._keep_ticking()
         try:
-            first = f"retry: {self.retry_ms}\n\n".encode()
-            cursor = request.resume_from
-            if cursor is not None:
-                try:
-                    await self._events_after(cursor, 1)
-                except Gone:
-                    cursor = None
-                    self.snapshots += 1
-            if cursor is None:
-                cursor, chunk, settled = await self._snapshot(request)
-                await self.wait_visible(cursor)
-                yield first + chunk
-                if settled:
-                    return
-            else:
-                yield first
-            while True:
-                if not await self._wait_after(cursor):
-                    yield sse.KEEP_ALIVE
-                    continue
-                if self.stopping:
-                    return
-                try:
-                    chunks, cursor, ended = await self._read(cursor, request)
-                except Gone:  # fell behind the ring: start over from a fresh snapshot
-                    self.snapshots += 1
+            with self._subscribed():
+                greeting = f"retry: {self.retry_ms}\n\n".encode()  # goes with the first chunk
+                cursor = request.resume_from
+                unchecked = cursor is not None  # a resume: are the events after it still there?
+                while True:
                     try:
-                        cursor, chunk, settled = await self._snapshot(request)
+                        if unchecked:
+                            await self._events_after(cursor, 1)  # type: ignore[arg-type]
+                            unchecked = False
+                        if cursor is None:
+                            cursor, chunk, settled = await self._snapshot(request)
+                            await self.wait_visible(cursor)
+                            yield greeting + chunk
+                            greeting = b""
+                            if settled:
+                                return
+                            continue
+                        if greeting:
+                            yield greeting
+                            greeting = b""
+                        if not await self._wait_after(cursor):
+                            yield sse.KEEP_ALIVE
+                            continue
+                        if self.stopping:
+                            return
+                        chunks, cursor, ended = await self._read(cursor, request)
+                    except Gone:  # resumed too late, or fell behind the ring: a fresh snapshot
+                        self.snapshots += 1
+                        cursor, unchecked = None, False
+                        continue
+                    except KeepAliveDue:  # storage has not answered for a while
+                        yield greeting + sse.KEEP_ALIVE
+                        greeting = b""
+                        continue
                     except (NotFound, StorageUnavailable):  # the job was evicted meanwhile; shutting down
                         return
-                    await self.wait_visible(cursor)
-                    yield chunk
-                    if settled:
+                    for i, chunk in enumerate(chunks):
+                        if i:  # between chunks (after the last one, `_wait_after` does it)
+                            await asyncio.sleep(0)
+                        yield chunk
+                    if ended:
                         return
-                    continue
-                for chunk in chunks:
-                    yield chunk
-                    # A send to a client that left completes without suspending: give the loop
-                    # to others, and let the disconnect cancel this stream, after every chunk.
-                    await asyncio.sleep(0)
-                if ended:
-                    return
         finally:
             self.connections -= 1
 

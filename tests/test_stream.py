@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 
@@ -20,6 +21,7 @@ from harness.folding import check_progress, fold
 from harness.live import LiveServer, free_port, sse_events
 from harness.processes import cli_env
 from stepstream import Orchestrator, Step, demo
+from stepstream.offload import StorageUnavailable
 from stepstream.server import create_app
 from tests.conftest import mixed_definition
 
@@ -309,3 +311,27 @@ def test_clients_that_leave_are_let_go_and_an_idle_stream_holds_two_tasks(orch):
         streams.close()
         _until(lambda: hub.connections == 0, f"{hub.connections} streams still open after their clients left")
         _until(lambda: tasks() <= before - 2, "a stream's tasks outlived its client")
+
+
+def test_a_stream_whose_snapshot_storage_does_not_give_keeps_its_keep_alives(orch):
+    app = create_app(orch, ping=0.2, retry_ms=50)
+    real = orch.store.stream_snapshot
+    failing = threading.Event()
+    failing.set()
+
+    def snapshot(*args, **kwargs):
+        if failing.is_set():
+            raise StorageUnavailable("storage is down (test)")
+        return real(*args, **kwargs)
+
+    orch.store.stream_snapshot = snapshot
+    with LiveServer(app) as srv, httpx.stream("GET", srv.url + "/api/events", timeout=TIMEOUT) as response:
+        comments = 0
+        for line in response.iter_lines():
+            if line.startswith(":"):
+                comments += 1
+                if comments == 3:
+                    failing.clear()  # storage is back
+            elif line.startswith("event:"):
+                assert line == "event: snapshot" and comments >= 3
+                break
