@@ -162,13 +162,8 @@ class Hub:
 
     async def _wait_after(self, seq: int) -> bool:
         """Return True once the store's seq has passed `seq` (or the streams stop), False if
-        a keep-alive is due first. A send to a client that left completes without suspending:
-        a reader that is behind gives the loop to others here (and lets a disconnect cancel
-        it) between batches."""
+        a keep-alive is due first."""
         tick = self._ticks
-        if self.store.visible_seq > seq or self.stopping:
-            await asyncio.sleep(0)
-            return True
         while self.store.visible_seq <= seq and not self.stopping:
             if self._ticks != tick:
                 return False
@@ -293,7 +288,7 @@ class Hub:
     async def stream(self, request: StreamRequest) -> AsyncIterator[bytes]:
         """The bytes of one SSE connection: a snapshot (or a resume), then every change, and a
         keep-alive whenever it was idle for `ping` seconds. One generator, no inner one: a
-        connection costs one frame while idle, and a send one resumption."""
+        connection holds one frame while idle."""
         self._attach()
         self.connections += 1
         self._keep_ticking()
@@ -334,10 +329,11 @@ class Hub:
                         continue
                     except (NotFound, StorageUnavailable):  # the job was evicted meanwhile; shutting down
                         return
-                    for i, chunk in enumerate(chunks):
-                        if i:  # between chunks (after the last one, `_wait_after` does it)
-                            await asyncio.sleep(0)
+                    for chunk in chunks:
                         yield chunk
+                        # A send to a client that left completes without suspending: give the loop
+                        # to others, and let the disconnect cancel this stream, after every chunk.
+                        await asyncio.sleep(0)
                     if ended:
                         return
         finally:
