@@ -1,4 +1,6 @@
-"""Core benchmarks: progress cost per child transition vs job size, and core throughput.
+"""Core benchmarks: progress cost per child transition vs job size, core throughput, and what
+the garbage collector's settings do to it (CPython's defaults against `tune_gc()`, what the
+command line runs with).
 
 Run alone: `python bench/core.py [--quick]`; `bench/run.py` runs these with the others.
 """
@@ -6,6 +8,9 @@ Run alone: `python bench/core.py [--quick]`; `bench/run.py` runs these with the 
 from __future__ import annotations
 
 import json
+import statistics
+import subprocess
+import sys
 import time
 from collections import Counter
 
@@ -107,11 +112,42 @@ def core_throughput(children: int = 100_000) -> dict:
             "store_only_transitions_per_s": store["transitions_per_s"]}
 
 
+_IN_A_FRESH_PROCESS = """
+import json, sys
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/bench"]
+if sys.argv[3] == "tuned":
+    from stepstream import tune_gc
+    tune_gc()
+import core
+n = int(sys.argv[4])
+print(json.dumps(core.job_wall_time(n) if sys.argv[2] == "job" else core.store_throughput(n)))
+"""
+
+
+def collector(children: int = 100_000, rounds: int = 3) -> dict:
+    """core_throughput's job (8 threads, idle hub) and the store alone, each in a fresh process,
+    with CPython's collector settings and with `tune_gc()`; rounds interleaved, medians."""
+    runs: dict[tuple[str, str], list[float]] = {}
+    for _ in range(rounds):
+        for settings in ("default", "tuned"):
+            for what in ("job", "store"):
+                out = subprocess.run([sys.executable, "-c", _IN_A_FRESH_PROCESS, common.ROOT, what, settings,
+                                      str(children)], capture_output=True, text=True, check=True, timeout=900)
+                runs.setdefault((what, settings), []).append(json.loads(out.stdout)["transitions_per_s"])
+    median = {f"{what}_{settings}": statistics.median(values) for (what, settings), values in runs.items()}
+    return {"name": "core_collector", "children": children, "rounds": rounds, **median,
+            "runs": {f"{what}_{settings}": values for (what, settings), values in runs.items()},
+            "job_vs_store_default": median["job_default"] / median["store_default"],
+            "job_vs_store_tuned": median["job_tuned"] / median["store_tuned"],
+            "tuned_vs_default_job": median["job_tuned"] / median["job_default"]}
+
+
 def main() -> None:
     args = common.arguments(__doc__).parse_args()
     results = [
         progress_cost(sizes=(1_000, 100_000), repeat=1 if args.quick else 3),
         core_throughput(20_000 if args.quick else 100_000),
+        collector(20_000 if args.quick else 100_000, 1 if args.quick else 3),
     ]
     for result in results:
         print(json.dumps(result, indent=1))

@@ -230,6 +230,13 @@ def rows_of(results: list[dict]) -> list[tuple[str, str, str, str]]:
                          _fmt(r["wall_s"], " s"), _fmt(r["baseline_wall_s"], " s") + " (no hub)", "target < 10 s"))
             rows.append(("core: transitions/s, store alone (no thread pool)",
                          _fmt(r["store_only_transitions_per_s"], "/s"), "", "target ≥ 100,000/s"))
+        elif r["name"] == "core_collector":
+            for settings, said in (("default", "CPython's collector settings"), ("tuned", "tune_gc(), as served")):
+                rows.append((f"core: orchestrator vs store alone, {said} (fresh processes)",
+                             _fmt(r[f"job_{settings}"], "/s"), _fmt(r[f"store_{settings}"], "/s") + " (store alone)",
+                             _fmt(r[f"job_vs_store_{settings}"], "×") + " (target ≥ 0.8×)"))
+            rows.append(("core: orchestrator, tune_gc() vs CPython's settings", _fmt(r["job_tuned"], "/s"),
+                         _fmt(r["job_default"], "/s"), _fmt(r["tuned_vs_default_job"], "×")))
         elif r["name"] == "snapshot_cost":
             for row in r["rows"]:
                 rows.append((f"GET /api/jobs/{{id}}, {row['children']:,} children", _fmt(row["ms"], " ms"),
@@ -337,6 +344,7 @@ def main() -> None:
         ("progress cost", lambda: core.progress_cost(sizes=(1_000, 100_000) if q else (1_000, 10_000, 100_000),
                                                      repeat=1 if q else 3)),
         ("core throughput", lambda: core.core_throughput(20_000 if q else 100_000)),
+        ("core collector", lambda: core.collector(20_000 if q else 100_000, 1 if q else 3)),
         ("snapshot cost", lambda: snapshot.snapshot_cost(repeat=20 if q else 50)),
         ("memory", lambda: memory.retained_children(20_000 if q else 100_000)),
         ("stream fan-out", lambda: fanout.fanout(quick=q)),

@@ -1,5 +1,6 @@
 """stepstream: multi-step jobs whose per-step progress and logs are exact and live."""
 
+from .gctuning import tune as tune_gc
 from .model import (
     Conflict,
     InvalidParams,
@@ -22,5 +23,6 @@ __all__ = [
     "Orchestrator",
     "Step",
     "StepstreamError",
+    "tune_gc",
 ]
 __version__ = "0.1.0"

@@ -22,6 +22,7 @@ class Backend(EventSource, Protocol):
     memory backend's work runs where it is made; Redis queues it in the commit and returns none."""
 
     journal: Journal | None
+    check_blocks: bool  # whether `check_storage` may block (asks a server) or only reads memory
 
     @property
     def journal_error(self) -> str | None:

@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 import uvicorn
 
-from . import __version__, demo, failures
+from . import __version__, demo, failures, gctuning
 from .journal.sqlite import SchemaError, SqliteJournal
 from .loader import LoadError, load_object, load_orchestrator
 from .model import MissingDependency, StepstreamError
@@ -196,6 +196,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    gctuning.tune()  # this process runs the work: see stepstream/gctuning.py
     try:
         if args.command == "serve":
             return serve(args)

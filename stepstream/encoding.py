@@ -2,8 +2,11 @@
 
 Strict JSON (no NaN or Infinity) as UTF-8. Values that strict JSON cannot carry are replaced
 visibly instead of failing the whole response or stream: a lone surrogate by U+FFFD, a non-finite
-float by null, anything else by its (bounded) text. The fast path is a plain `json.dumps`; the
-repair walk runs only when that fails.
+float by null, anything else by its (bounded) text. The fast path is orjson (about 10x the
+standard library's encoder: every event, row and response goes through here), taking only the
+plain JSON types; anything else it refuses (a subclass, a datetime, a lone surrogate, an integer
+beyond 64 bits, nesting deeper than its limit) goes the standard library's way, and the repair
+walk runs only when that fails too.
 """
 
 from __future__ import annotations
@@ -11,6 +14,11 @@ from __future__ import annotations
 import json
 import math
 from typing import Any
+
+try:  # an optional accelerator: the core runs on the standard library alone
+    import orjson
+except ImportError:  # pragma: no cover - exercised by tests/test_imports.py
+    orjson = None  # type: ignore[assignment]
 
 from .text import bounded, clean, safe_str
 
@@ -42,6 +50,21 @@ def _one_line(text: str) -> str:
     return text if text.isascii() else text.translate(_LINE_BREAKS)
 
 
+def _one_line_bytes(data: bytes) -> bytes:
+    """`_one_line` on UTF-8: each of these sequences can only be its character (it starts with a
+    lead byte), so replacing the bytes is exact."""
+    if data.isascii():
+        return data
+    return data.replace(b"\xc2\x85", b"\\u0085").replace(b"\xe2\x80\xa8", b"\\u2028").replace(
+        b"\xe2\x80\xa9", b"\\u2029")
+
+
+# Values of these kinds go to the standard library's path (which writes them as it always has)
+# instead of orjson's own rendering of them.
+_ORJSON_OPTIONS = (orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+                   if orjson is not None else 0)
+
+
 # One encoder for every call: json.dumps with non-default options builds a new one each time,
 # which was half the cost of encoding an event.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
@@ -50,6 +73,20 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(","
 def dumps(value: Any) -> str:
     """Compact strict JSON text of `value` on one line, repaired where needed; always encodable
     as UTF-8."""
+    return dumps_bytes(value).decode("utf-8")
+
+
+def dumps_bytes(value: Any) -> bytes:
+    """`dumps` as UTF-8."""
+    if orjson is not None:
+        try:
+            return _one_line_bytes(orjson.dumps(value, option=_ORJSON_OPTIONS))
+        except Exception:  # noqa: BLE001 - not plain JSON types: the standard library's path below
+            pass
+    return _standard_dumps(value).encode("utf-8")
+
+
+def _standard_dumps(value: Any) -> str:
     try:
         text = _ENCODER.encode(value)
         if not text.isascii():
@@ -62,10 +99,6 @@ def dumps(value: Any) -> str:
         return _one_line(_ENCODER.encode(_repair(value)))
     except Exception:  # noqa: BLE001 - the last resort keeps a stream alive
         return json.dumps({"error": "unencodable value"})
-
-
-def dumps_bytes(value: Any) -> bytes:
-    return dumps(value).encode("utf-8")
 
 
 def call_summary(args: tuple, kwargs: dict, limit: int = 80) -> str:

@@ -149,15 +149,15 @@ class Engine:
     # ------------------------------------------------------------------ events
 
     def _emit(self, type_: str, manager: Job | None, key: str | None, data: dict | None, manager_id: str = "",
-              make: tuple | None = None) -> None:
-        """The next event: `data`, or `make` (`(fn, args)`: its data made when first read, see
-        `Event`)."""
+              make: Callable[..., dict] | None = None, args: tuple = ()) -> None:
+        """The next event: `data`, or `make(*args)`, its data made when first read (see `Event`)."""
         self.seq = seq = self.seq + 1
         self.counters[type_] += 1
         if data is not None:
             data["seq"] = seq
         change = self.record
-        change.events.append(Event(seq, type_, manager.id if manager is not None else manager_id, key, data, make))
+        manager_id = manager.id if manager is not None else manager_id
+        change.events.append(Event(seq, type_, manager_id, key, data, make, args))
         if manager is not None and self.record_jobs:
             if change.managers is _NONE:
                 change.managers = {}
@@ -168,7 +168,8 @@ class Engine:
             self._emit("job_status", job.manager, None, wire.status_event(job))
             return
         # A child's: its data made when first read, from a snapshot of its fields now.
-        self._emit("job_status", job.manager, None, None, make=(wire.child_status_of, (wire.child_fields(job),)))
+        self._emit("job_status", job.manager, None, None, make=wire.child_status_of,
+                   args=(wire.child_fields(job),))
         if self.record_jobs:
             change = self.record
             if change.children is _NONE:
@@ -179,10 +180,10 @@ class Engine:
         """A step's and its manager's progress events; their data is made when first read (most
         are superseded by a later one first: streams and the journal keep the latest)."""
         manager = step.manager
-        self._emit("step_progress", manager, step.id, None, make=(_step_progress, (
-            manager.id, step.id, step.name, step.index, step.status, step.total, tuple(step.counts), step.log_count)))
-        self._emit("job_progress", manager, manager.id, None, make=(_job_progress, (
-            manager.id, manager.status, manager.total, tuple(manager.counts), manager.log_count)))
+        self._emit("step_progress", manager, step.id, None, make=_step_progress, args=(
+            manager.id, step.id, step.name, step.index, step.status, step.total, tuple(step.counts), step.log_count))
+        self._emit("job_progress", manager, manager.id, None, make=_job_progress, args=(
+            manager.id, manager.status, manager.total, tuple(manager.counts), manager.log_count))
 
     def _set_status(self, job: Job, new: str, now: float) -> None:
         """The one place a status changes; terminal statuses never change again."""

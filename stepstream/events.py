@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from .encoding import dumps
+
 # Progress events carry absolute counts: a later one of the same `key` supersedes an earlier one,
 # so streams and the journal may leave the earlier one out (latest wins).
 MERGEABLE = frozenset({"step_progress", "job_progress"})
@@ -14,30 +16,48 @@ class Event:
     """One change. `key` names what a progress event may be merged with (latest wins).
 
     `data` is never changed once emitted. It may be made on first read from what the change
-    kept (`make`): most progress events are superseded before anyone reads them."""
+    kept (`make(*args)`): most progress events are superseded before anyone reads them. `text`
+    is the data's JSON, made once for every reader (the journal, each stream).
 
-    __slots__ = ("seq", "type", "manager_id", "key", "_data", "_make")
+    The replay ring keeps the latest events for a long time, so an event holds as few objects
+    as it can: the garbage collector walks every one of them, over and over."""
+
+    __slots__ = ("seq", "type", "manager_id", "key", "_data", "_make", "_args", "_text")
 
     def __init__(self, seq: int, type_: str, manager_id: str, key: str | None, data: dict | None,
-                 make: tuple | None = None) -> None:
-        """`data`, or None and `make`: `(fn, args)`, the data being `fn(*args)` with "seq" added,
-        made when first read; `args` must not change afterwards (a snapshot of what the change
-        saw)."""
+                 make: Callable[..., dict] | None = None, args: tuple = ()) -> None:
+        """`data`, or None and `make`: the data is `make(*args)` with "seq" added, made when
+        first read; `args` must not change afterwards (a snapshot of what the change saw)."""
         self.seq = seq
         self.type = type_
         self.manager_id = manager_id
         self.key = key
         self._data = data
         self._make = make
+        self._args = args
+        self._text: str | None = None
 
     @property
     def data(self) -> dict:
         data = self._data
         if data is None:
-            make, args = self._make  # type: ignore[misc]
-            data = make(*args)
-            data["seq"] = self.seq
+            data = self._made()
             self._data = data  # two threads reading at once each make an equal dict: either may stay
+        return data
+
+    @property
+    def text(self) -> str:
+        """`data` as the one encoder writes it. Data made only for this is not kept: it can be
+        made again, and the text is one object instead of a dozen."""
+        text = self._text
+        if text is None:
+            data = self._data
+            self._text = text = dumps(data if data is not None else self._made())
+        return text
+
+    def _made(self) -> dict:
+        data = self._make(*self._args)  # type: ignore[misc]
+        data["seq"] = self.seq
         return data
 
 

@@ -21,7 +21,7 @@ from . import sse
 from .events import Event, EventSource, Gone, latest_only
 from .model import NotFound
 from .offload import Offload, StorageUnavailable
-from .sse import encode
+from .sse import encode, encode_text
 
 ENDING = frozenset({"end", "job_deleted"})  # after these a `?job=` stream has nothing more
 
@@ -186,7 +186,7 @@ class Hub:
         cache keeps the latest `2 * batch_events`; a reader further behind encodes again)."""
         piece = self._encoded.get(event.seq)
         if piece is None:
-            piece = self._encoded[event.seq] = encode(self.event_id(event.seq), event.type, event.data)
+            piece = self._encoded[event.seq] = encode_text(self.event_id(event.seq), event.type, event.text)
             if len(self._encoded) > 2 * self.batch_events:
                 self._encoded.popitem(last=False)
         return piece

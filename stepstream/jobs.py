@@ -57,7 +57,7 @@ class Job:
         self.traceback: str | None = None
         self.parent_id: str | None = None
         self.total = 0
-        self.counts = [0, 0, 0, 0, 0]
+        self.counts: list[int] | tuple[int, ...] = NO_COUNTS  # a step's or a manager's: a list of its own
         self.log_count = 0
         self.lost = 0
         self.summary: str | None = None  # a child's arguments in short, once made
@@ -65,6 +65,9 @@ class Job:
 
     def progress(self) -> dict[str, int]:
         return progress_dict(self.total, self.counts)
+
+
+NO_COUNTS = (0, 0, 0, 0, 0)  # a child counts no children (one shared tuple, not a list per child)
 
 
 def new_manager(definition: str, created_at: float, logs_per_step: int) -> Job:
@@ -76,6 +79,7 @@ def new_manager(definition: str, created_at: float, logs_per_step: int) -> Job:
     manager.manager, manager.step, manager.index = manager, None, None
     manager.bucket = LogBucket(logs_per_step)
     manager.steps, manager.children = [], []
+    manager.counts = [0, 0, 0, 0, 0]
     manager.cancelled, manager.settled, manager.current = False, False, 0
     return manager
 
@@ -85,6 +89,7 @@ def new_step(manager: Job, name: str, created_at: float, logs_per_step: int) -> 
     step = Job(STEP, name, created_at)
     step.manager, step.step, step.parent_id, step.index = manager, step, manager.id, len(manager.steps)
     step.bucket = LogBucket(logs_per_step)
+    step.counts = [0, 0, 0, 0, 0]
     step.handler_returned, step.handler_error, step.handler_traceback = False, None, None
     manager.steps.append(step)
     return step
@@ -151,7 +156,7 @@ class FinishedChildren:
         job.finished_at = finished if finished == finished else None
         job.summary, job.attempts = self.summaries[position], self.attempts.get(position, ())
         job.fn, job.args, job.kwargs = None, (), {}
-        job.total, job.counts, job.log_count = 0, [0, 0, 0, 0, 0], 0
+        job.total, job.counts, job.log_count = 0, NO_COUNTS, 0
         return job
 
     def find(self, job_id: str) -> Job:

@@ -6,7 +6,6 @@ Every rule of the contract's "Status rules" section lives in exactly one functio
 
 from __future__ import annotations
 
-import functools
 import time
 
 PENDING = "pending"
@@ -159,12 +158,16 @@ def iso(ts: float | None) -> str | None:
         return None
     secs = int(ts)
     millis = int((ts - secs) * 1000)
-    return _iso_seconds(secs) + f".{millis:03d}Z"
+    seconds = _SECONDS.get(secs)
+    if seconds is None:
+        if len(_SECONDS) >= 4096:
+            _SECONDS.clear()
+        seconds = _SECONDS[secs] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+    return seconds + (_MILLIS[millis] if 0 <= millis < 1000 else f".{millis:03d}Z")
 
 
-@functools.lru_cache(maxsize=256)
-def _iso_seconds(secs: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+_SECONDS: dict[int, str] = {}  # the text of each second written lately (a job's times span a few)
+_MILLIS = tuple(f".{n:03d}Z" for n in range(1000))
 
 
 LEVELS = ("debug", "info", "warning", "error")

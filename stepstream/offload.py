@@ -91,11 +91,15 @@ class StorageProbe:
     """Whether storage answers, asked with `check()` (a Redis PING, say) on a thread of its own,
     one probe at a time: many health checks and commands share one probe, a storage that does
     not answer holds that one thread, and a probe never waits behind the offload's queue (a
-    burst of reads is not storage failing)."""
+    burst of reads is not storage failing). A check that never blocks (`blocks=False`: it reads
+    memory) is called on the event loop: a thread's round trip on a busy machine could take
+    longer than `wait` and report a healthy storage as failing."""
 
-    def __init__(self, check: Callable[[], str | None], *, wait: float = 0.5, fresh: float = 0.5) -> None:
+    def __init__(self, check: Callable[[], str | None], *, blocks: Callable[[], bool] = lambda: True,
+                 wait: float = 0.5, fresh: float = 0.5) -> None:
         self.offload = Offload(threads=1, queue=1, timeout=60.0)  # the probe's own thread
         self.check = check
+        self.blocks = blocks  # asked at each probe: the storage may be chosen after the app is made
         self.wait = wait  # how long a caller waits for a probe's answer
         self.fresh = fresh  # an answer younger than this is taken as it is
         self._task: asyncio.Task | None = None
@@ -115,6 +119,8 @@ class StorageProbe:
 
     async def problem(self) -> str | None:
         """Why storage cannot be used now, or None; within `wait` seconds whatever storage does."""
+        if not self.blocks():
+            return self.check()
         now = time.monotonic()
         if now - self._answered < self.fresh and (self._task is None or self._task.done()):
             return self._answer

@@ -135,8 +135,14 @@ class Orchestrator:
         return self.store.storage_error
 
     def check_storage(self) -> str | None:
-        """Why storage cannot be used right now, or None. May block briefly (a Redis PING)."""
+        """Why storage cannot be used right now, or None. May block briefly (a Redis PING) when
+        `check_blocks`."""
         return self.store.check_storage()
+
+    @property
+    def check_blocks(self) -> bool:
+        """Whether `check_storage` may block: False when it only reads what memory holds."""
+        return self.store.check_blocks
 
     def use_journal(self, journal: Journal) -> None:
         """Keep history in `journal` (e.g. `SqliteJournal(path)`) from now on: for a command line

@@ -464,7 +464,7 @@ def create_app(
     )
     app.state.orchestrator = orchestrator
     app.state.offload = hub.offload if hub is not None else Offload()
-    app.state.probe = StorageProbe(orchestrator.check_storage)
+    app.state.probe = StorageProbe(orchestrator.check_storage, blocks=lambda: orchestrator.check_blocks)
     app.state.hub = hub or Hub(orchestrator.store, offload=app.state.offload, retry_ms=retry_ms, ping=ping)
     app.state.exit_watcher = None  # see `events`
     app.state.settings = Settings(max_body=max_body)

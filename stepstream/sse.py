@@ -31,4 +31,9 @@ def parse_event_id(value: str | None, store_id: str) -> int | None:
 def encode(event_id_: str, type_: str, data: dict) -> bytes:
     """One SSE event: `id:`, `event:` and a single `data:` line of JSON. Never raises: the
     encoder repairs what strict JSON cannot carry, and its text holds no line break."""
-    return f"id: {event_id_}\nevent: {type_}\ndata: {dumps(data)}\n\n".encode()
+    return encode_text(event_id_, type_, dumps(data))
+
+
+def encode_text(event_id_: str, type_: str, text: str) -> bytes:
+    """`encode` with the data already encoded (`encoding.dumps`, as `Event.text` is)."""
+    return f"id: {event_id_}\nevent: {type_}\ndata: {text}\n\n".encode()

@@ -42,9 +42,11 @@ def child_json(c: Any) -> dict:
 
 
 # What a child's JSON is made of, as a tuple: a snapshot that `child_json_of` makes the JSON of,
-# now or later (a child status event's data is made when first read).
-_CHILD_FIELDS = attrgetter("id", "name", "summary", "status", "manager", "step", "parent_id", "depth", "attempt",
-                           "retries", "attempts", "created_at", "started_at", "finished_at", "error", "traceback")
+# now or later (a child status event's data is made when first read). Plain values only, no job
+# objects: such a tuple is one the garbage collector stops following.
+_CHILD_FIELDS = attrgetter("id", "name", "summary", "status", "manager.id", "step.id", "step.name", "parent_id",
+                           "depth", "attempt", "retries", "attempts", "created_at", "started_at", "finished_at",
+                           "error", "traceback")
 
 
 def child_fields(c: Any) -> tuple:
@@ -55,11 +57,11 @@ def child_fields(c: Any) -> tuple:
 
 
 def child_json_of(fields: tuple) -> dict:
-    (id_, name, summary, status, manager, step, parent_id, depth, attempt, retries, attempts, created_at, started_at,
-     finished_at, error, traceback) = fields
+    (id_, name, summary, status, manager_id, step_id, step_name, parent_id, depth, attempt, retries, attempts,
+     created_at, started_at, finished_at, error, traceback) = fields
     return {
         "id": id_, "kind": CHILD, "name": name, "summary": summary, "status": status,
-        "manager_id": manager.id, "step_id": step.id, "step_name": step.name,
+        "manager_id": manager_id, "step_id": step_id, "step_name": step_name,
         "parent_id": parent_id, "depth": depth, "attempt": attempt, "retries": retries,
         "attempts": list(attempts),
         "created_at": iso(created_at), "started_at": iso(started_at),

@@ -522,3 +522,20 @@ def test_the_current_directory_is_importable(project: Path) -> None:
     done = stepstream_cli("run", "pkg.jobs:orch", "one", cwd=project)
     assert done.returncode == 0, done.stderr
     assert "job completed in " in done.stdout
+
+
+def test_the_command_line_runs_the_collector_less_often_and_leaves_its_set_up_out():
+    # Whatever the command (this one fails at once: no Redis), the process's collector is tuned
+    # before any work runs (stepstream/gctuning.py); the library alone leaves it as it was.
+    code = (
+        "import gc, sys\n"
+        "import stepstream\n"
+        "untouched = (gc.get_threshold()[0], gc.get_freeze_count())\n"
+        "from stepstream import cli\n"
+        "status = cli.main(['worker', 'nowhere:app'])\n"
+        "print(untouched, status, gc.get_threshold()[0], gc.get_freeze_count() > 0)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "STEPSTREAM_REDIS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert out.stdout.split(None, 2)[-1].strip() == "2 10000 True", out.stdout + out.stderr
+    assert out.stdout.startswith("(700, 0)"), out.stdout

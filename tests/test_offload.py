@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from stepstream.offload import Offload, StorageUnavailable
+from stepstream.offload import Offload, StorageProbe, StorageUnavailable
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -76,3 +76,34 @@ def test_past_its_queue_a_call_is_refused_at_once():
         asyncio.run(scenario())
     finally:
         offload.close()
+
+
+def test_a_storage_check_that_only_reads_memory_answers_at_once_however_busy_the_probes_thread():
+    """In memory and on SQLite the check reads a field: health said "degraded" on a loaded
+    machine when the probe's thread did not get to run within half a second."""
+    release = threading.Event()
+    ran_on: list[str] = []
+
+    def check() -> None:
+        ran_on.append(threading.current_thread().name)
+
+    async def ask(probe: StorageProbe) -> str | None:
+        busy = asyncio.ensure_future(probe.offload.run(release.wait, 10, timeout=10))  # its thread taken
+        await asyncio.sleep(0.05)
+        try:
+            return await probe.problem()
+        finally:
+            release.set()
+            await busy
+
+    for blocks in (True, False):
+        release.clear()
+        probe = StorageProbe(check, blocks=lambda b=blocks: b, wait=0.3)
+        try:
+            answer = asyncio.run(ask(probe))
+        finally:
+            probe.offload.close()
+        if blocks:  # a check that may block needs the thread: not answered, said to be failing
+            assert answer is not None and ran_on == [], (answer, ran_on)
+        else:
+            assert answer is None and ran_on == [threading.main_thread().name], (answer, ran_on)

@@ -567,3 +567,30 @@ def test_a_lost_attempt_does_not_use_up_the_retries_and_a_resent_change_is_appli
         assert int(redis_server.client().get("stepstream:seq")) - int(before) == 3  # status + 2 progress, once
     finally:
         orch.shutdown(wait=False)
+
+
+def test_a_hash_field_is_written_and_read_as_the_json_encoder_and_parser_do():
+    from stepstream.backends.redis import codec
+    from stepstream.encoding import dumps
+
+    scalars = [None, True, False, 0, -1, 7, 10**15, -(10**16), 0.0, -0.0, 1.5, -2.25, 1796221798.2035394, 1e-7,
+               1e300, 5e-324, float("nan"), float("inf"), float("-inf"), "", "plain", 'a "quoted" \\ one', "é",
+               [], [1, "x"], {"args": [], "kwargs": {}}]
+    for scalar in scalars:
+        text = codec.field_json(scalar)
+        assert text == dumps(scalar), scalar
+        assert codec.value(text.encode()) == json.loads(text) or text == "null", scalar
+        assert type(codec.value(text.encode())) is type(json.loads(text)), scalar
+
+
+def test_the_quicker_the_children_the_more_a_worker_takes_at_once():
+    from stepstream.backends.redis.worker import CHILD_BATCH, MAX_CHILD_BATCH, SHORT_CHILD, RedisWorker
+
+    worker = RedisWorker(attempts=None, store=None, max_workers=0)  # type: ignore[arg-type]
+    try:
+        worker._took.update(slow=SHORT_CHILD, two_ms=0.002, half_ms=0.0005, noop=0.00002)
+        assert not worker._short("unknown_yet") and not worker._short("slow")
+        assert [worker._batch(fn) for fn in ("two_ms", "half_ms", "noop")] == [CHILD_BATCH, 20, MAX_CHILD_BATCH]
+        assert (CHILD_BATCH, MAX_CHILD_BATCH) == (8, 32)
+    finally:
+        worker.pool.shutdown(wait=False)

@@ -48,16 +48,19 @@ class _StoreLock:
     the lock is released instead.
     """
 
-    __slots__ = ("lock", "local", "store")
+    __slots__ = ("lock", "owner", "deferred", "store")
 
     def __init__(self, lock: threading.Condition, store: MemoryStore) -> None:
         self.lock = lock
-        self.local = threading.local()
+        self.owner: int | None = None  # the holder's thread id: only the holder sets it, so no
+        # other thread ever reads its own id there
+        self.deferred: list[tuple[str, str, str]] = []  # lines logged while held (by the holder)
         self.store = store
 
     @property
     def held(self) -> bool:
-        return getattr(self.local, "held", False)
+        """Whether the calling thread holds the lock."""
+        return self.owner == threading.get_ident()
 
     def __enter__(self) -> None:
         # Taken only while this thread runs (holds the GIL). A blocking acquire would take the lock
@@ -74,24 +77,25 @@ class _StoreLock:
                     break
             else:
                 lock.acquire()
-        self.local.held = True
+        self.owner = threading.get_ident()
 
     def __exit__(self, *exc: object) -> None:
-        self.local.held = False
+        deferred = self.deferred
+        self.owner = None
+        if not deferred:
+            self.lock.release()
+            return
+        self.deferred = []  # this holder's own lines, taken before another thread can take the lock
         self.lock.release()
-        deferred = getattr(self.local, "deferred", None)
-        if deferred:
-            self.local.deferred = []
-            for job_id, level, message in deferred:
-                try:
-                    self.store.log(job_id, level, message)
-                except NotFound:
-                    pass  # evicted meanwhile
+        for job_id, level, message in deferred:
+            try:
+                self.store.log(job_id, level, message)
+            except NotFound:
+                pass  # evicted meanwhile
 
     def defer(self, job_id: str, level: str, message: str) -> None:
-        if getattr(self.local, "deferred", None) is None:
-            self.local.deferred = []
-        self.local.deferred.append((job_id, level, message))
+        """Keep a line logged while this thread holds the lock; stored once it lets go."""
+        self.deferred.append((job_id, level, message))
 
 
 class MemoryStore:
@@ -265,8 +269,10 @@ class MemoryStore:
         """Why storage fails now (the journal's last write), or None; never blocks."""
         return self.journal_error
 
+    check_blocks = False
+
     def check_storage(self) -> str | None:
-        """Why storage cannot be used right now, or None."""
+        """Why storage cannot be used right now, or None; never blocks."""
         return self.journal_error
 
     @property

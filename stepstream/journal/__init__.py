@@ -14,7 +14,7 @@ processes fits the same protocol.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -27,7 +27,8 @@ class Batch:
     events: list[Any]  # stepstream.events.Event
     managers: list[tuple[str, int, str, str, bool, int | None, dict, list[str]]]
     # (id, ordinal, definition, status, settled, end_seq, job JSON with params, step ids)
-    children: list[tuple[str, str, str, int, str, dict]]  # (id, manager_id, step_id, position, status, JSON)
+    children: Iterable[tuple[str, str, str, int, str, dict]]  # (id, manager_id, step_id, position, status, JSON),
+    # read once
     deleted: list[str] = field(default_factory=list)
 
     @property

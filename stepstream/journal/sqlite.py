@@ -190,29 +190,33 @@ class SqliteJournal:
 
     def write(self, batch: Batch) -> None:
         """Commit one batch in one transaction."""
-        events, logs = [], []
         # A progress event superseded by a later one of the same key in this batch is not kept
         # (latest wins, as in the streams): two thirds of the events, and of the writing.
-        for event in latest_only(batch.events):
-            data = event.data
-            events.append((event.seq, event.type, event.manager_id, event.key, dumps(data)))
+        events = latest_only(batch.events)
+        logs = []
+        for event in events:
             if event.type == "log":
+                data = event.data
                 logs.append((event.seq, data["manager_id"], data["step_id"], data["job_id"],
                              LEVEL_RANK[data["level"]], data["ts"], data["message"], data["step_name"]))
         managers = [(mid, ordinal, definition, status, int(settled), end_seq,
                      _finished_at(job), dumps(job)) for mid, ordinal, definition, status, settled, end_seq, job, _
                     in batch.managers]
         steps = [(step_id, m[0]) for m in batch.managers for step_id in m[7]]
-        children = [(cid, mid, sid, position, status, dumps(job))
-                    for cid, mid, sid, position, status, job in batch.children]
+        # The rows of events and children, the most numerous, are made one at a time as SQLite
+        # takes them: a list of a batch's rows (hundreds of thousands under load) made the garbage
+        # collector walk them again and again while they were built.
+        event_rows = ((e.seq, e.type, e.manager_id, e.key, e.text) for e in events)
+        child_rows = ((cid, mid, sid, position, status, dumps(job))
+                      for cid, mid, sid, position, status, job in batch.children)
         conn = self._writer
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany("INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?)", events)
+            conn.executemany("INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?)", event_rows)
             conn.executemany("INSERT OR REPLACE INTO logs VALUES (?, ?, ?, ?, ?, ?, ?, ?)", logs)
             conn.executemany("INSERT OR REPLACE INTO managers VALUES (?, ?, ?, ?, ?, ?, ?, ?)", managers)
             conn.executemany("INSERT OR IGNORE INTO steps VALUES (?, ?)", steps)
-            conn.executemany("INSERT OR REPLACE INTO children VALUES (?, ?, ?, ?, ?, ?)", children)
+            conn.executemany("INSERT OR REPLACE INTO children VALUES (?, ?, ?, ?, ?, ?)", child_rows)
             for manager_id in batch.deleted:
                 self._delete(conn, manager_id)
             if batch.events:

@@ -85,6 +85,7 @@ class JournalWriter:
                     return
                 continue
             batch, managers, children = taken
+            batch.children = ((*row[:5], wire.child_json_of(row[5])) for row in batch.children)  # made as written
             try:
                 self.journal.write(batch)
             except Exception as exc:  # the changes stay unwritten (and unseen); they go with the next batch
@@ -118,7 +119,8 @@ class JournalWriter:
             events=events,
             managers=[(m.id, m.ordinal, m.definition, m.status, m.settled, m.end_seq, wire.manager_json(m),
                        [step.id for step in m.steps]) for m in managers.values()],
-            children=[(c.id, c.manager.id, c.step.id, c.position, c.status, wire.child_json(c))
+            # What each child is now, taken under the lock; its JSON is made after, off the lock.
+            children=[(c.id, c.manager.id, c.step.id, c.position, c.status, wire.child_fields(c))
                       for c in children.values()],
             deleted=deleted,
         )

@@ -47,12 +47,21 @@ def values(job: Job, *, new: bool = False) -> dict[str, Any]:
         out.update(step=job.step.id, depth=job.depth, position=job.position, attempt=job.attempt,
                    retries=job.retries, lost=job.lost, attempts=job.attempts)
         if new:
-            out.update(fn=job.fn if isinstance(job.fn, str) else callable_name(job.fn),
-                       call=dumps({"args": list(job.args), "kwargs": job.kwargs}))
+            out.update(fn=job.fn if isinstance(job.fn, str) else callable_name(job.fn), call=call_json(job))
     if job.kind != CHILD:
         out.update(total=job.total, log_count=job.log_count, c0=job.counts[0], c1=job.counts[1],
                    c2=job.counts[2], c3=job.counts[3], c4=job.counts[4])
     return out
+
+
+_NO_ARGUMENTS = dumps({"args": [], "kwargs": {}})
+
+
+def call_json(child: Job) -> str:
+    """A child's arguments as stored (`call`): `{"args": [...], "kwargs": {...}}`."""
+    if not child.args and not child.kwargs:
+        return _NO_ARGUMENTS
+    return dumps({"args": list(child.args), "kwargs": child.kwargs})
 
 
 _encode_str = json.encoder.encode_basestring  # what json.dumps does to a str (ensure_ascii=False), in C
@@ -73,26 +82,30 @@ def field_json(value: Any) -> str:
     return dumps(value)
 
 
-def fields(job: Job) -> dict[str, str]:
-    """All stored fields of a new job, each a JSON text."""
-    out = {name: field_json(value) for name, value in values(job, new=True).items()}
+def fields(job: Job, known: dict[str, Any] | None = None) -> dict[str, str]:
+    """All stored fields of a new job, each a JSON text; `known`: its `values(job, new=True)`,
+    if made already."""
+    out = {name: field_json(value) for name, value in (known or values(job, new=True)).items()}
     if job.kind == MANAGER:
         out["params"] = job.params_json  # JSON already: kept as is, read only when shown
     return out
 
 
 _CONSTANTS = {b"null": None, b"true": True, b"false": False}
+_NUMBER_START = frozenset(b"-0123456789")
 
 
 def value(raw: bytes) -> Any:
-    """One field's JSON, with the common shapes (null, booleans, integers, plain strings) read
-    without the JSON parser."""
+    """One field's JSON, with the common shapes (null, booleans, numbers, plain strings) read
+    without the JSON parser (which reads a number with `int` or `float` too)."""
     if raw in _CONSTANTS:
         return _CONSTANTS[raw]
     if raw[:1] == b'"' and b"\\" not in raw:
         return raw[1:-1].decode()
     if raw.isdigit():
         return int(raw)
+    if raw and raw[0] in _NUMBER_START:
+        return float(raw) if b"." in raw or b"e" in raw or b"E" in raw else int(raw)
     return json.loads(raw)
 
 

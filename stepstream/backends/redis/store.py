@@ -161,6 +161,8 @@ class RedisStore:
         self._cancelled: dict[str, tuple[float, bool]] = {}
         self._spawner = Spawner(self._commit_spawns)
 
+    check_blocks = True
+
     def check_storage(self) -> str | None:
         """Why Redis cannot be used right now (one PING, not retried), or None."""
         try:
@@ -303,7 +305,7 @@ class RedisStore:
             old = before.get(job_id)
             now = codec.values(job, new=old is None)
             if old is None:  # created by this change
-                sets.append([job_id, [x for pair in codec.fields(job).items() for x in pair]])
+                sets.append([job_id, [x for pair in codec.fields(job, now).items() for x in pair]])
                 if job.kind == CHILD:
                     kids.append([manager.id, job_id])
                 elif job.kind == MANAGER:

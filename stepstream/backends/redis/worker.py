@@ -23,7 +23,8 @@ from ...workers import WorkerPool
 from .store import RedisStore
 
 SHORT_CHILD = 0.01  # seconds: queued children this quick are taken and ended in batches
-CHILD_BATCH = 8  # at most this many at once
+CHILD_BATCH = 8  # at most this many at once, or as many as run in `SHORT_CHILD` together
+MAX_CHILD_BATCH = 32  # and never more than this many (one commit's guards, one worker's share)
 
 logger = logging.getLogger("stepstream")
 
@@ -40,7 +41,7 @@ class RedisWorker:
         self.closed = threading.Event()
         self._capacity = threading.Condition()
         self._busy = 0  # queued work running here
-        self._short: dict[str, bool] = {}  # child function name: whether its last run here was short
+        self._took: dict[str, float] = {}  # child function name: seconds its last run here took
         self._consumer: threading.Thread | None = None
         if max_workers > 0:
             self._consumer = threading.Thread(target=self._consume, name="stepstream-redis-work", daemon=True)
@@ -94,10 +95,10 @@ class RedisWorker:
     def _run_then_done(self, entry: Any, job: Job, fn: Callable[..., Any]) -> None:
         """Run queued work on this thread, then the work its end took, while there is some.
 
-        After a short child (under `SHORT_CHILD` seconds), up to `CHILD_BATCH` children are taken
-        at once: they begin together, run one after the other here, and their ends are committed
-        together with the next batch's start, while they stay short: one Redis commit for them all
-        instead of one each (see docs/architecture.md, "Short children")."""
+        After a short child (under `SHORT_CHILD` seconds), `CHILD_BATCH` to `MAX_CHILD_BATCH`
+        children are taken at once (`_batch`): they begin together, run one after the other here,
+        and their ends are committed together with the next batch's start, while they stay short:
+        one Redis commit for them all instead of one each (see docs/architecture.md, "Short children")."""
         held = [(entry, job)]  # begun, to run here, in order
         ended: list[tuple] = []  # children that returned here, their end not committed yet
         try:
@@ -108,19 +109,20 @@ class RedisWorker:
                     self._end_held(ended, 0)
                     self._run_elsewhere(entry, job, fn)
                     continue
-                if ended and not self._short.get(job.fn, False):
+                if ended and not self._short(job.fn):
                     self._end_held(ended, 0)  # this one may take long: the others' ends go first
                 started = time.monotonic()
                 outcome = self.attempts.call(job, fn)
                 if outcome is None:
                     self.store.done_work(entry)
                     continue
-                short = self._short[job.fn] = time.monotonic() - started < SHORT_CHILD
+                self._took[job.fn] = time.monotonic() - started
+                short = self._short(job.fn)
                 attempt, error, traceback = outcome
                 ended.append((job, attempt, self.store.settle_spawns(error), traceback, time.time()))
                 if held and short:
                     continue  # it ends with the rest of its batch
-                want = 0 if self.closed.is_set() or held else CHILD_BATCH if short else 1
+                want = 0 if self.closed.is_set() or held else self._batch(job.fn) if short else 1
                 held += self._end_held(ended, want)
         finally:
             unfinished = [self.store.work.entry_of(child.id) for child, *_ in ended] + [e for e, _ in held]
@@ -134,7 +136,17 @@ class RedisWorker:
         if not ended:
             return []
         batch, ended[:] = list(ended), []
-        return self.store.end_and_take(batch, want, lambda child: self._short.get(child.fn, False))
+        return self.store.end_and_take(batch, want, lambda child: self._short(child.fn))
+
+    def _short(self, fn: str) -> bool:
+        """Whether the child function `fn` ran under `SHORT_CHILD` here last time."""
+        return self._took.get(fn, SHORT_CHILD) < SHORT_CHILD
+
+    def _batch(self, fn: str) -> int:
+        """How many children to take after one of `fn` that was short: as many as its last run's
+        time fits into `SHORT_CHILD`, from `CHILD_BATCH` to `MAX_CHILD_BATCH`."""
+        fits = int(SHORT_CHILD / max(self._took.get(fn, SHORT_CHILD), 1e-6))
+        return max(CHILD_BATCH, min(MAX_CHILD_BATCH, fits))
 
     def _run_elsewhere(self, entry: Any, job: Job, fn: Callable[..., Any]) -> None:
         """A step's handler (on this thread) or an async function (on the event loop), on a
