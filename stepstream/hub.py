@@ -26,6 +26,10 @@ from .sse import encode, encode_text
 ENDING = frozenset({"end", "job_deleted"})  # after these a `?job=` stream has nothing more
 
 
+class KeepAliveDue(Exception):
+    """Raised out of a storage retry when a keep-alive tick came meanwhile: the stream sends one."""
+
+
 @dataclass(frozen=True)
 class StreamRequest:
     """What one connection asked for."""
@@ -49,6 +53,7 @@ class Hub:
         lag_events: int = 1000,
         chunk_bytes: int = 64 * 1024,
         retry_ms: int = 2000,
+        ping: float = 15,
     ) -> None:
         self.store = store
         self.offload = offload or Offload()
@@ -58,10 +63,13 @@ class Hub:
         self.lag_events = lag_events  # a reader more than a batch behind reads this many at a time
         self.chunk_bytes = chunk_bytes
         self.retry_ms = retry_ms
+        self.ping = ping  # seconds between keep-alive comments on an idle stream; 0: none
         self._loop: asyncio.AbstractEventLoop | None = None
         self._new_data: asyncio.Event | None = None
         self._wake_scheduled = False
         self._last_wake = 0.0
+        self._ticks = 0  # keep-alive ticks so far: an idle stream that saw this change sends one
+        self._ticking: asyncio.TimerHandle | None = None
         self._lock = threading.Lock()
         self._reads: dict[tuple, tuple[list[bytes], int, bool]] = {}
         self._encoded: OrderedDict[int, bytes] = OrderedDict()  # seq -> SSE bytes, shared by connections
@@ -82,6 +90,7 @@ class Hub:
                 self._loop = loop
                 self._new_data = asyncio.Event()
                 self._wake_scheduled = False
+                self._ticking = None
                 self.stopping = False  # a server started again in this process streams again
 
     @contextlib.contextmanager
@@ -137,11 +146,30 @@ class Hub:
         if event is not None:
             event.set()
 
-    async def _wait_after(self, seq: int) -> None:
-        """Return once the store's seq has passed `seq`."""
+    def _keep_ticking(self) -> None:
+        """One timer for every stream of the hub: every `ping` seconds it wakes the idle ones,
+        and each sends a keep-alive. It stops when the last stream ends."""
+        if self._ticking is None and self.ping > 0 and self.connections:
+            self._ticking = asyncio.get_running_loop().call_later(self.ping, self._tick)
+
+    def _tick(self) -> None:
+        self._ticking = None
+        self._ticks += 1
+        event, self._new_data = self._new_data, asyncio.Event()
+        if event is not None:
+            event.set()
+        self._keep_ticking()
+
+    async def _wait_after(self, seq: int) -> bool:
+        """Return True once the store's seq has passed `seq` (or the streams stop), False if
+        a keep-alive is due first."""
+        tick = self._ticks
         while self.store.visible_seq <= seq and not self.stopping:
+            if self._ticks != tick:
+                return False
             assert self._new_data is not None
             await self._new_data.wait()
+        return True
 
     # ------------------------------------------------------------------ streams
 
@@ -163,9 +191,17 @@ class Hub:
                 self._encoded.popitem(last=False)
         return piece
 
+    async def _storage_pause(self, tick: int) -> None:
+        """Wait `retry_ms` before asking storage again; then raise `KeepAliveDue` if a keep-alive
+        tick came since `tick` (the stream sends one and asks again)."""
+        await asyncio.sleep(self.retry_ms / 1000)
+        if self._ticks != tick:
+            raise KeepAliveDue
+
     async def _snapshot(self, request: StreamRequest) -> tuple[int, bytes, bool]:
         """A fresh snapshot for this connection, read off the event loop. While storage does not
-        answer, it waits (the connection keeps its keep-alives) and tries again."""
+        answer, it waits and tries again (`KeepAliveDue` when a keep-alive is due meanwhile)."""
+        tick = self._ticks
         while True:
             try:
                 snap, settled = await self.offload.run(self.store.stream_snapshot, request.manager_id)
@@ -173,7 +209,7 @@ class Hub:
             except StorageUnavailable:
                 if self.stopping:
                     raise
-                await asyncio.sleep(self.retry_ms / 1000)
+                await self._storage_pause(tick)
         chunk = encode(self.event_id(snap["seq"]), "snapshot", snap)
         if settled:  # a finished job: nothing more will come
             chunk += self._end(snap["seq"], request.manager_id, snap["jobs"][0]["status"])
@@ -208,13 +244,14 @@ class Hub:
         held = self.store.held_events(cursor, limit)
         if held is not None:
             return held
+        tick = self._ticks
         while True:
             try:
                 return await self.offload.run(self.store.events_after, cursor, limit)
             except StorageUnavailable:
                 if self.stopping:
                     return [], cursor
-                await asyncio.sleep(self.retry_ms / 1000)
+                await self._storage_pause(tick)
 
     async def _read(self, cursor: int, request: StreamRequest) -> tuple[list[bytes], int, bool]:
         """The next batch after `cursor` for this kind of request, as ready-to-send chunks, the
@@ -249,55 +286,56 @@ class Hub:
         return result
 
     async def stream(self, request: StreamRequest) -> AsyncIterator[bytes]:
-        """The bytes of one SSE connection: a snapshot (or a resume), then every change."""
+        """The bytes of one SSE connection: a snapshot (or a resume), then every change, and a
+        keep-alive whenever it was idle for `ping` seconds. One generator, no inner one: a
+        connection holds one frame while idle."""
         self._attach()
-        with self._subscribed():
-            async for chunk in self._stream(request):
-                yield chunk
-
-    async def _stream(self, request: StreamRequest) -> AsyncIterator[bytes]:
         self.connections += 1
+        self._keep_ticking()
         try:
-            first = f"retry: {self.retry_ms}\n\n".encode()
-            cursor = request.resume_from
-            if cursor is not None:
-                try:
-                    await self._events_after(cursor, 1)
-                except Gone:
-                    cursor = None
-                    self.snapshots += 1
-            if cursor is None:
-                cursor, chunk, settled = await self._snapshot(request)
-                await self.wait_visible(cursor)
-                yield first + chunk
-                if settled:
-                    return
-            else:
-                yield first
-            while True:
-                await self._wait_after(cursor)
-                if self.stopping:
-                    return
-                try:
-                    chunks, cursor, ended = await self._read(cursor, request)
-                except Gone:  # fell behind the ring: start over from a fresh snapshot
-                    self.snapshots += 1
+            with self._subscribed():
+                greeting = f"retry: {self.retry_ms}\n\n".encode()  # goes with the first chunk
+                cursor = request.resume_from
+                unchecked = cursor is not None  # a resume: are the events after it still there?
+                while True:
                     try:
-                        cursor, chunk, settled = await self._snapshot(request)
+                        if unchecked:
+                            await self._events_after(cursor, 1)  # type: ignore[arg-type]
+                            unchecked = False
+                        if cursor is None:
+                            cursor, chunk, settled = await self._snapshot(request)
+                            await self.wait_visible(cursor)
+                            yield greeting + chunk
+                            greeting = b""
+                            if settled:
+                                return
+                            continue
+                        if greeting:
+                            yield greeting
+                            greeting = b""
+                        if not await self._wait_after(cursor):
+                            yield sse.KEEP_ALIVE
+                            continue
+                        if self.stopping:
+                            return
+                        chunks, cursor, ended = await self._read(cursor, request)
+                    except Gone:  # resumed too late, or fell behind the ring: a fresh snapshot
+                        self.snapshots += 1
+                        cursor, unchecked = None, False
+                        continue
+                    except KeepAliveDue:  # storage has not answered for a while
+                        yield greeting + sse.KEEP_ALIVE
+                        greeting = b""
+                        continue
                     except (NotFound, StorageUnavailable):  # the job was evicted meanwhile; shutting down
                         return
-                    await self.wait_visible(cursor)
-                    yield chunk
-                    if settled:
+                    for chunk in chunks:
+                        yield chunk
+                        # A send to a client that left completes without suspending: give the loop
+                        # to others, and let the disconnect cancel this stream, after every chunk.
+                        await asyncio.sleep(0)
+                    if ended:
                         return
-                    continue
-                for chunk in chunks:
-                    yield chunk
-                    # A send to a client that left completes without suspending: give the loop
-                    # to others, and let the disconnect cancel this stream, after every chunk.
-                    await asyncio.sleep(0)
-                if ended:
-                    return
         finally:
             self.connections -= 1
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -27,6 +26,7 @@ from starlette.staticfiles import StaticFiles
 
 from . import failures as failure_groups
 from .encoding import dumps
+from .eventstream import EventStream, stop_on_exit
 from .guard import RequestGuard
 from .hub import Hub, StreamRequest
 from .metrics import CONTENT_TYPE as METRICS_TYPE
@@ -65,7 +65,6 @@ class ApiError(Exception):
 @dataclass(frozen=True)
 class Settings:
     max_body: int
-    ping: float
 
 
 def _orch(request: Request) -> Orchestrator:
@@ -354,21 +353,11 @@ async def events(request: Request) -> Response:
             return Response(status_code=204)  # EventSource's signal to stop reconnecting
         await _storage(request, hub.store.stream_snapshot, manager_id)  # 404 / 400 now, before the stream starts
     stream_request = StreamRequest(manager_id, children_too, resume_from)
-    return EventSourceResponse(hub.stream(stream_request), ping=request.app.state.settings.ping,
-                               headers={"Cache-Control": "no-cache"},
-                               shutdown_event=_StopStreams(hub), shutdown_grace_period=1)
-
-
-class _StopStreams:
-    """sse-starlette's `shutdown_event`: it calls `set()` when the server shuts down. Ending the
-    hub's streams lets each response send its last chunk; cancelled instead, a response is left
-    incomplete and uvicorn logs "ASGI callable returned without completing response"."""
-
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
-
-    def set(self) -> None:
-        self.hub.stop_streams()
+    # On shutdown every stream of the hub returns, so each response completes; cancelled
+    # instead, uvicorn would log "ASGI callable returned without completing response".
+    state = request.app.state
+    state.exit_watcher = stop_on_exit(state.exit_watcher, hub.stop_streams)
+    return EventStream(hub.stream(stream_request))
 
 
 class _Revalidated(StaticFiles):
@@ -440,7 +429,8 @@ def create_app(
     Mutating requests are refused when cross-site and need a JSON body type, and every response
     carries security headers, always. `allowed_hosts` (e.g. `["localhost", "127.0.0.1"]`)
     refuses other `Host` headers; `token` requires `Authorization: Bearer <token>` or the cookie
-    set by opening the page with `?token=<token>`.
+    set by opening the page with `?token=<token>`. An idle stream gets a keep-alive comment
+    every `ping` seconds (a given `hub` keeps its own `ping`).
     """
     routes = [
         Route("/", page, methods=["GET"]),
@@ -475,8 +465,9 @@ def create_app(
     app.state.orchestrator = orchestrator
     app.state.offload = hub.offload if hub is not None else Offload()
     app.state.probe = StorageProbe(orchestrator.check_storage, blocks=lambda: orchestrator.check_blocks)
-    app.state.hub = hub or Hub(orchestrator.store, offload=app.state.offload, retry_ms=retry_ms)
-    app.state.settings = Settings(max_body=max_body, ping=ping)
+    app.state.hub = hub or Hub(orchestrator.store, offload=app.state.offload, retry_ms=retry_ms, ping=ping)
+    app.state.exit_watcher = None  # see `events`
+    app.state.settings = Settings(max_body=max_body)
     app.state.metrics = registry_for(orchestrator, app.state.hub)
     app.state.web = _web_dir()
     return app

@@ -9,6 +9,7 @@ from __future__ import annotations
 from .encoding import dumps
 
 MAX_SEQ_DIGITS = 18  # a seq that could ever be real; a longer one is not worth parsing
+KEEP_ALIVE = b": ping\n\n"  # a comment: keeps proxies from closing an idle stream; clients ignore it
 
 
 def event_id(store_id: str, seq: int) -> str:

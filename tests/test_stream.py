@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 
@@ -18,6 +21,7 @@ from harness.folding import check_progress, fold
 from harness.live import LiveServer, free_port, sse_events
 from harness.processes import cli_env
 from stepstream import Orchestrator, Step, demo
+from stepstream.offload import StorageUnavailable
 from stepstream.server import create_app
 from tests.conftest import mixed_definition
 
@@ -248,3 +252,86 @@ def test_serve_exits_promptly_on_sigint_with_streams_open(tmp_path):
             client.close()
         if proc.poll() is None:
             proc.kill()
+
+
+def _until(condition, what: str) -> None:
+    """Poll `condition()` (state of another thread's event loop) until true, or fail."""
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_an_idle_stream_gets_a_keep_alive_comment_every_ping_seconds(orch):
+    with LiveServer(create_app(orch, ping=0.2)) as srv, \
+            httpx.stream("GET", srv.url + "/api/events", timeout=TIMEOUT) as response:
+        assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+        assert response.headers["cache-control"] == "no-cache"
+        assert response.headers["x-accel-buffering"] == "no"
+        comments, started = 0, None
+        for line in response.iter_lines():
+            if line.startswith("event: snapshot"):
+                started = time.monotonic()
+            elif line.startswith(":") and started is not None:
+                comments += 1
+                if comments == 5:
+                    break
+        took = time.monotonic() - started
+        assert 0.6 < took < 3, f"5 keep-alives took {took:.2f} s at ping=0.2"
+
+
+def test_a_head_request_gets_the_stream_headers_and_no_body(server):
+    response = httpx.head(server.url + "/api/events", timeout=TIMEOUT)
+    assert response.status_code == 200 and response.content == b""
+    assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+
+
+def test_clients_that_leave_are_let_go_and_an_idle_stream_holds_two_tasks(orch):
+    """Each idle stream is the server's task for its request plus one that waits for the client
+    to leave: keep-alives and shutdown are the hub's, not tasks of each connection."""
+    app = create_app(orch, ping=0.05)
+    hub = app.state.hub
+
+    def tasks() -> int:
+        async def count() -> int:
+            return len(asyncio.all_tasks())
+        return asyncio.run_coroutine_threadsafe(count(), hub._loop).result(TIMEOUT)
+
+    with LiveServer(app) as srv, contextlib.ExitStack() as streams:
+        def open_stream():  # the events iterator is kept: collecting it would close the response
+            events = sse_events(streams.enter_context(httpx.stream("GET", srv.url + "/api/events", timeout=TIMEOUT)))
+            assert next(events)["event"] == "snapshot"
+            return events
+
+        kept = [open_stream()]  # the loop and the hub are up
+        before = tasks()
+        kept += [open_stream() for _ in range(20)]
+        assert hub.connections == 21
+        assert (tasks() - before) / 20 <= 2
+        streams.close()
+        _until(lambda: hub.connections == 0, f"{hub.connections} streams still open after their clients left")
+        _until(lambda: tasks() <= before - 2, "a stream's tasks outlived its client")
+
+
+def test_a_stream_whose_snapshot_storage_does_not_give_keeps_its_keep_alives(orch):
+    app = create_app(orch, ping=0.2, retry_ms=50)
+    real = orch.store.stream_snapshot
+    failing = threading.Event()
+    failing.set()
+
+    def snapshot(*args, **kwargs):
+        if failing.is_set():
+            raise StorageUnavailable("storage is down (test)")
+        return real(*args, **kwargs)
+
+    orch.store.stream_snapshot = snapshot
+    with LiveServer(app) as srv, httpx.stream("GET", srv.url + "/api/events", timeout=TIMEOUT) as response:
+        comments = 0
+        for line in response.iter_lines():
+            if line.startswith(":"):
+                comments += 1
+                if comments == 3:
+                    failing.clear()  # storage is back
+            elif line.startswith("event:"):
+                assert line == "event: snapshot" and comments >= 3
+                break
