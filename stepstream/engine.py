@@ -99,6 +99,9 @@ EARLIER_ATTEMPTS = 5  # a child keeps the errors of its last this many earlier a
 EARLIER_ERROR_CHARS = 300  # each one line, at most this long
 
 
+_CHILD_COUNTER = {status: f"child_{status}" for status in model.STATUSES}  # the metrics' names, made once
+
+
 def earlier_attempts(child: Job, error: str) -> tuple[dict, ...]:
     """The child's earlier attempts with the one that just ended (`error`) added: a new tuple
     (the stored copy is compared with the old one), the last `EARLIER_ATTEMPTS`."""
@@ -190,7 +193,7 @@ class Engine:
         if not model.can_transition(job.kind, job.status, new):
             raise InvalidTransition(f"{job.kind} {job.id} cannot go from {job.status} to {new}")
         if job.kind == CHILD:
-            self.counters[f"child_{new}"] += 1
+            self.counters[_CHILD_COUNTER[new]] += 1
             for counted in (job.step, job.manager):
                 counted.counts[SLOT[job.status]] -= 1
                 counted.counts[SLOT[new]] += 1
