@@ -6,8 +6,9 @@ send in a cancel scope and a lock: about 23 KB of the 42 KB an idle connection h
 the cost of a send (docs/benchmarks.md, "2,000 stream clients"). Here the hub's one timer makes
 the keep-alives (`Hub.stream` yields them with the data), the connection's task sends what the
 hub yields, and one small task waits for the client to leave and cancels it. Shutdown is still
-sse-starlette's: its one watcher per event loop hears uvicorn's exit signal, and one task per
-hub (`stop_on_exit`) then ends all of the hub's streams, each as a complete response.
+heard through sse-starlette: its `AppStatus` wraps uvicorn's exit handler and sets
+`should_exit`, and one task per hub (`stop_on_exit`) that looks at it a few times a second then
+ends all of the hub's streams, each as a complete response.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 
-from sse_starlette.sse import EventSourceResponse
+from sse_starlette.sse import AppStatus
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -74,7 +75,12 @@ def stop_on_exit(watcher: asyncio.Task | None, stop: Callable[[], None]) -> asyn
     return loop.create_task(_stop_on_exit(stop))
 
 
+EXIT_POLL = 0.2  # seconds between two looks at whether the server is exiting
+
+
 async def _stop_on_exit(stop: Callable[[], None]) -> None:
-    # sse-starlette's one watcher per event loop: uvicorn's exit signal, however it was given
-    await EventSourceResponse._listen_for_exit_signal()
+    # `AppStatus.should_exit`: set by uvicorn's exit handler (Ctrl+C, SIGTERM), as sse-starlette
+    # wraps it; its public flag, where its own watcher is private.
+    while not AppStatus.should_exit:
+        await asyncio.sleep(EXIT_POLL)
     stop()
