@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from .model import StepstreamError
+from .text import describe
 
 T = TypeVar("T")
 
@@ -107,20 +108,25 @@ class StorageProbe:
         self._answer: str | None = None
         self._answered = float("-inf")
 
+    def _checked(self) -> str | None:
+        """What the check says; a check that raises says why storage fails."""
+        try:
+            return self.check()
+        except Exception as exc:  # noqa: BLE001 - any error of the storage's client
+            return describe(exc)[0]
+
     async def _probe(self) -> str | None:
         try:
-            answer = await self.offload.run(self.check, timeout=60.0)
+            answer = await self.offload.run(self._checked, timeout=60.0)
         except StorageUnavailable as exc:
             answer = str(exc)
-        except Exception as exc:  # noqa: BLE001 - a probe that raises says why storage fails
-            answer = f"{type(exc).__name__}: {exc}"
         self._answer, self._answered = answer, time.monotonic()
         return answer
 
     async def problem(self) -> str | None:
         """Why storage cannot be used now, or None; within `wait` seconds whatever storage does."""
         if not self.blocks():
-            return self.check()
+            return self._checked()
         now = time.monotonic()
         if now - self._answered < self.fresh and (self._task is None or self._task.done()):
             return self._answer

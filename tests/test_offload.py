@@ -107,3 +107,20 @@ def test_a_storage_check_that_only_reads_memory_answers_at_once_however_busy_the
             assert answer is not None and ran_on == [], (answer, ran_on)
         else:
             assert answer is None and ran_on == [threading.main_thread().name], (answer, ran_on)
+
+
+def test_a_storage_check_that_raises_says_why_however_its_error_prints():
+    class Hostile(Exception):
+        def __str__(self):
+            raise RuntimeError("no text")
+
+    def check() -> None:
+        raise Hostile()
+
+    for blocks in (True, False):
+        probe = StorageProbe(check, blocks=lambda b=blocks: b, wait=5)
+        try:
+            answer = asyncio.run(probe.problem())
+        finally:
+            probe.offload.close()
+        assert answer is not None and answer.startswith("Hostile"), answer
