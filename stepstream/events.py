@@ -17,12 +17,13 @@ class Event:
 
     `data` is never changed once emitted. It may be made on first read from what the change
     kept (`make(*args)`): most progress events are superseded before anyone reads them. `text`
-    is the data's JSON, made once for every reader (the journal, each stream).
+    is the data's JSON; it is not kept (the ring holds 100,000 events: kept, the text would add
+    about 300 bytes to each), and the hub keeps the bytes it sends for as long as it needs them.
 
     The replay ring keeps the latest events for a long time, so an event holds as few objects
     as it can: the garbage collector walks every one of them, over and over."""
 
-    __slots__ = ("seq", "type", "manager_id", "key", "_data", "_make", "_args", "_text")
+    __slots__ = ("seq", "type", "manager_id", "key", "_data", "_make", "_args")
 
     def __init__(self, seq: int, type_: str, manager_id: str, key: str | None, data: dict | None,
                  make: Callable[..., dict] | None = None, args: tuple = ()) -> None:
@@ -35,7 +36,6 @@ class Event:
         self._data = data
         self._make = make
         self._args = args
-        self._text: str | None = None
 
     @property
     def data(self) -> dict:
@@ -48,12 +48,9 @@ class Event:
     @property
     def text(self) -> str:
         """`data` as the one encoder writes it. Data made only for this is not kept: it can be
-        made again, and the text is one object instead of a dozen."""
-        text = self._text
-        if text is None:
-            data = self._data
-            self._text = text = dumps(data if data is not None else self._made())
-        return text
+        made again, and kept it would be a dozen objects for the garbage collector to walk."""
+        data = self._data
+        return dumps(data if data is not None else self._made())
 
     def _made(self) -> dict:
         data = self._make(*self._args)  # type: ignore[misc]
