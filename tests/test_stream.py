@@ -19,7 +19,7 @@ import pytest
 
 from harness.folding import check_progress, fold
 from harness.live import LiveServer, free_port, sse_events
-from harness.processes import cli_env
+from harness.processes import cli_env, until
 from stepstream import Orchestrator, Step, demo
 from stepstream.offload import StorageUnavailable
 from stepstream.server import create_app
@@ -254,14 +254,6 @@ def test_serve_exits_promptly_on_sigint_with_streams_open(tmp_path):
             proc.kill()
 
 
-def _until(condition, what: str) -> None:
-    """Poll `condition()` (state of another thread's event loop) until true, or fail."""
-    deadline = time.monotonic() + TIMEOUT
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
-
-
 def test_an_idle_stream_gets_a_keep_alive_comment_every_ping_seconds(orch):
     with LiveServer(create_app(orch, ping=0.2)) as srv, \
             httpx.stream("GET", srv.url + "/api/events", timeout=TIMEOUT) as response:
@@ -309,8 +301,8 @@ def test_clients_that_leave_are_let_go_and_an_idle_stream_holds_two_tasks(orch):
         assert hub.connections == 21
         assert (tasks() - before) / 20 <= 2
         streams.close()
-        _until(lambda: hub.connections == 0, f"{hub.connections} streams still open after their clients left")
-        _until(lambda: tasks() <= before - 2, "a stream's tasks outlived its client")
+        until(lambda: hub.connections == 0, TIMEOUT, "the streams of clients that left to be let go")
+        until(lambda: tasks() <= before - 2, TIMEOUT, "a stream's tasks to end with its client")
 
 
 def test_a_stream_whose_snapshot_storage_does_not_give_keeps_its_keep_alives(orch):
