@@ -73,17 +73,24 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(","
 def dumps(value: Any) -> str:
     """Compact strict JSON text of `value` on one line, repaired where needed; always encodable
     as UTF-8."""
-    return dumps_bytes(value).decode("utf-8")
+    fast = _fast_dumps(value)
+    return fast.decode("utf-8") if fast is not None else _standard_dumps(value)
 
 
 def dumps_bytes(value: Any) -> bytes:
     """`dumps` as UTF-8."""
-    if orjson is not None:
-        try:
-            return _one_line_bytes(orjson.dumps(value, option=_ORJSON_OPTIONS))
-        except Exception:  # noqa: BLE001 - not plain JSON types: the standard library's path below
-            pass
-    return _standard_dumps(value).encode("utf-8")
+    fast = _fast_dumps(value)
+    return fast if fast is not None else _standard_dumps(value).encode("utf-8")
+
+
+def _fast_dumps(value: Any) -> bytes | None:
+    """orjson's UTF-8, or None: orjson is not installed, or `value` is not plain JSON types."""
+    if orjson is None:
+        return None
+    try:
+        return _one_line_bytes(orjson.dumps(value, option=_ORJSON_OPTIONS))
+    except Exception:  # noqa: BLE001 - the standard library's path takes it
+        return None
 
 
 def _standard_dumps(value: Any) -> str:

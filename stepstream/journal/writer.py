@@ -85,7 +85,6 @@ class JournalWriter:
                     return
                 continue
             batch, managers, children = taken
-            batch.children = ((*row[:5], wire.child_json_of(row[5])) for row in batch.children)  # made as written
             try:
                 self.journal.write(batch)
             except Exception as exc:  # the changes stay unwritten (and unseen); they go with the next batch
@@ -115,13 +114,15 @@ class JournalWriter:
         managers, self._managers = self._managers, {}
         children, self._children = self._children, {}
         deleted, self._deleted = self._deleted, []
+        # What each child is now, taken under the lock; its JSON is made after, as the row is
+        # written (off the lock).
+        child_rows = [(c.id, c.manager.id, c.step.id, c.position, c.status, wire.child_fields(c))
+                      for c in children.values()]
         batch = Batch(
             events=events,
             managers=[(m.id, m.ordinal, m.definition, m.status, m.settled, m.end_seq, wire.manager_json(m),
                        [step.id for step in m.steps]) for m in managers.values()],
-            # What each child is now, taken under the lock; its JSON is made after, off the lock.
-            children=[(c.id, c.manager.id, c.step.id, c.position, c.status, wire.child_fields(c))
-                      for c in children.values()],
+            children=((*row[:5], wire.child_json_of(row[5])) for row in child_rows),
             deleted=deleted,
         )
         return batch, managers, children
